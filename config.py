@@ -1,0 +1,152 @@
+"""Server configuration: built once from the environment, validated eagerly.
+
+Nothing else in the project reads `os.environ`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+__all__ = ["Config", "ConfigError"]
+
+
+class ConfigError(ValueError):
+    """A setting in the environment is missing or malformed."""
+
+
+@dataclass(frozen=True)
+class Config:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    database_url: str | None = field(default=None, repr=False)
+    api_key: str | None = field(default=None, repr=False)
+    data_dir: Path = Path("./data")
+    public_url: str | None = None
+    checkpoint_s: float = 5.0
+    # Rows another instance left `in_progress` are only declared interrupted
+    # once their last checkpoint is this old: that instance may still be alive.
+    stale_after_s: float = 60.0
+    ice_servers: tuple[dict[str, Any], ...] = ()
+    ice_loopback_only: bool = False
+    cors_origins: tuple[str, ...] = ()
+
+    @property
+    def local_mode(self) -> bool:
+        """No API key: nothing is authenticated, so only loopback is safe."""
+        return self.api_key is None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Config:
+        """Build and validate the configuration; raise `ConfigError` on bad input."""
+        env = os.environ if env is None else env
+        api_key = _optional(env, "API_KEY")
+        host = _optional(env, "HOST") or "127.0.0.1"
+        checkpoint_s = _positive_float(env, "CHECKPOINT_S", 5.0)
+        return cls(
+            host=host,
+            port=_port(env),
+            database_url=_database_url(env),
+            api_key=api_key,
+            data_dir=Path(_optional(env, "DATA_DIR") or "./data").resolve(),
+            public_url=_public_url(env),
+            checkpoint_s=checkpoint_s,
+            stale_after_s=max(60.0, 6 * checkpoint_s),
+            ice_servers=_ice_servers(env),
+            ice_loopback_only=_flag(env, "ICE_LOOPBACK_ONLY"),
+            cors_origins=_csv(env, "CORS_ORIGINS"),
+        )
+
+
+def _optional(env: Mapping[str, str], name: str) -> str | None:
+    value = env.get(name, "").strip()
+    return value or None
+
+
+def _port(env: Mapping[str, str]) -> int:
+    raw = _optional(env, "PORT")
+    if raw is None:
+        return 8080
+    if not raw.isdigit() or int(raw) > 65535:
+        raise ConfigError(f"PORT must be an integer from 0 to 65535, got {raw!r}")
+    return int(raw)
+
+
+def _positive_float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = _optional(env, name)
+    if raw is None:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number of seconds, got {raw!r}") from None
+    if not value > 0:
+        raise ConfigError(f"{name} must be greater than 0, got {raw!r}")
+    return value
+
+
+def _flag(env: Mapping[str, str], name: str) -> bool:
+    raw = (_optional(env, name) or "0").lower()
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name} must be 1/0, true/false, yes/no or on/off, got {raw!r}")
+
+
+def _csv(env: Mapping[str, str], name: str) -> tuple[str, ...]:
+    raw = _optional(env, name) or ""
+    return tuple(part.strip() for part in raw.split(",") if part.strip())
+
+
+def _database_url(env: Mapping[str, str]) -> str | None:
+    """`DATABASE_URL`, else `SUPABASE_DB_URL`; any PostgreSQL DSN."""
+    for name in ("DATABASE_URL", "SUPABASE_DB_URL"):
+        dsn = _optional(env, name)
+        if dsn is None:
+            continue
+        scheme = urlsplit(dsn).scheme
+        if scheme not in ("postgres", "postgresql"):
+            # Never echo the DSN: it usually carries a password.
+            raise ConfigError(
+                f"{name} must be a PostgreSQL connection string starting with "
+                f"postgresql:// or postgres://, got scheme {scheme or '(none)'!r}"
+            )
+        return dsn
+    return None
+
+
+def _public_url(env: Mapping[str, str]) -> str | None:
+    raw = _optional(env, "PUBLIC_URL")
+    if raw is None:
+        return None
+    parts = urlsplit(raw)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ConfigError(f"PUBLIC_URL must be an absolute http(s) URL, got {raw!r}")
+    return raw.rstrip("/")
+
+
+def _ice_servers(env: Mapping[str, str]) -> tuple[dict[str, Any], ...]:
+    """`ICE_SERVERS`: a JSON list of {"urls", "username"?, "credential"?}."""
+    raw = _optional(env, "ICE_SERVERS")
+    if raw is None:
+        return ()
+    try:
+        servers = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"ICE_SERVERS must be JSON: {exc}") from None
+    if not isinstance(servers, list):
+        raise ConfigError("ICE_SERVERS must be a JSON list of objects with 'urls'")
+    for i, server in enumerate(servers):
+        if not isinstance(server, dict) or not server.get("urls"):
+            raise ConfigError(f"ICE_SERVERS[{i}] must be an object with 'urls'")
+        urls = server["urls"]
+        urls = [urls] if isinstance(urls, str) else urls
+        if not all(isinstance(u, str) and u.split(":")[0] in ("stun", "turn", "turns") for u in urls):
+            raise ConfigError(f"ICE_SERVERS[{i}].urls must be stun:, turn: or turns: URLs")
+    return tuple(servers)

@@ -1,0 +1,459 @@
+"""Proctoring object detection: people, screens and devices in one video frame.
+
+Plain data in and out: an H×W×3 ``uint8`` RGB array goes in, a list of frozen
+``Detection`` records comes out. Detectors are synchronous and single-threaded;
+the media layer runs them inside its own executor.
+
+Two ONNX back ends sit behind the ``Detector`` protocol:
+
+- ``NanoDetDetector``: NanoDet-m 416 (COCO-80), shipped in ``models/``. The
+  default.
+- ``YoloDetector``: a YOLOv8/YOLO11 ONNX export that the user supplies.
+
+Phones are small in a webcam frame and a 416 px detector barely sees them. With
+``person_pass=True`` the detector looks again at the region around each person,
+enlarged to the model's full input, and merges what it finds there (devices only)
+into the first pass. See ``scripts/eval_detector.py`` for what this buys.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import numpy.typing as npt
+import onnxruntime as ort
+from PIL import Image
+
+__all__ = [
+    "COCO_LABELS",
+    "DEFAULT_NANODET_PATH",
+    "DEFAULT_THRESHOLDS",
+    "Candidates",
+    "Detection",
+    "Detector",
+    "Letterbox",
+    "NanoDetDetector",
+    "YoloDetector",
+    "batched_nms",
+    "decode_nanodet",
+    "decode_yolo",
+    "letterbox",
+    "load_detector",
+    "nms",
+]
+
+FloatArray = npt.NDArray[np.float32]
+IntArray = npt.NDArray[np.intp]
+RgbImage = npt.NDArray[np.uint8]
+
+COCO_LABELS: tuple[str, ...] = (
+    "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck",
+    "boat", "traffic light", "fire hydrant", "stop sign", "parking meter", "bench",
+    "bird", "cat", "dog", "horse", "sheep", "cow", "elephant", "bear", "zebra",
+    "giraffe", "backpack", "umbrella", "handbag", "tie", "suitcase", "frisbee",
+    "skis", "snowboard", "sports ball", "kite", "baseball bat", "baseball glove",
+    "skateboard", "surfboard", "tennis racket", "bottle", "wine glass", "cup",
+    "fork", "knife", "spoon", "bowl", "banana", "apple", "sandwich", "orange",
+    "broccoli", "carrot", "hot dog", "pizza", "donut", "cake", "chair", "couch",
+    "potted plant", "bed", "dining table", "toilet", "tv", "laptop", "mouse",
+    "remote", "keyboard", "cell phone", "microwave", "oven", "toaster", "sink",
+    "refrigerator", "book", "clock", "vase", "scissors", "teddy bear",
+    "hair drier", "toothbrush",
+)  # fmt: skip
+_LABEL_INDEX = {label: i for i, label in enumerate(COCO_LABELS)}
+_PERSON = _LABEL_INDEX["person"]
+
+DEFAULT_NANODET_PATH = Path(__file__).resolve().parents[1] / "models" / "nanodet-m-416.onnx"
+# Measured on the 20 COCO photos of shared/testdata (scripts/eval_detector.py):
+# NanoDet-m scores a clear phone 0.2-0.4, far below a clear person.
+DEFAULT_THRESHOLDS: Mapping[str, float] = {
+    "person": 0.35,
+    "cell phone": 0.25,
+    "laptop": 0.35,
+    "tv": 0.35,
+}
+DEFAULT_THRESHOLD = 0.35
+NMS_IOU = 0.6
+
+# The person-region pass: how many people, how much margin around each, which
+# classes it may add, and the least zoom (versus the full frame) worth a run.
+_REGION_MAX_PEOPLE = 3
+_REGION_MARGIN = 0.15
+_REGION_MIN_ZOOM = 1.25
+_REGION_LABELS = ("cell phone", "remote", "book", "mouse")
+
+_NANODET_SIZE = 416
+_NANODET_STRIDES = (8, 16, 32)
+_NANODET_REG_MAX = 10
+# NanoDet was trained on BGR images normalized with these per-channel statistics.
+_NANODET_MEAN_BGR = np.array([103.53, 116.28, 123.675], dtype=np.float32)
+_NANODET_STD_BGR = np.array([57.375, 57.12, 58.395], dtype=np.float32)
+_YOLO_SIZE = 640
+_YOLO_PAD = 114
+
+
+@dataclass(frozen=True)
+class Detection:
+    """One detected object; ``box`` is (x1, y1, x2, y2) in input-image pixels."""
+
+    label: str
+    score: float
+    box: tuple[float, float, float, float]
+
+    def describe(self) -> str:
+        """``"person 0.95"``: label and score to two decimals."""
+        return f"{self.label} {self.score:.2f}"
+
+
+class Detector(Protocol):
+    """Anything that finds COCO objects in an RGB frame."""
+
+    def detect(self, rgb: RgbImage) -> list[Detection]:
+        """Objects in an H×W×3 ``uint8`` RGB image of any size, best first."""
+        ...
+
+
+@dataclass(frozen=True)
+class Candidates:
+    """Raw boxes before thresholds: ``boxes`` (N, 4) xyxy, ``scores``, ``classes``."""
+
+    boxes: FloatArray
+    scores: FloatArray
+    classes: IntArray
+
+    @staticmethod
+    def empty() -> Candidates:
+        """No candidates."""
+        return Candidates(
+            np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.intp)
+        )
+
+    @staticmethod
+    def concat(parts: Sequence[Candidates]) -> Candidates:
+        """All candidates of ``parts`` in one set."""
+        if not parts:
+            return Candidates.empty()
+        return Candidates(
+            np.concatenate([p.boxes for p in parts]).astype(np.float32),
+            np.concatenate([p.scores for p in parts]).astype(np.float32),
+            np.concatenate([p.classes for p in parts]).astype(np.intp),
+        )
+
+    def take(self, index: npt.NDArray[np.intp] | npt.NDArray[np.bool_]) -> Candidates:
+        """The candidates selected by an index array or boolean mask."""
+        return Candidates(self.boxes[index], self.scores[index], self.classes[index])
+
+    def shifted(self, dx: float, dy: float) -> Candidates:
+        """The same candidates with boxes moved by (dx, dy)."""
+        offset = np.array([dx, dy, dx, dy], np.float32)
+        return Candidates(self.boxes + offset, self.scores, self.classes)
+
+
+@dataclass(frozen=True)
+class Letterbox:
+    """How an image was scaled and padded into a square network input."""
+
+    scale: float
+    pad_x: float
+    pad_y: float
+
+    def to_image(self, boxes: FloatArray) -> FloatArray:
+        """Boxes in network-input pixels mapped back to image pixels."""
+        offset = np.array([self.pad_x, self.pad_y, self.pad_x, self.pad_y], np.float32)
+        return ((boxes - offset) / self.scale).astype(np.float32)
+
+
+def letterbox(rgb: RgbImage, size: int, pad_value: int) -> tuple[RgbImage, Letterbox]:
+    """Resize ``rgb`` to fit a ``size``×``size`` square, keep its aspect, centre it."""
+    height, width = rgb.shape[:2]
+    scale = size / max(height, width)
+    new_w, new_h = max(1, round(width * scale)), max(1, round(height * scale))
+    resized = np.asarray(Image.fromarray(rgb).resize((new_w, new_h), Image.Resampling.BILINEAR))
+    pad_x, pad_y = (size - new_w) // 2, (size - new_h) // 2
+    canvas = np.full((size, size, 3), pad_value, dtype=np.uint8)
+    canvas[pad_y : pad_y + new_h, pad_x : pad_x + new_w] = resized
+    return canvas, Letterbox(scale, float(pad_x), float(pad_y))
+
+
+def _above(boxes: FloatArray, class_scores: FloatArray, min_score: float) -> Candidates:
+    """Every (box, class) pair scoring above ``min_score`` (multi-label)."""
+    rows, cols = np.nonzero(class_scores > min_score)
+    return Candidates(
+        boxes[rows].astype(np.float32),
+        class_scores[rows, cols].astype(np.float32),
+        cols.astype(np.intp),
+    )
+
+
+def _softmax(x: FloatArray) -> FloatArray:
+    e = np.exp(x - x.max(axis=-1, keepdims=True))
+    return (e / e.sum(axis=-1, keepdims=True)).astype(np.float32)
+
+
+def decode_nanodet(
+    outputs: Mapping[int, tuple[FloatArray, FloatArray]], input_size: int, min_score: float
+) -> Candidates:
+    """Decode NanoDet heads into boxes in network-input pixels.
+
+    ``outputs`` maps each stride to its (class scores after sigmoid [N, 80], box
+    distributions [N, 4 * (reg_max + 1)]) with N = (input_size / stride)², row-major
+    over the feature map. Each side's distance (left, top, right, bottom) from the
+    anchor centre ((col + 0.5) * stride, (row + 0.5) * stride) is the expectation of
+    the softmax over its bins, times the stride.
+    """
+    parts = []
+    bins = np.arange(_NANODET_REG_MAX + 1, dtype=np.float32)
+    for stride, (scores, dists) in outputs.items():
+        keep = (scores > min_score).any(axis=1)
+        if not keep.any():
+            continue
+        cells = input_size // stride
+        rows, cols = np.divmod(np.nonzero(keep)[0], cells)
+        cx, cy = (cols + 0.5) * stride, (rows + 0.5) * stride
+        sides = dists[keep].reshape(-1, 4, _NANODET_REG_MAX + 1)
+        d = (_softmax(sides) @ bins) * stride
+        boxes = np.stack([cx - d[:, 0], cy - d[:, 1], cx + d[:, 2], cy + d[:, 3]], axis=1)
+        parts.append(_above(boxes.astype(np.float32), scores[keep], min_score))
+    return Candidates.concat(parts)
+
+
+def decode_yolo(output: FloatArray, min_score: float) -> Candidates:
+    """Decode a YOLOv8/YOLO11 output [1, 84, N] (or [84, N]) into xyxy boxes.
+
+    Rows 0-3 are box centre x, centre y, width, height in network-input pixels;
+    rows 4-83 are the 80 class scores, already sigmoid-activated.
+    """
+    table = output.reshape(output.shape[-2], output.shape[-1]).T
+    cx, cy, w, h = table[:, 0], table[:, 1], table[:, 2], table[:, 3]
+    boxes = np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], axis=1)
+    return _above(boxes.astype(np.float32), table[:, 4:], min_score)
+
+
+def _iou(box: FloatArray, others: FloatArray) -> FloatArray:
+    x1 = np.maximum(box[0], others[:, 0])
+    y1 = np.maximum(box[1], others[:, 1])
+    x2 = np.minimum(box[2], others[:, 2])
+    y2 = np.minimum(box[3], others[:, 3])
+    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
+    area = (box[2] - box[0]) * (box[3] - box[1])
+    areas = (others[:, 2] - others[:, 0]) * (others[:, 3] - others[:, 1])
+    return (inter / np.maximum(area + areas - inter, 1e-9)).astype(np.float32)
+
+
+def nms(boxes: FloatArray, scores: FloatArray, iou_threshold: float) -> IntArray:
+    """Indices of the boxes greedy non-maximum suppression keeps, best first."""
+    order = np.argsort(-scores, kind="stable")
+    keep: list[int] = []
+    while order.size:
+        best, order = int(order[0]), order[1:]
+        keep.append(best)
+        order = order[_iou(boxes[best], boxes[order]) <= iou_threshold]
+    return np.array(keep, dtype=np.intp)
+
+
+def batched_nms(candidates: Candidates, iou_threshold: float) -> Candidates:
+    """Per-class NMS: boxes of different classes never suppress each other."""
+    if not candidates.scores.size:
+        return candidates
+    # Shifting each class into its own far-apart region makes one NMS run per-class.
+    span = float(candidates.boxes.max()) + 1.0
+    offsets = (candidates.classes.astype(np.float32) * span)[:, None]
+    keep = nms(candidates.boxes + offsets, candidates.scores, iou_threshold)
+    return candidates.take(keep)
+
+
+def _make_session(model_path: Path | str) -> ort.InferenceSession:
+    """One-thread ONNX session without spinning: the media layer owns parallelism."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    available = ort.get_available_providers()
+    providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+    return ort.InferenceSession(str(model_path), sess_options=options, providers=providers)
+
+
+def _class_thresholds(thresholds: Mapping[str, float], default: float) -> FloatArray:
+    """Per-class threshold vector; rejects unknown labels and out-of-range values."""
+    unknown = sorted(set(thresholds) - set(_LABEL_INDEX))
+    if unknown:
+        raise ValueError(f"unknown detector labels {unknown}; use COCO names")
+    for label, value in {**thresholds, "(default)": default}.items():
+        if not 0.0 < value <= 1.0:
+            raise ValueError(f"threshold for {label} must be in (0, 1], got {value}")
+    table = np.full(len(COCO_LABELS), default, dtype=np.float32)
+    for label, value in thresholds.items():
+        table[_LABEL_INDEX[label]] = value
+    return table
+
+
+def _region_around(box: FloatArray, width: int, height: int) -> tuple[int, int, int, int]:
+    """``box`` grown by the region margin on every side, clipped to the image."""
+    x1, y1, x2, y2 = (float(v) for v in box)
+    mx, my = (x2 - x1) * _REGION_MARGIN, (y2 - y1) * _REGION_MARGIN
+    left, top = max(0, int(x1 - mx)), max(0, int(y1 - my))
+    right, bottom = min(width, int(np.ceil(x2 + mx))), min(height, int(np.ceil(y2 + my)))
+    return left, top, right, bottom
+
+
+class _OnnxDetector:
+    """Shared pipeline: thresholds, optional person-region pass, NMS, Detections.
+
+    Subclasses supply ``_candidates``: raw boxes for one image, in its pixels.
+    """
+
+    _input_size: int
+
+    def __init__(
+        self,
+        model_path: Path | str,
+        thresholds: Mapping[str, float],
+        default_threshold: float,
+        person_pass: bool,
+    ) -> None:
+        self._thresholds = _class_thresholds(thresholds, default_threshold)
+        self._min_score = float(self._thresholds.min())
+        self._person_pass = person_pass
+        self._region_classes = np.array([_LABEL_INDEX[x] for x in _REGION_LABELS])
+        self._session = _make_session(model_path)
+
+    def detect(self, rgb: RgbImage) -> list[Detection]:
+        """Objects in an H×W×3 ``uint8`` RGB image of any size, best first."""
+        if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+            raise ValueError(f"expected an H×W×3 uint8 RGB image, got {rgb.dtype} {rgb.shape}")
+        found = self._confident(batched_nms(self._candidates(rgb), NMS_IOU))
+        if self._person_pass:
+            found = self._with_person_regions(rgb, found)
+        return self._to_detections(found, rgb.shape[1], rgb.shape[0])
+
+    def _candidates(self, rgb: RgbImage) -> Candidates:
+        raise NotImplementedError
+
+    def _confident(self, candidates: Candidates) -> Candidates:
+        return candidates.take(candidates.scores >= self._thresholds[candidates.classes])
+
+    def _with_person_regions(self, rgb: RgbImage, found: Candidates) -> Candidates:
+        """Add the devices found by looking again, enlarged, around each person."""
+        height, width = rgb.shape[:2]
+        people = found.take(found.classes == _PERSON)
+        parts = [found]
+        for box in people.boxes[:_REGION_MAX_PEOPLE]:
+            left, top, right, bottom = _region_around(box, width, height)
+            if max(width, height) < _REGION_MIN_ZOOM * max(right - left, bottom - top):
+                continue  # the person fills the frame: a second look sees nothing new
+            crop = np.ascontiguousarray(rgb[top:bottom, left:right])
+            extra = self._confident(self._candidates(crop))
+            extra = extra.take(np.isin(extra.classes, self._region_classes))
+            parts.append(extra.shifted(left, top))
+        return batched_nms(Candidates.concat(parts), NMS_IOU) if len(parts) > 1 else found
+
+    @staticmethod
+    def _to_detections(found: Candidates, width: int, height: int) -> list[Detection]:
+        boxes = np.clip(found.boxes, 0, [width, height, width, height])
+        order = np.argsort(-found.scores, kind="stable")
+        return [
+            Detection(
+                COCO_LABELS[int(found.classes[i])],
+                float(found.scores[i]),
+                (float(boxes[i, 0]), float(boxes[i, 1]), float(boxes[i, 2]), float(boxes[i, 3])),
+            )
+            for i in order
+        ]
+
+
+class NanoDetDetector(_OnnxDetector):
+    """NanoDet-m 416 (the shipped default), with per-class thresholds.
+
+    ``thresholds`` maps COCO labels to their minimum score; other classes use
+    ``default_threshold``. ``person_pass`` turns on the second, enlarged look
+    around each person (more phones found, one more inference per person).
+    """
+
+    def __init__(
+        self,
+        model_path: Path | str = DEFAULT_NANODET_PATH,
+        thresholds: Mapping[str, float] = DEFAULT_THRESHOLDS,
+        default_threshold: float = DEFAULT_THRESHOLD,
+        *,
+        person_pass: bool = True,
+    ) -> None:
+        super().__init__(model_path, thresholds, default_threshold, person_pass)
+        self._input_name = self._session.get_inputs()[0].name
+        self._heads = self._match_heads()
+
+    def _match_heads(self) -> dict[int, tuple[str, str]]:
+        """Output names per stride, found by shape so any NanoDet export fits."""
+        shapes = {o.name: tuple(o.shape) for o in self._session.get_outputs()}
+        heads = {}
+        for stride in _NANODET_STRIDES:
+            n = (_NANODET_SIZE // stride) ** 2
+            cls = [k for k, s in shapes.items() if s[-2:] == (n, len(COCO_LABELS))]
+            reg = [k for k, s in shapes.items() if s[-2:] == (n, 4 * (_NANODET_REG_MAX + 1))]
+            if len(cls) != 1 or len(reg) != 1:
+                raise ValueError(f"not a NanoDet-m {_NANODET_SIZE} model: outputs {shapes}")
+            heads[stride] = (cls[0], reg[0])
+        return heads
+
+    def _candidates(self, rgb: RgbImage) -> Candidates:
+        canvas, placement = letterbox(rgb, _NANODET_SIZE, pad_value=0)
+        bgr = canvas[:, :, ::-1].astype(np.float32)
+        blob = ((bgr - _NANODET_MEAN_BGR) / _NANODET_STD_BGR).transpose(2, 0, 1)[None]
+        names = [name for pair in self._heads.values() for name in pair]
+        values = dict(zip(names, self._session.run(names, {self._input_name: blob})))
+        heads = {s: (values[c][0], values[r][0]) for s, (c, r) in self._heads.items()}
+        found = decode_nanodet(heads, _NANODET_SIZE, self._min_score)
+        return Candidates(placement.to_image(found.boxes), found.scores, found.classes)
+
+
+class YoloDetector(_OnnxDetector):
+    """A user-supplied YOLOv8/YOLO11 COCO export: input 1×3×640×640 RGB/255."""
+
+    def __init__(
+        self,
+        model_path: Path | str,
+        thresholds: Mapping[str, float] = DEFAULT_THRESHOLDS,
+        default_threshold: float = DEFAULT_THRESHOLD,
+        *,
+        person_pass: bool = False,
+    ) -> None:
+        super().__init__(model_path, thresholds, default_threshold, person_pass)
+        self._input_name = self._session.get_inputs()[0].name
+
+    def _candidates(self, rgb: RgbImage) -> Candidates:
+        canvas, placement = letterbox(rgb, _YOLO_SIZE, pad_value=_YOLO_PAD)
+        blob = (canvas.astype(np.float32) / 255.0).transpose(2, 0, 1)[None]
+        (output,) = self._session.run(None, {self._input_name: blob})[:1]
+        found = decode_yolo(np.asarray(output, np.float32), self._min_score)
+        return Candidates(placement.to_image(found.boxes), found.scores, found.classes)
+
+
+def load_detector(
+    kind: str,
+    path: str | None = None,
+    thresholds: Mapping[str, float] = DEFAULT_THRESHOLDS,
+    default_threshold: float = DEFAULT_THRESHOLD,
+    *,
+    person_pass: bool | None = None,
+) -> Detector:
+    """Build a detector by kind: ``"nanodet"`` (path optional) or ``"yolo"``.
+
+    ``person_pass=None`` keeps each kind's default (on for NanoDet, off for YOLO,
+    which sees small objects well at 640 px).
+    """
+    if kind == "nanodet":
+        return NanoDetDetector(
+            path or DEFAULT_NANODET_PATH,
+            thresholds,
+            default_threshold,
+            person_pass=True if person_pass is None else person_pass,
+        )
+    if kind == "yolo":
+        if not path:
+            raise ValueError("the yolo detector needs the path of a YOLOv8/YOLO11 ONNX export")
+        return YoloDetector(path, thresholds, default_threshold, person_pass=bool(person_pass))
+    raise ValueError(f"unknown detector kind {kind!r}; expected 'nanodet' or 'yolo'")

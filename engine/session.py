@@ -1,0 +1,187 @@
+"""The interview session as plain data: what is live in memory and what is stored.
+
+`InterviewSession` is the mutable, in-memory state of one interview. Every
+mutation bumps `version`, so the checkpointer can tell which sessions changed
+since their last save. `SessionRow` is the immutable snapshot written to the
+`interview_sessions` table: exactly its columns, nothing else.
+"""
+
+from __future__ import annotations
+
+import enum
+import secrets
+import uuid
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
+from typing import Any
+
+__all__ = [
+    "InterviewSession",
+    "SessionRow",
+    "SessionStatus",
+    "Turn",
+    "utc_now",
+]
+
+
+def utc_now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class SessionStatus(enum.StrEnum):
+    IN_PROGRESS = "in_progress"
+    COMPLETED = "completed"
+    INTERRUPTED = "interrupted"
+
+
+@dataclass(frozen=True)
+class Turn:
+    """One real turn of the conversation: never a system prompt."""
+
+    role: str  # "assistant" | "user"
+    content: str
+
+    def to_json(self) -> dict[str, str]:
+        return {"role": self.role, "content": self.content}
+
+
+@dataclass(frozen=True)
+class SessionRow:
+    """One row of `interview_sessions`, column for column."""
+
+    session_id: uuid.UUID
+    status: str
+    interviewee_id: uuid.UUID | None = None
+    template_id: uuid.UUID | None = None
+    start_time: datetime | None = None
+    end_time: datetime | None = None
+    session_information: dict[str, Any] | None = None
+    interview_report: dict[str, Any] | None = None
+    recording_url: str | None = None
+    resume_url: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The row as JSON, keyed by the table's column names."""
+        return {
+            "session_id": str(self.session_id),
+            "interviewee_id": _str_or_none(self.interviewee_id),
+            "template_id": _str_or_none(self.template_id),
+            "start_time": _iso_or_none(self.start_time),
+            "end_time": _iso_or_none(self.end_time),
+            "status": self.status,
+            "session_information": self.session_information,
+            "Interview_report": self.interview_report,
+            "recording_url": self.recording_url,
+            "resume_url": self.resume_url,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> SessionRow:
+        """Inverse of `to_json` (used by the durable outbox)."""
+        return cls(
+            session_id=uuid.UUID(data["session_id"]),
+            status=data["status"],
+            interviewee_id=_uuid_or_none(data.get("interviewee_id")),
+            template_id=_uuid_or_none(data.get("template_id")),
+            start_time=_datetime_or_none(data.get("start_time")),
+            end_time=_datetime_or_none(data.get("end_time")),
+            session_information=data.get("session_information"),
+            interview_report=data.get("Interview_report"),
+            recording_url=data.get("recording_url"),
+            resume_url=data.get("resume_url"),
+        )
+
+    def with_status(self, status: str) -> SessionRow:
+        return replace(self, status=status)
+
+
+@dataclass
+class InterviewSession:
+    """The live state of one interview."""
+
+    job_role: str
+    session_id: uuid.UUID = field(default_factory=uuid.uuid4)
+    token: str = field(default_factory=lambda: secrets.token_urlsafe(24), repr=False)
+    template_id: uuid.UUID | None = None
+    interviewee_id: uuid.UUID | None = None
+    questions: list[str] = field(default_factory=list)
+    resume_url: str | None = None
+    recording_url: str | None = None
+    created_at: datetime = field(default_factory=utc_now)
+    start_time: datetime | None = None
+    end_time: datetime | None = None
+    asr_model: str | None = None
+    llm_provider: str | None = None
+    llm_model: str | None = None
+    server_instance: str | None = None
+    server_run: str | None = None
+    conversation_history: list[Turn] = field(default_factory=list)
+    anomalies_detected: list[dict[str, Any]] = field(default_factory=list)
+    interview_report: dict[str, Any] | None = None
+    extra_information: dict[str, Any] = field(default_factory=dict)
+    version: int = 0
+
+    def touch(self) -> None:
+        """Mark the session changed since its last save."""
+        self.version += 1
+
+    def add_turn(self, role: str, content: str) -> None:
+        if role not in ("assistant", "user"):
+            raise ValueError(f"role must be 'assistant' or 'user', not {role!r}")
+        self.conversation_history.append(Turn(role, content))
+        self.touch()
+
+    def add_anomaly(self, record: dict[str, Any]) -> None:
+        self.anomalies_detected.append(record)
+        self.touch()
+
+    def session_information(self) -> dict[str, Any]:
+        """The `session_information` jsonb a reviewer reads."""
+        started = self.start_time or self.created_at
+        info: dict[str, Any] = {
+            "date_of_interview": started.isoformat(),
+            "job_role": self.job_role,
+            "conversation_history": [t.to_json() for t in self.conversation_history],
+            "anomalies_detected": list(self.anomalies_detected),
+            "resume_url": self.resume_url,
+            "recording_url": self.recording_url,
+            "asr_model": self.asr_model,
+            "llm_provider": self.llm_provider,
+            "llm_model": self.llm_model,
+            "server_instance": self.server_instance,
+            "server_run": self.server_run,
+            "checkpoint_at": utc_now().isoformat(),
+        }
+        info.update(self.extra_information)
+        return info
+
+    def to_row(self, status: SessionStatus) -> SessionRow:
+        """Snapshot the session as the row to store with `status`."""
+        return SessionRow(
+            session_id=self.session_id,
+            status=status.value,
+            interviewee_id=self.interviewee_id,
+            template_id=self.template_id,
+            start_time=self.start_time or self.created_at,
+            end_time=self.end_time,
+            session_information=self.session_information(),
+            interview_report=self.interview_report,
+            recording_url=self.recording_url,
+            resume_url=self.resume_url,
+        )
+
+
+def _str_or_none(value: uuid.UUID | None) -> str | None:
+    return None if value is None else str(value)
+
+
+def _iso_or_none(value: datetime | None) -> str | None:
+    return None if value is None else value.isoformat()
+
+
+def _uuid_or_none(value: str | None) -> uuid.UUID | None:
+    return None if value is None else uuid.UUID(value)
+
+
+def _datetime_or_none(value: str | None) -> datetime | None:
+    return None if value is None else datetime.fromisoformat(value)

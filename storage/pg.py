@@ -1,0 +1,275 @@
+"""PostgreSQL access through asyncpg: schema, upsert, reads.
+
+The schema matches the `interview_sessions` table that Supabase projects use.
+It is created idempotently and never drops or alters an existing table.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import uuid
+from typing import Any
+from urllib.parse import urlsplit
+
+import asyncpg
+
+from engine.session import SessionRow
+
+__all__ = ["DatabaseUnavailable", "SessionStore", "Template", "SCHEMA"]
+
+log = logging.getLogger(__name__)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS interviewee_profiles (
+    interviewee_id uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+    full_name text NULL,
+    email text NULL,
+    created_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE TABLE IF NOT EXISTS job_templates (
+    template_id uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+    job_role text NULL,
+    questions jsonb NULL,
+    created_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE TABLE IF NOT EXISTS interview_sessions (
+    session_id uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+    interviewee_id uuid NULL REFERENCES interviewee_profiles ON DELETE CASCADE,
+    template_id uuid NULL REFERENCES job_templates ON DELETE SET NULL,
+    start_time timestamptz NULL,
+    end_time timestamptz NULL,
+    status text NOT NULL,
+    session_information jsonb NULL,
+    "Interview_report" jsonb NULL,
+    recording_url text NULL,
+    resume_url text NULL
+);
+"""
+
+_UPSERT = """
+INSERT INTO interview_sessions (session_id, interviewee_id, template_id, start_time,
+    end_time, status, session_information, "Interview_report", recording_url, resume_url)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+ON CONFLICT (session_id) DO UPDATE SET
+    interviewee_id = EXCLUDED.interviewee_id, template_id = EXCLUDED.template_id,
+    start_time = EXCLUDED.start_time, end_time = EXCLUDED.end_time,
+    status = EXCLUDED.status, session_information = EXCLUDED.session_information,
+    "Interview_report" = EXCLUDED."Interview_report",
+    recording_url = EXCLUDED.recording_url, resume_url = EXCLUDED.resume_url
+"""
+
+_SELECT = """
+SELECT session_id, interviewee_id, template_id, start_time, end_time, status,
+    session_information, "Interview_report", recording_url, resume_url
+FROM interview_sessions WHERE session_id = $1
+"""
+
+# Rows left `in_progress` by an earlier process of this instance (same data
+# directory, another run), and anybody's whose last checkpoint is too old.
+_MARK_INTERRUPTED = """
+UPDATE interview_sessions SET status = 'interrupted'
+WHERE status = 'in_progress' AND (
+    (session_information->>'server_instance' = $1
+     AND session_information->>'server_run' IS DISTINCT FROM $3)
+    OR (session_information->>'checkpoint_at')::timestamptz < now() - make_interval(secs => $2)
+)
+RETURNING session_id
+"""
+
+# What counts as "the database is down, try later" rather than a bug.
+_TRANSIENT = (
+    OSError,
+    asyncio.TimeoutError,
+    asyncpg.InterfaceError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.ConnectionDoesNotExistError,
+    asyncpg.TooManyConnectionsError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+)
+
+
+class DatabaseUnavailable(Exception):
+    """The database could not be reached; the operation may be retried."""
+
+
+class Template:
+    """A row of `job_templates`."""
+
+    def __init__(self, template_id: uuid.UUID, job_role: str | None, questions: list[str]):
+        self.template_id = template_id
+        self.job_role = job_role
+        self.questions = questions
+
+
+class SessionStore:
+    """The sessions table behind a lazily connected asyncpg pool.
+
+    The pool is created with no eager connections, so the server starts (and
+    queues rows in its outbox) even while the database is unreachable; the
+    schema is ensured on the first successful connection.
+    """
+
+    def __init__(self, dsn: str, *, timeout: float = 5.0) -> None:
+        self._dsn = dsn
+        self._timeout = timeout
+        self._pool: asyncpg.Pool | None = None
+        self._schema_ready = False
+        self._schema_lock = asyncio.Lock()
+
+    async def open(self) -> None:
+        self._pool = await asyncpg.create_pool(
+            self._dsn,
+            min_size=0,
+            max_size=4,
+            timeout=self._timeout,
+            command_timeout=self._timeout,
+            statement_cache_size=0 if _behind_pgbouncer(self._dsn) else 100,
+            init=_init_connection,
+        )
+        try:
+            async with self._acquire():
+                pass  # creates the schema
+        except DatabaseUnavailable as exc:
+            log.warning("database unreachable at start-up (%s); rows go to the outbox", exc)
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            await pool.close()
+
+    async def upsert(self, row: SessionRow) -> None:
+        """Insert or update the row by `session_id` (idempotent)."""
+        await self._execute(
+            _UPSERT,
+            row.session_id,
+            row.interviewee_id,
+            row.template_id,
+            row.start_time,
+            row.end_time,
+            row.status,
+            row.session_information,
+            row.interview_report,
+            row.recording_url,
+            row.resume_url,
+        )
+
+    async def fetch(self, session_id: uuid.UUID) -> SessionRow | None:
+        record = await self._fetchrow(_SELECT, session_id)
+        if record is None:
+            return None
+        return SessionRow(
+            session_id=record["session_id"],
+            interviewee_id=record["interviewee_id"],
+            template_id=record["template_id"],
+            start_time=record["start_time"],
+            end_time=record["end_time"],
+            status=record["status"],
+            session_information=record["session_information"],
+            interview_report=record["Interview_report"],
+            recording_url=record["recording_url"],
+            resume_url=record["resume_url"],
+        )
+
+    async def fetch_template(self, template_id: uuid.UUID) -> Template | None:
+        record = await self._fetchrow(
+            "SELECT template_id, job_role, questions FROM job_templates WHERE template_id = $1",
+            template_id,
+        )
+        if record is None:
+            return None
+        questions = record["questions"]
+        if not isinstance(questions, list):
+            questions = []
+        return Template(record["template_id"], record["job_role"], [str(q) for q in questions])
+
+    async def interviewee_exists(self, interviewee_id: uuid.UUID) -> bool:
+        query = "SELECT 1 FROM interviewee_profiles WHERE interviewee_id = $1"
+        return await self._fetchrow(query, interviewee_id) is not None
+
+    async def mark_interrupted(
+        self, server_instance: str, server_run: str, stale_after_s: float
+    ) -> int:
+        """Declare rows abandoned by dead processes `interrupted`; return how many."""
+        rows = await self._fetch(_MARK_INTERRUPTED, server_instance, stale_after_s, server_run)
+        return len(rows)
+
+    async def _execute(self, query: str, *args: Any) -> None:
+        async with self._acquire() as conn:
+            await conn.execute(query, *args)
+
+    async def _fetchrow(self, query: str, *args: Any) -> asyncpg.Record | None:
+        async with self._acquire() as conn:
+            return await conn.fetchrow(query, *args)
+
+    async def _fetch(self, query: str, *args: Any) -> list[asyncpg.Record]:
+        async with self._acquire() as conn:
+            return list(await conn.fetch(query, *args))
+
+    def _acquire(self) -> _Connection:
+        if self._pool is None:
+            raise RuntimeError("SessionStore.open() was not called")
+        return _Connection(self, self._pool)
+
+    async def _ensure_schema(self, conn: asyncpg.Connection) -> None:
+        if self._schema_ready:
+            return
+        async with self._schema_lock:
+            if not self._schema_ready:
+                await conn.execute(SCHEMA)
+                self._schema_ready = True
+                log.info("schema ensured")
+
+
+class _Connection:
+    """Acquire a pooled connection, map transient failures to DatabaseUnavailable."""
+
+    def __init__(self, store: SessionStore, pool: asyncpg.Pool) -> None:
+        self._store = store
+        self._pool = pool
+        self._conn: asyncpg.Connection | None = None
+
+    async def __aenter__(self) -> asyncpg.Connection:
+        try:
+            self._conn = await self._pool.acquire()
+            await self._store._ensure_schema(self._conn)
+        except _TRANSIENT as exc:
+            await self._release()
+            raise DatabaseUnavailable(_describe(exc)) from exc
+        except BaseException:
+            await self._release()
+            raise
+        return self._conn
+
+    async def __aexit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+        await self._release()
+        if exc is not None and isinstance(exc, _TRANSIENT):
+            raise DatabaseUnavailable(_describe(exc)) from exc
+
+    async def _release(self) -> None:
+        if self._conn is not None:
+            conn, self._conn = self._conn, None
+            await self._pool.release(conn)
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    for kind in ("json", "jsonb"):
+        await conn.set_type_codec(
+            kind, encoder=json.dumps, decoder=json.loads, schema="pg_catalog"
+        )
+
+
+def _behind_pgbouncer(dsn: str) -> bool:
+    """Supabase's transaction pooler (port 6543) cannot keep prepared statements."""
+    parts = urlsplit(dsn)
+    try:
+        port = parts.port
+    except ValueError:
+        return False
+    return port == 6543 or "pooler." in (parts.hostname or "")
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__

@@ -1,0 +1,115 @@
+"""Shared fixtures: a real PostgreSQL, a fresh database per test, the app."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+import warnings
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from config import Config
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+
+
+def with_database(dsn: str, database: str) -> str:
+    """`dsn` pointed at another database on the same server."""
+    parts = urlsplit(dsn)
+    return urlunsplit(parts._replace(path=f"/{database}"))
+
+
+def start_pgserver(pgdata: Path) -> Any:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import pgserver
+    pgdata.mkdir(parents=True, exist_ok=True)
+    return pgserver.get_server(pgdata, cleanup_mode="stop")
+
+
+@pytest.fixture(scope="session")
+def pg_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """An admin DSN: `TEST_DATABASE_URL` when set, else an embedded PostgreSQL."""
+    dsn = os.environ.get("TEST_DATABASE_URL")
+    if dsn:
+        yield dsn
+        return
+    server = start_pgserver(tmp_path_factory.mktemp("pgcluster") / "pg")
+    yield server.get_uri()
+    server.cleanup()
+
+
+@pytest.fixture
+async def database_url(pg_cluster: str) -> AsyncIterator[str]:
+    """A fresh, empty database for one test."""
+    name = f"t_{uuid.uuid4().hex[:16]}"
+    admin = await asyncpg.connect(pg_cluster)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    yield with_database(pg_cluster, name)
+    admin = await asyncpg.connect(pg_cluster)
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+@pytest.fixture
+async def db(database_url: str) -> AsyncIterator[asyncpg.Connection]:
+    conn = await asyncpg.connect(database_url)
+    yield conn
+    await conn.close()
+
+
+@pytest.fixture
+async def loop_errors() -> AsyncIterator[list[dict[str, Any]]]:
+    """Fail the test if the loop's exception handler fires (unhandled task errors)."""
+    errors: list[dict[str, Any]] = []
+    loop = asyncio.get_running_loop()
+    loop.set_exception_handler(lambda _loop, context: errors.append(context))
+    yield errors
+    loop.set_exception_handler(None)
+    assert not errors, f"unhandled errors in the event loop: {errors}"
+
+
+AppFactory = Callable[..., Awaitable[TestClient]]
+
+
+@pytest.fixture
+async def make_client(
+    database_url: str, tmp_path: Path, loop_errors: list[dict[str, Any]]
+) -> AsyncIterator[AppFactory]:
+    """Start the real app on loopback; `await make_client(api_key=...)`."""
+    from server import make_app
+
+    clients: list[TestClient] = []
+
+    async def factory(**overrides: Any) -> TestClient:
+        config = replace(
+            Config(database_url=database_url, data_dir=tmp_path / "data", checkpoint_s=0.2),
+            **overrides,
+        )
+        client = TestClient(TestServer(make_app(config), host="127.0.0.1", port=0))
+        await client.start_server()
+        clients.append(client)
+        return client
+
+    yield factory
+    for client in reversed(clients):
+        await client.close()
+
+
+@pytest.fixture
+async def client(make_client: AppFactory) -> TestClient:
+    return await make_client()
