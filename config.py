@@ -35,6 +35,13 @@ class Config:
     ice_servers: tuple[dict[str, Any], ...] = ()
     ice_loopback_only: bool = False
     cors_origins: tuple[str, ...] = ()
+    detect_fps: float = 2.0
+    keepalive_timeout_s: float = 8.0
+    detector_kind: str = "nanodet"
+    detector_model: str | None = None
+    asr_model: str | None = None
+    asr_threads: int = 1
+    device_labels: tuple[str, ...] = ("laptop", "cell phone", "tv", "keyboard", "mouse", "remote")
 
     @property
     def local_mode(self) -> bool:
@@ -60,6 +67,13 @@ class Config:
             ice_servers=_ice_servers(env),
             ice_loopback_only=_flag(env, "ICE_LOOPBACK_ONLY"),
             cors_origins=_csv(env, "CORS_ORIGINS"),
+            detect_fps=_positive_float(env, "DETECT_FPS", 2.0),
+            keepalive_timeout_s=_positive_float(env, "KEEPALIVE_TIMEOUT_S", 8.0),
+            detector_kind=_choice(env, "DETECTOR", ("nanodet", "yolo"), "nanodet"),
+            detector_model=_existing_file(env, "DETECTOR_MODEL"),
+            asr_model=_optional(env, "ASR_MODEL"),
+            asr_threads=_positive_int(env, "ASR_THREADS", 1),
+            device_labels=_csv(env, "DEVICE_LABELS") or cls.device_labels,
         )
 
 
@@ -88,6 +102,29 @@ def _positive_float(env: Mapping[str, str], name: str, default: float) -> float:
     if not value > 0:
         raise ConfigError(f"{name} must be greater than 0, got {raw!r}")
     return value
+
+
+def _positive_int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = _optional(env, name)
+    if raw is None:
+        return default
+    if not raw.isdigit() or int(raw) < 1:
+        raise ConfigError(f"{name} must be a whole number of at least 1, got {raw!r}")
+    return int(raw)
+
+
+def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...], default: str) -> str:
+    raw = (_optional(env, name) or default).lower()
+    if raw not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {raw!r}")
+    return raw
+
+
+def _existing_file(env: Mapping[str, str], name: str) -> str | None:
+    raw = _optional(env, name)
+    if raw is not None and not Path(raw).is_file():
+        raise ConfigError(f"{name} must name an existing file, got {raw!r}")
+    return raw
 
 
 def _flag(env: Mapping[str, str], name: str) -> bool:

@@ -26,6 +26,10 @@ from aiohttp import BodyPartReader, web
 from config import Config, ConfigError
 from engine.registry import SessionRegistry
 from engine.session import InterviewSession, SessionRow, SessionStatus
+from media.ice import use_loopback_only
+from media.live import evidence_path
+from media.peer import SignalingError
+from media.service import AlreadyConnected, MediaService, MediaSettings
 from storage.embedded import start_embedded, stop_embedded
 from storage.outbox import Outbox
 from storage.pg import DatabaseUnavailable, SessionStore
@@ -38,11 +42,13 @@ STORE = web.AppKey("store", SessionStore)
 WRITER = web.AppKey("writer", SessionWriter)
 REGISTRY = web.AppKey("registry", SessionRegistry)
 FILE_IO = web.AppKey("file_io", ThreadPoolExecutor)
+MEDIA = web.AppKey("media", MediaService)
 
 MAX_JSON_BYTES = 1024 * 1024
 MAX_RESUME_BYTES = 5 * 1024 * 1024
 MAX_JOB_ROLE = 200
 MAX_URL = 2048
+MAX_SDP_BYTES = 64 * 1024
 
 
 # -- errors and access ------------------------------------------------------
@@ -182,12 +188,17 @@ async def create_session(request: web.Request) -> web.Response:
     return web.json_response(body, status=201)
 
 
-async def _read_json_body(request: web.Request) -> dict[str, Any]:
-    if (request.content_length or 0) > MAX_JSON_BYTES:
-        raise too_large("JSON body larger than 1 MB", MAX_JSON_BYTES)
-    raw = await request.content.read(MAX_JSON_BYTES + 1)
-    if len(raw) > MAX_JSON_BYTES:
-        raise too_large("JSON body larger than 1 MB", MAX_JSON_BYTES)
+async def _read_limited(request: web.Request, limit: int, what: str) -> bytes:
+    if (request.content_length or 0) > limit:
+        raise too_large(f"{what} larger than {limit // 1024} KB", limit)
+    raw = await request.content.read(limit + 1)
+    if len(raw) > limit:
+        raise too_large(f"{what} larger than {limit // 1024} KB", limit)
+    return raw
+
+
+async def _read_json_body(request: web.Request, limit: int = MAX_JSON_BYTES) -> dict[str, Any]:
+    raw = await _read_limited(request, limit, "JSON body")
     try:
         body = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -398,6 +409,101 @@ async def healthz(request: web.Request) -> web.Response:
     return web.json_response(body)
 
 
+# -- signaling -------------------------------------------------------------
+
+
+async def post_offer(request: web.Request) -> web.Response:
+    """`{"sdp", "type": "offer"}` → `{"sdp", "type": "answer"}`."""
+    session = await _candidate_session(request)
+    if request.content_type != "application/json":
+        raise json_error(web.HTTPUnsupportedMediaType, "send the offer as application/json")
+    body = await _read_json_body(request, limit=MAX_SDP_BYTES)
+    sdp, kind = body.get("sdp"), body.get("type")
+    if kind != "offer" or not isinstance(sdp, str) or not sdp.strip():
+        raise json_error(web.HTTPBadRequest, 'expected {"sdp": "<offer SDP>", "type": "offer"}')
+    answer = await _connect(request, session, sdp)
+    return web.json_response({"sdp": answer, "type": "answer"})
+
+
+async def post_whip(request: web.Request) -> web.Response:
+    """WHIP (RFC 9725): an SDP offer in, `201` with the answer and a `Location`."""
+    session = await _candidate_session(request)
+    if request.content_type != "application/sdp":
+        raise json_error(web.HTTPUnsupportedMediaType, "WHIP offers are application/sdp")
+    raw = await _read_limited(request, MAX_SDP_BYTES, "SDP offer")
+    try:
+        sdp = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise json_error(web.HTTPBadRequest, "the SDP offer is not UTF-8 text") from None
+    answer = await _connect(request, session, sdp)
+    location = f"/whip/{session.session_id}/resource"
+    return web.Response(
+        status=201, text=answer, content_type="application/sdp", headers={"Location": location}
+    )
+
+
+async def delete_whip(request: web.Request) -> web.Response:
+    session = await _candidate_session(request)
+    await request.app[REGISTRY].end(session.session_id)
+    return web.Response(status=200)
+
+
+async def patch_whip(request: web.Request) -> web.Response:
+    """No trickle ICE or ICE restart: RFC 9725 says 405 for PATCH then."""
+    await _candidate_session(request)
+    message = "trickle ICE and ICE restarts are not supported; send every candidate in the offer"
+    raise web.HTTPMethodNotAllowed(
+        "PATCH",
+        ("DELETE",),
+        text=json.dumps({"error": message}),
+        content_type="application/json",
+    )
+
+
+async def _candidate_session(request: web.Request) -> InterviewSession:
+    session_id = parse_session_id(request)
+    session = request.app[REGISTRY].get(session_id)
+    if session is None:
+        require_api_key_or_token_unknown(request)
+        raise await _not_live_error(request, session_id)
+    require_candidate(request, session)
+    return session
+
+
+def require_api_key_or_token_unknown(request: web.Request) -> None:
+    """For a session that is not live, only the API key may learn its fate."""
+    if request.app[CONFIG].api_key is not None and not _matches(
+        _bearer(request) or request.query.get("token"), request.app[CONFIG].api_key
+    ):
+        # A token cannot be checked against a session that is not live; answer
+        # as the spec asks (404/409) without saying more than "not live".
+        raise json_error(web.HTTPNotFound, "no live session with this id")
+
+
+async def _connect(request: web.Request, session: InterviewSession, sdp: str) -> str:
+    try:
+        return await request.app[MEDIA].connect(session, sdp)
+    except AlreadyConnected as exc:
+        raise json_error(web.HTTPConflict, str(exc)) from None
+    except SignalingError as exc:
+        raise json_error(web.HTTPBadRequest, str(exc)) from None
+
+
+async def get_evidence(request: web.Request) -> web.StreamResponse:
+    require_api_key(request)
+    session_id = parse_session_id(request)
+    name = request.match_info["name"]
+    path = evidence_path(request.app[CONFIG].data_dir, session_id, name)
+    if not await asyncio.get_running_loop().run_in_executor(None, path.is_file):
+        raise json_error(web.HTTPNotFound, f"no evidence {name}")
+    return web.FileResponse(path, headers={"Content-Type": "image/jpeg"})
+
+
+def evidence_url(app: web.Application, session_id: uuid.UUID, name: str) -> str:
+    base = app[CONFIG].public_url or ""
+    return f"{base}/sessions/{session_id}/evidence/{name}"
+
+
 # -- application wiring ------------------------------------------------------
 
 
@@ -461,18 +567,37 @@ async def registry_ctx(app: web.Application) -> AsyncIterator[None]:
     registry = app[REGISTRY] = SessionRegistry(
         app[WRITER], checkpoint_s=config.checkpoint_s, heartbeat_s=config.stale_after_s / 3
     )
+    app[MEDIA] = MediaService(
+        MediaSettings(
+            data_dir=config.data_dir,
+            ice_servers=config.ice_servers,
+            detect_fps=config.detect_fps,
+            keepalive_timeout_s=config.keepalive_timeout_s,
+            detector_kind=config.detector_kind,
+            detector_model=config.detector_model,
+            asr_model=config.asr_model,
+            asr_threads=config.asr_threads,
+            device_labels=config.device_labels,
+        ),
+        registry,
+        lambda session_id, name: evidence_url(app, session_id, name),
+    )
     await registry.start()
     try:
         yield
     finally:
-        # Shutdown (SIGTERM included) ends and saves every live session.
+        # Shutdown (SIGTERM included) ends and saves every live session,
+        # closing its media first.
         await registry.end_all()
+        await app[MEDIA].close()
         await registry.close()
 
 
 def make_app(config: Config) -> web.Application:
     app = web.Application(middlewares=[error_middleware], client_max_size=MAX_RESUME_BYTES + 65536)
     app[CONFIG] = config
+    if config.ice_loopback_only:
+        use_loopback_only()
     app.cleanup_ctx.append(storage_ctx)
     app.cleanup_ctx.append(registry_ctx)
     app.router.add_post("/sessions", create_session)
@@ -482,6 +607,11 @@ def make_app(config: Config) -> web.Application:
     app.router.add_post("/sessions/{session_id}/save", save_session)
     app.router.add_post("/sessions/{session_id}/end", end_session)
     app.router.add_get("/sessions/{session_id}/resume", get_resume)
+    app.router.add_get("/sessions/{session_id}/evidence/{name:[A-Za-z0-9_.-]+\\.jpg}", get_evidence)
+    app.router.add_post("/sessions/{session_id}/offer", post_offer)
+    app.router.add_post("/whip/{session_id}", post_whip)
+    app.router.add_delete("/whip/{session_id}/resource", delete_whip)
+    app.router.add_patch("/whip/{session_id}/resource", patch_whip)
     app.router.add_get("/healthz", healthz)
     return app
 

@@ -80,14 +80,20 @@ class SessionRegistry:
         Returns the save result, or None if the session was not live. Callers
         racing to end the same session all wait for the one ending.
         """
+        self.end_soon(session_id, status)
         task = self._ending.get(session_id)
         if task is None:
-            session = self._live.get(session_id)
-            if session is None:
-                return None
+            return None
+        return await asyncio.shield(task)
+
+    def end_soon(
+        self, session_id: uuid.UUID, status: SessionStatus = SessionStatus.COMPLETED
+    ) -> None:
+        """Start ending a live session without waiting (callbacks, watchdogs)."""
+        if session_id not in self._ending and session_id in self._live:
+            session = self._live[session_id]
             task = asyncio.create_task(self._end(session, status), name=f"end-{session_id}")
             self._ending[session_id] = task
-        return await asyncio.shield(task)
 
     async def end_all(self) -> None:
         """End every live session (shutdown)."""

@@ -1,0 +1,193 @@
+"""Remote audio → 16 kHz mono → streaming VAD → faster-whisper transcripts.
+
+Three tasks per track, each owning one step:
+- the pump only awaits `track.recv()` and puts the frame in a bounded queue
+  (O(1); a full queue drops the frame and counts it);
+- the VAD worker resamples and runs Silero VAD on batches of frames in the
+  VAD executor, and puts finished speech pieces in a bounded queue;
+- the ASR worker transcribes those pieces one by one in the ASR executor.
+
+Long answers are committed in pieces by the VAD (`SpeechCut`), so the wait
+from the candidate's last voiced frame to the final transcript does not grow
+with the answer's length.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import contextlib
+import logging
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass
+
+import av
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+
+from engine.transcriber import Transcriber
+from engine.vad import SpeechEnded, SpeechSegment, VadEvent, VoiceActivityDetector
+
+__all__ = ["AudioStats", "AudioTranscriber", "Transcript"]
+
+log = logging.getLogger(__name__)
+
+_BATCH_FRAMES = 25  # at most 0.5 s of 20 ms frames per trip to the VAD executor
+
+
+@dataclass(frozen=True)
+class Transcript:
+    """A final transcript of one committed piece of speech."""
+
+    text: str
+    start: float  # stream seconds
+    end: float
+    utterance_done: bool  # the candidate stopped speaking after this piece
+    latency_s: float  # last voiced frame's arrival → this transcript
+
+
+@dataclass
+class AudioStats:
+    frames_in: int = 0
+    frames_dropped: int = 0
+    pieces: int = 0
+    pieces_dropped: int = 0
+    asr_seconds: float = 0.0
+
+
+class AudioTranscriber:
+    def __init__(
+        self,
+        track: MediaStreamTrack,
+        *,
+        vad: VoiceActivityDetector,
+        transcriber: Transcriber,
+        vad_executor: Executor,
+        asr_executor: Executor,
+        on_transcript: Callable[[Transcript], None],
+        name: str,
+        on_frame: Callable[[av.AudioFrame], None] | None = None,
+        max_frames: int = 250,
+        max_pieces: int = 16,
+    ) -> None:
+        self._track = track
+        self._vad = vad
+        self._transcriber = transcriber
+        self._vad_executor = vad_executor
+        self._asr_executor = asr_executor
+        self._on_transcript = on_transcript
+        self._on_frame = on_frame
+        self._resampler = av.AudioResampler(format="s16", layout="mono", rate=16000)
+        self._frames: asyncio.Queue[tuple[av.AudioFrame, float] | None] = asyncio.Queue(max_frames)
+        self._pieces: asyncio.Queue[SpeechSegment | None] = asyncio.Queue(max_pieces)
+        # (stream seconds at the end of a batch, loop time its last frame arrived)
+        self._arrivals: deque[tuple[float, float]] = deque(maxlen=512)
+        self.stats = AudioStats()
+        self._pump_task = asyncio.create_task(self._pump(), name=f"{name}-audio-pump")
+        self._workers = [
+            asyncio.create_task(self._vad_worker(), name=f"{name}-audio-vad"),
+            asyncio.create_task(self._asr_worker(), name=f"{name}-audio-asr"),
+        ]
+
+    async def close(self, drain_timeout_s: float = 10.0) -> None:
+        """Stop receiving, transcribe what was already heard (bounded), stop."""
+        self._pump_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._pump_task
+        self._put_end_marker()
+        done, pending = await asyncio.wait(self._workers, timeout=drain_timeout_s)
+        for task in pending:
+            task.cancel()
+        for task in self._workers:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _pump(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                frame = await self._track.recv()
+            except MediaStreamError:
+                self._put_end_marker()
+                return
+            self.stats.frames_in += 1
+            if self._on_frame is not None:
+                self._on_frame(frame)
+            try:
+                self._frames.put_nowait((frame, loop.time()))
+            except asyncio.QueueFull:
+                self.stats.frames_dropped += 1
+
+    def _put_end_marker(self) -> None:
+        while True:
+            try:
+                self._frames.put_nowait(None)
+                return
+            except asyncio.QueueFull:
+                self._frames.get_nowait()
+                self.stats.frames_dropped += 1
+
+    async def _vad_worker(self) -> None:
+        loop = asyncio.get_running_loop()
+        ended = False
+        while not ended:
+            batch = [await self._frames.get()]
+            while len(batch) < _BATCH_FRAMES and not self._frames.empty():
+                batch.append(self._frames.get_nowait())
+            ended = batch[-1] is None
+            frames = [item[0] for item in batch if item is not None]
+            arrived = next((item[1] for item in reversed(batch) if item is not None), loop.time())
+            events, stream_end = await loop.run_in_executor(
+                self._vad_executor, self._detect_speech, frames, ended
+            )
+            self._arrivals.append((stream_end, arrived))
+            for event in events:
+                if isinstance(event, SpeechSegment):
+                    self._queue_piece(event)
+        await self._pieces.put(None)
+
+    def _detect_speech(self, frames: list[av.AudioFrame], flush: bool) -> tuple[list[VadEvent], float]:
+        """Worker thread: resample to 16 kHz mono and run the VAD."""
+        events: list[VadEvent] = []
+        for frame in frames:
+            for out in self._resampler.resample(frame):
+                events += self._vad.feed(out.to_ndarray().reshape(-1))
+        if flush:
+            events += self._vad.flush()
+        return events, self._vad.stream_time
+
+    def _queue_piece(self, piece: SpeechSegment) -> None:
+        try:
+            self._pieces.put_nowait(piece)
+        except asyncio.QueueFull:
+            self.stats.pieces_dropped += 1
+            log.warning("transcription is behind: dropped %.1fs of speech", piece.end - piece.start)
+
+    async def _asr_worker(self) -> None:
+        loop = asyncio.get_running_loop()
+        while (piece := await self._pieces.get()) is not None:
+            text = ""
+            if piece.last_voiced_at > piece.start:  # a piece with no voiced window is silence
+                result = await loop.run_in_executor(
+                    self._asr_executor, self._transcriber.transcribe, piece.audio
+                )
+                self.stats.pieces += 1
+                self.stats.asr_seconds += result.elapsed_s
+                text = result.text.strip()
+            transcript = Transcript(
+                text=text,
+                start=piece.start,
+                end=piece.end,
+                utterance_done=isinstance(piece, SpeechEnded),
+                latency_s=loop.time() - self._arrival_of(piece.last_voiced_at),
+            )
+            self._on_transcript(transcript)
+
+    def _arrival_of(self, stream_t: float) -> float:
+        """When the frame holding stream second `stream_t` arrived (loop time)."""
+        ends = [end for end, _ in self._arrivals]
+        i = bisect.bisect_left(ends, stream_t)
+        if i >= len(self._arrivals):
+            i = len(self._arrivals) - 1
+        return self._arrivals[i][1] if self._arrivals else asyncio.get_running_loop().time()

@@ -1,0 +1,158 @@
+"""One candidate's WebRTC peer: signaling answer, tracks, data channel, liveness.
+
+The peer turns aiortc events into calls on plain objects: audio goes to an
+`AudioTranscriber`, video to a `VideoAnalyzer`, and data-channel messages to
+the session. It never ends the session itself; it asks the owner to, through
+`on_gone(reason)`, and the owner closes it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from aiortc import RTCDataChannel, RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamTrack
+
+from media.ice import rtc_configuration
+
+__all__ = ["InterviewPeer", "SignalingError"]
+
+log = logging.getLogger(__name__)
+
+MAX_MESSAGE_BYTES = 16 * 1024
+
+
+class SignalingError(Exception):
+    """The offer cannot be answered (malformed SDP, nothing to receive...)."""
+
+
+class InterviewPeer:
+    """The server side of one candidate's RTCPeerConnection."""
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        ice_servers: tuple[dict[str, Any], ...],
+        keepalive_timeout_s: float,
+        on_track: Callable[[MediaStreamTrack], None],
+        on_message: Callable[[dict[str, Any]], None],
+        on_gone: Callable[[str], None],
+    ) -> None:
+        self.name = name
+        self.pc = RTCPeerConnection(rtc_configuration(ice_servers))
+        self._keepalive_timeout_s = keepalive_timeout_s
+        self._on_track = on_track
+        self._on_message = on_message
+        self._on_gone = on_gone
+        self._channel: RTCDataChannel | None = None
+        self._last_seen = asyncio.get_running_loop().time()
+        self._closed = False
+        self._watchdog: asyncio.Task[None] | None = None
+        self.messages_dropped = 0
+        self.pc.on("datachannel", self._handle_datachannel)
+        self.pc.on("track", self._handle_track)
+        self.pc.on("connectionstatechange", self._handle_state)
+
+    def seen(self) -> None:
+        """Something arrived from the candidate (a frame, a message)."""
+        self._last_seen = asyncio.get_running_loop().time()
+
+    async def answer(self, sdp: str, kind: str = "offer") -> str:
+        """Apply the remote offer and return the local answer SDP (ICE gathered)."""
+        _check_offer(sdp)
+        try:
+            await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type=kind))
+            await self.pc.setLocalDescription(await self.pc.createAnswer())
+        except (ValueError, TypeError, AttributeError, IndexError, KeyError) as exc:
+            raise SignalingError(f"cannot answer this offer: {exc}") from exc
+        self.seen()
+        self._watchdog = asyncio.create_task(self._watch(), name=f"{self.name}-keepalive")
+        return self.pc.localDescription.sdp
+
+    def send(self, message: dict[str, Any]) -> bool:
+        """Send a JSON event on the `events` channel if it is open."""
+        channel = self._channel
+        if channel is None or channel.readyState != "open":
+            self.messages_dropped += 1
+            return False
+        channel.send(json.dumps(message))
+        return True
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._watchdog is not None and self._watchdog is not asyncio.current_task():
+            self._watchdog.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watchdog
+        await self.pc.close()
+
+    def _handle_datachannel(self, channel: RTCDataChannel) -> None:
+        if channel.label != "events":
+            log.info("%s: ignoring data channel %r", self.name, channel.label)
+            return
+        self._channel = channel
+        channel.on("message", self._handle_raw_message)
+
+    def _handle_raw_message(self, raw: str | bytes) -> None:
+        self.seen()
+        message = _parse_message(raw)
+        if isinstance(message, str):
+            self.send({"type": "error", "message": message})
+            return
+        if message["type"] == "ping":
+            self.send({"type": "pong"})
+            return
+        self._on_message(message)
+
+    def _handle_track(self, track: MediaStreamTrack) -> None:
+        log.info("%s: receiving %s", self.name, track.kind)
+        self._on_track(track)
+
+    def _handle_state(self) -> None:
+        state = self.pc.connectionState
+        log.info("%s: connection %s", self.name, state)
+        if state in ("failed", "closed") and not self._closed:
+            self._on_gone(f"connection {state}")
+
+    async def _watch(self) -> None:
+        """aiortc never reports "disconnected": notice silence ourselves."""
+        loop = asyncio.get_running_loop()
+        period = min(1.0, self._keepalive_timeout_s / 4)
+        while True:
+            await asyncio.sleep(period)
+            if loop.time() - self._last_seen > self._keepalive_timeout_s:
+                self._on_gone(f"nothing received for {self._keepalive_timeout_s:g}s")
+                return
+
+
+def _check_offer(sdp: str) -> None:
+    """aiortc answers nearly anything, even text with no media: refuse that."""
+    lines = sdp.replace("\r\n", "\n").split("\n")
+    if not lines or lines[0].strip() != "v=0":
+        raise SignalingError("not an SDP offer: it must start with 'v=0'")
+    media = [line for line in lines if line.startswith("m=")]
+    if not media:
+        raise SignalingError("the offer has no media sections (m= lines)")
+    if not any(line.startswith("a=fingerprint:") for line in lines):
+        raise SignalingError("the offer has no DTLS fingerprint")
+
+
+def _parse_message(raw: str | bytes) -> dict[str, Any] | str:
+    """The message as a dict with a string `type`, or an error text."""
+    if len(raw) > MAX_MESSAGE_BYTES:
+        return f"message larger than {MAX_MESSAGE_BYTES} bytes"
+    try:
+        message = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return "messages must be JSON objects"
+    if not isinstance(message, dict) or not isinstance(message.get("type"), str):
+        return "messages must be JSON objects with a string 'type'"
+    return message

@@ -1,0 +1,196 @@
+"""Live media over real aiortc peers on loopback: transcript, anomalies, saving."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from typing import Any
+
+import asyncpg
+import pytest
+from aiohttp.test_utils import TestClient
+
+from server import MEDIA, REGISTRY
+from tests.conftest import SHARED, AppFactory
+from tests.media_client import CLIP, Candidate, PhotoTrack, SpeechTrack, transcript_of
+from tests.wer import wer
+
+PHOTOS = SHARED / "testdata" / "photos"
+ONE_PERSON = PHOTOS / "coco_000000000436_1person_eating_closeup.jpg"
+TWO_PERSONS = PHOTOS / "coco_000000000165_2persons_indoor.jpg"
+
+needs_photos = pytest.mark.skipif(
+    not PHOTOS.is_dir(), reason=f"real photos not found at {PHOTOS} (../shared is beside CI's checkout)"
+)
+
+
+async def live_client(make_client: AppFactory, **overrides: Any) -> TestClient:
+    return await make_client(ice_loopback_only=True, keepalive_timeout_s=3.0, **overrides)
+
+
+async def new_session(client: TestClient, **request: Any) -> dict[str, Any]:
+    resp = await client.post("/sessions", json={"job_role": "Backend engineer"}, **request)
+    assert resp.status == 201
+    return await resp.json()
+
+
+async def stored_row(db: asyncpg.Connection, sid: str, timeout: float = 30) -> asyncpg.Record:
+    """The row once it is no longer in progress."""
+    async def ended() -> asyncpg.Record:
+        while True:
+            row = await db.fetchrow(
+                "SELECT * FROM interview_sessions WHERE session_id = $1", uuid.UUID(sid)
+            )
+            if row is not None and row["status"] != "in_progress":
+                return row
+            await asyncio.sleep(0.2)
+    return await asyncio.wait_for(ended(), timeout)
+
+
+@needs_photos
+async def test_speech_and_two_people_make_a_transcript_and_an_anomaly(
+    make_client: AppFactory, db: asyncpg.Connection
+):
+    client = await live_client(make_client)
+    sid = (await new_session(client))["session_id"]
+    candidate = Candidate(SpeechTrack(CLIP.with_suffix(".wav")), PhotoTrack(TWO_PERSONS))
+    try:
+        await candidate.join(client, sid)
+        (transcript,) = await candidate.wait_for("transcript", timeout=60)
+        assert transcript["final"] is True and transcript["end"] > transcript["start"]
+        error_rate = wer(transcript_of(CLIP), transcript["text"])
+        assert error_rate <= 0.15, transcript["text"]
+        (anomaly,) = await candidate.wait_for("anomaly", timeout=30)
+        assert anomaly["anomaly"] == "multiple_persons" and anomaly["count"] >= 2
+        assert all(d.startswith("person ") for d in anomaly["detections"])
+        evidence = await client.get(anomaly["evidence_url"])
+        assert evidence.status == 200 and (await evidence.read())[:3] == b"\xff\xd8\xff"
+        candidate.send({"type": "end"})
+        row = await stored_row(db, sid)
+    finally:
+        await candidate.close()
+    assert row["status"] == "completed" and row["end_time"] is not None
+    info = json.loads(row["session_information"])
+    assert info["asr_model"] == "tiny.en"
+    (turn,) = info["conversation_history"]
+    assert turn["role"] == "user" and wer(transcript_of(CLIP), turn["content"]) <= 0.15
+    assert [a["type"] for a in info["anomalies_detected"]] == ["multiple_persons"]
+    assert set(info["anomalies_detected"][0]) == {"timestamp", "type", "count", "detections",
+                                                  "evidence_url"}
+
+
+@needs_photos
+async def test_one_person_and_silence_make_no_anomaly_and_closing_saves(
+    make_client: AppFactory, db: asyncpg.Connection
+):
+    client = await live_client(make_client)
+    sid = (await new_session(client))["session_id"]
+    candidate = Candidate(SpeechTrack(None), PhotoTrack(ONE_PERSON))
+    await candidate.join(client, sid)
+    media = client.server.app[MEDIA].live(uuid.UUID(sid))
+    await asyncio.sleep(4)  # eight sampled frames at 2 fps
+    assert media is not None and media.video is not None
+    assert media.video.stats.samples_analysed >= 4
+    await candidate.close()  # the candidate leaves without saying "end"
+    row = await stored_row(db, sid, timeout=10)
+    assert row["status"] == "completed"
+    info = json.loads(row["session_information"])
+    assert info["anomalies_detected"] == [] and info["conversation_history"] == []
+    assert client.server.app[MEDIA].live(uuid.UUID(sid)) is None
+
+
+async def test_silent_candidate_is_ended_by_the_keepalive(
+    make_client: AppFactory, db: asyncpg.Connection
+):
+    """A tab that vanishes sends nothing more: no frames, no pings."""
+    client = await live_client(make_client)
+    sid = (await new_session(client))["session_id"]
+    candidate = Candidate(None, None)  # data channel only, and it never pings
+    await candidate.join(client, sid)
+    row = await stored_row(db, sid, timeout=10)
+    assert row["status"] == "completed"
+    await candidate.close()
+
+
+async def test_data_channel_errors_and_pings(make_client: AppFactory):
+    client = await live_client(make_client)
+    sid = (await new_session(client))["session_id"]
+    candidate = Candidate(None, None)
+    try:
+        await candidate.join(client, sid)
+        candidate.send("not json")
+        candidate.send({"no": "type"})
+        candidate.send({"type": "dance"})
+        candidate.send({"type": "ping"})
+        errors = await candidate.wait_for("error", count=3, timeout=10)
+        assert "JSON" in errors[0]["message"] and "type" in errors[1]["message"]
+        assert "dance" in errors[2]["message"]
+        await candidate.wait_for("pong", timeout=10)
+        assert client.server.app[REGISTRY].get(uuid.UUID(sid)) is not None  # still live
+    finally:
+        await candidate.close()
+
+
+async def test_signaling_bad_input(make_client: AppFactory, db: asyncpg.Connection):
+    client = await live_client(make_client, api_key="k")
+    key = {"Authorization": "Bearer k"}
+    session = await new_session(client, headers=key)
+    sid, token = session["session_id"], session["token"]
+    url = f"/sessions/{sid}/offer"
+    candidate = Candidate(None, None)
+    offer = {"sdp": await candidate.offer(), "type": "offer"}
+    # Credentials: none, wrong, the token in a header or the query, the API key.
+    assert (await client.post(url, json=offer)).status == 401
+    assert (await client.post(url, json=offer, headers={"Authorization": "Bearer x"})).status == 401
+    bad = [
+        ({"sdp": "v=0\r\nnonsense", "type": "offer"}, 400),
+        ({"sdp": offer["sdp"], "type": "answer"}, 400),
+        ({"sdp": 42, "type": "offer"}, 400),
+        ({"sdp": "v=0\r\n" + "a=x\r\n" * 20000, "type": "offer"}, 413),
+    ]
+    for body, status in bad:
+        resp = await client.post(url, json=body, params={"token": token})
+        assert resp.status == status, (body, await resp.text())
+        assert "error" in await resp.json()
+    resp = await client.post(url, data="{", params={"token": token},
+                             headers={"Content-Type": "application/json"})
+    assert resp.status == 400
+    await candidate.join(client, sid, headers={"Authorization": f"Bearer {token}"})
+    # One live peer per session.
+    second = Candidate(None, None)
+    resp = await client.post(url, json={"sdp": await second.offer(), "type": "offer"}, headers=key)
+    assert resp.status == 409
+    await second.close()
+    # Unknown and ended sessions.
+    resp = await client.post(f"/sessions/{uuid.uuid4()}/offer", json=offer, headers=key)
+    assert resp.status == 404
+    await client.post(f"/sessions/{sid}/end", headers=key)
+    assert (await client.post(url, json=offer, headers=key)).status == 409
+    assert (await client.post("/sessions/nope/offer", json=offer, headers=key)).status == 400
+    await candidate.close()
+    assert (await client.get("/healthz")).status == 200
+
+
+async def test_whip_ingest(make_client: AppFactory, db: asyncpg.Connection):
+    client = await live_client(make_client)
+    sid = (await new_session(client))["session_id"]
+    candidate = Candidate(SpeechTrack(None), None)
+    try:
+        offer = await candidate.offer()
+        resp = await client.post(f"/whip/{sid}", data=offer,
+                                 headers={"Content-Type": "application/sdp"})
+        assert resp.status == 201, await resp.text()
+        assert resp.content_type == "application/sdp"
+        location = resp.headers["Location"]
+        await candidate.accept(await resp.text())
+        resp = await client.patch(location, data="a=candidate:1",
+                                  headers={"Content-Type": "application/trickle-ice-sdpfrag"})
+        assert resp.status == 405 and "DELETE" in resp.headers["Allow"]
+        resp = await client.post(f"/whip/{sid}", data="{}", headers={"Content-Type": "application/json"})
+        assert resp.status == 415
+        assert (await client.delete(location)).status == 200
+        row = await stored_row(db, sid, timeout=10)
+        assert row["status"] == "completed"
+    finally:
+        await candidate.close()
