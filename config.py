@@ -42,6 +42,19 @@ class Config:
     asr_model: str | None = None
     asr_threads: int = 1
     device_labels: tuple[str, ...] = ("laptop", "cell phone", "tv", "keyboard", "mouse", "remote")
+    max_framerate: int = 10
+    rejoin_grace_s: float = 30.0
+    interviewer: bool = True
+    interviewer_name: str = "Serin"
+    interviewer_greeting: str | None = None
+    interview_max_minutes: float = 20.0
+    nudge_s: float = 20.0
+    end_of_turn_s: float = 1.2
+    tts: str = "auto"
+    gemini_api_key: str | None = field(default=None, repr=False)
+    gemini_model: str = "gemini-2.5-flash"
+    gemini_base_url: str | None = None
+    llm_timeout_s: float = 5.0
 
     @property
     def local_mode(self) -> bool:
@@ -74,6 +87,19 @@ class Config:
             asr_model=_optional(env, "ASR_MODEL"),
             asr_threads=_positive_int(env, "ASR_THREADS", 1),
             device_labels=_csv(env, "DEVICE_LABELS") or cls.device_labels,
+            max_framerate=_positive_int(env, "MAX_FRAMERATE", 10),
+            rejoin_grace_s=_non_negative_float(env, "REJOIN_GRACE_S", 30.0),
+            interviewer=_flag(env, "INTERVIEWER", default=True),
+            interviewer_name=_optional(env, "INTERVIEWER_NAME") or cls.interviewer_name,
+            interviewer_greeting=_optional(env, "INTERVIEWER_GREETING"),
+            interview_max_minutes=_positive_float(env, "INTERVIEW_MAX_MINUTES", 20.0),
+            nudge_s=_positive_float(env, "NUDGE_S", 20.0),
+            end_of_turn_s=_positive_float(env, "END_OF_TURN_S", 1.2),
+            tts=_choice(env, "TTS", ("auto", "piper", "espeak"), "auto"),
+            gemini_api_key=_optional(env, "GEMINI_API_KEY") or _optional(env, "GOOGLE_API_KEY"),
+            gemini_model=_optional(env, "GEMINI_MODEL") or cls.gemini_model,
+            gemini_base_url=_optional(env, "GEMINI_BASE_URL"),
+            llm_timeout_s=_positive_float(env, "LLM_TIMEOUT_S", 5.0),
         )
 
 
@@ -91,7 +117,7 @@ def _port(env: Mapping[str, str]) -> int:
     return int(raw)
 
 
-def _positive_float(env: Mapping[str, str], name: str, default: float) -> float:
+def _float(env: Mapping[str, str], name: str, default: float, *, allow_zero: bool) -> float:
     raw = _optional(env, name)
     if raw is None:
         return default
@@ -99,9 +125,18 @@ def _positive_float(env: Mapping[str, str], name: str, default: float) -> float:
         value = float(raw)
     except ValueError:
         raise ConfigError(f"{name} must be a number of seconds, got {raw!r}") from None
-    if not value > 0:
-        raise ConfigError(f"{name} must be greater than 0, got {raw!r}")
+    if value < 0 or (value == 0 and not allow_zero):
+        bound = "0 or more" if allow_zero else "greater than 0"
+        raise ConfigError(f"{name} must be {bound}, got {raw!r}")
     return value
+
+
+def _positive_float(env: Mapping[str, str], name: str, default: float) -> float:
+    return _float(env, name, default, allow_zero=False)
+
+
+def _non_negative_float(env: Mapping[str, str], name: str, default: float) -> float:
+    return _float(env, name, default, allow_zero=True)
 
 
 def _positive_int(env: Mapping[str, str], name: str, default: int) -> int:
@@ -127,8 +162,8 @@ def _existing_file(env: Mapping[str, str], name: str) -> str | None:
     return raw
 
 
-def _flag(env: Mapping[str, str], name: str) -> bool:
-    raw = (_optional(env, name) or "0").lower()
+def _flag(env: Mapping[str, str], name: str, default: bool = False) -> bool:
+    raw = (_optional(env, name) or ("1" if default else "0")).lower()
     if raw in ("1", "true", "yes", "on"):
         return True
     if raw in ("0", "false", "no", "off"):

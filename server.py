@@ -25,11 +25,12 @@ from aiohttp import BodyPartReader, web
 
 from config import Config, ConfigError
 from engine.registry import SessionRegistry
+from engine.resume import extract_resume_text
 from engine.session import InterviewSession, SessionRow, SessionStatus
 from media.ice import use_loopback_only
 from media.live import evidence_path
 from media.peer import SignalingError
-from media.service import AlreadyConnected, MediaService, MediaSettings
+from media.service import AlreadyConnected, MediaService
 from storage.embedded import start_embedded, stop_embedded
 from storage.outbox import Outbox
 from storage.pg import DatabaseUnavailable, SessionStore
@@ -307,6 +308,7 @@ async def _store_resume(request: web.Request, session: InterviewSession, data: b
     loop = asyncio.get_running_loop()
     await loop.run_in_executor(request.app[FILE_IO], _write_file, path, data)
     session.resume_url = f"{base_url(request)}/sessions/{session.session_id}/resume"
+    session.resume_text = await loop.run_in_executor(request.app[FILE_IO], extract_resume_text, data)
 
 
 def _resume_path(app: web.Application, session_id: uuid.UUID) -> Path:
@@ -399,6 +401,50 @@ async def get_resume(request: web.Request) -> web.StreamResponse:
     return web.FileResponse(path, headers={"Content-Type": "application/pdf"})
 
 
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+
+
+async def index(request: web.Request) -> web.StreamResponse:
+    """The candidate page (`join_url` points here)."""
+    return web.FileResponse(STATIC_DIR / "index.html")
+
+
+async def client_config(request: web.Request) -> web.Response:
+    """Settings the browser client needs before it starts."""
+    config = request.app[CONFIG]
+    return web.json_response({
+        "max_framerate": config.max_framerate,
+        "rejoin_grace_s": config.rejoin_grace_s,
+        "keepalive_timeout_s": config.keepalive_timeout_s,
+    })
+
+
+@web.middleware
+async def cors_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+    """CORS for the origins in `CORS_ORIGINS` ("*" allows any)."""
+    origin = request.headers.get("Origin")
+    allowed = request.app[CONFIG].cors_origins
+    if origin is None or not allowed or not ("*" in allowed or origin in allowed):
+        response: web.StreamResponse = await handler(request)
+        return response
+    if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
+        response = web.Response(status=204)
+        response.headers["Access-Control-Allow-Methods"] = "GET, POST, DELETE, PATCH, OPTIONS"
+        response.headers["Access-Control-Allow-Headers"] = "Authorization, Content-Type"
+        response.headers["Access-Control-Max-Age"] = "600"
+    else:
+        try:
+            response = await handler(request)
+        except web.HTTPException as exc:
+            response = exc
+        response.headers["Access-Control-Expose-Headers"] = "Location"
+    response.headers["Access-Control-Allow-Origin"] = origin
+    response.headers["Vary"] = "Origin"
+    if isinstance(response, web.HTTPException):
+        raise response
+    return response
+
+
 async def healthz(request: web.Request) -> web.Response:
     writer = request.app[WRITER]
     body = {
@@ -414,7 +460,7 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def post_offer(request: web.Request) -> web.Response:
     """`{"sdp", "type": "offer"}` → `{"sdp", "type": "answer"}`."""
-    session = await _candidate_session(request)
+    session = await _candidate_session(request, rejoin=True)
     if request.content_type != "application/json":
         raise json_error(web.HTTPUnsupportedMediaType, "send the offer as application/json")
     body = await _read_json_body(request, limit=MAX_SDP_BYTES)
@@ -427,7 +473,7 @@ async def post_offer(request: web.Request) -> web.Response:
 
 async def post_whip(request: web.Request) -> web.Response:
     """WHIP (RFC 9725): an SDP offer in, `201` with the answer and a `Location`."""
-    session = await _candidate_session(request)
+    session = await _candidate_session(request, rejoin=True)
     if request.content_type != "application/sdp":
         raise json_error(web.HTTPUnsupportedMediaType, "WHIP offers are application/sdp")
     raw = await _read_limited(request, MAX_SDP_BYTES, "SDP offer")
@@ -460,9 +506,16 @@ async def patch_whip(request: web.Request) -> web.Response:
     )
 
 
-async def _candidate_session(request: web.Request) -> InterviewSession:
+async def _candidate_session(request: web.Request, *, rejoin: bool = False) -> InterviewSession:
+    """The live session a candidate call names, authorised; with `rejoin`, a
+    session whose connection dropped within the grace window is reopened."""
     session_id = parse_session_id(request)
-    session = request.app[REGISTRY].get(session_id)
+    registry = request.app[REGISTRY]
+    session = registry.get(session_id)
+    parked = registry.parked(session_id) if session is None and rejoin else None
+    if parked is not None:
+        require_candidate(request, parked)
+        session = registry.rejoin(session_id)
     if session is None:
         require_api_key_or_token_unknown(request)
         raise await _not_live_error(request, session_id)
@@ -565,20 +618,13 @@ async def storage_ctx(app: web.Application) -> AsyncIterator[None]:
 async def registry_ctx(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
     registry = app[REGISTRY] = SessionRegistry(
-        app[WRITER], checkpoint_s=config.checkpoint_s, heartbeat_s=config.stale_after_s / 3
+        app[WRITER],
+        checkpoint_s=config.checkpoint_s,
+        heartbeat_s=config.stale_after_s / 3,
+        rejoin_grace_s=config.rejoin_grace_s,
     )
     app[MEDIA] = MediaService(
-        MediaSettings(
-            data_dir=config.data_dir,
-            ice_servers=config.ice_servers,
-            detect_fps=config.detect_fps,
-            keepalive_timeout_s=config.keepalive_timeout_s,
-            detector_kind=config.detector_kind,
-            detector_model=config.detector_model,
-            asr_model=config.asr_model,
-            asr_threads=config.asr_threads,
-            device_labels=config.device_labels,
-        ),
+        config,
         registry,
         lambda session_id, name: evidence_url(app, session_id, name),
     )
@@ -594,7 +640,9 @@ async def registry_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 def make_app(config: Config) -> web.Application:
-    app = web.Application(middlewares=[error_middleware], client_max_size=MAX_RESUME_BYTES + 65536)
+    app = web.Application(
+        middlewares=[cors_middleware, error_middleware], client_max_size=MAX_RESUME_BYTES + 65536
+    )
     app[CONFIG] = config
     if config.ice_loopback_only:
         use_loopback_only()
@@ -613,6 +661,9 @@ def make_app(config: Config) -> web.Application:
     app.router.add_delete("/whip/{session_id}/resource", delete_whip)
     app.router.add_patch("/whip/{session_id}/resource", patch_whip)
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/config", client_config)
+    app.router.add_get("/", index)
+    app.router.add_static("/static", STATIC_DIR, follow_symlinks=False)
     return app
 
 

@@ -30,8 +30,20 @@ class RowSaver(Protocol):
 
 
 class SessionRegistry:
-    def __init__(self, saver: RowSaver, *, checkpoint_s: float, heartbeat_s: float) -> None:
+    def __init__(
+        self,
+        saver: RowSaver,
+        *,
+        checkpoint_s: float,
+        heartbeat_s: float,
+        rejoin_grace_s: float = 0.0,
+    ) -> None:
         self._saver = saver
+        self._rejoin_grace_s = rejoin_grace_s
+        # Sessions whose candidate dropped: saved as ended, but a new offer within
+        # the grace window reopens them (same row, same interview).
+        self._parked: dict[uuid.UUID, tuple[InterviewSession, asyncio.TimerHandle]] = {}
+        self.on_forget: list[Callable[[uuid.UUID], None]] = []
         self._checkpoint_s = checkpoint_s
         self._heartbeat_s = heartbeat_s
         self._live: dict[uuid.UUID, InterviewSession] = {}
@@ -55,6 +67,24 @@ class SessionRegistry:
         """Make `session` live and store its first row."""
         self._live[session.session_id] = session
         return await self.save(session)
+
+    def parked(self, session_id: uuid.UUID) -> InterviewSession | None:
+        """A session that ended by a dropped connection and may still be rejoined."""
+        entry = self._parked.get(session_id)
+        return None if entry is None else entry[0]
+
+    def rejoin(self, session_id: uuid.UUID) -> InterviewSession | None:
+        """Reopen a parked session: live again, the same row."""
+        entry = self._parked.pop(session_id, None)
+        if entry is None:
+            return None
+        session, timer = entry
+        timer.cancel()
+        session.end_time = None
+        session.touch()
+        self._live[session_id] = session
+        log.info("session %s rejoined", session_id)
+        return session
 
     def add_closer(self, session_id: uuid.UUID, closer: Closer) -> None:
         """Run `closer` (e.g. close the peer connection) when the session ends."""
@@ -87,16 +117,26 @@ class SessionRegistry:
         return await asyncio.shield(task)
 
     def end_soon(
-        self, session_id: uuid.UUID, status: SessionStatus = SessionStatus.COMPLETED
+        self,
+        session_id: uuid.UUID,
+        status: SessionStatus = SessionStatus.COMPLETED,
+        *,
+        rejoinable: bool = False,
     ) -> None:
         """Start ending a live session without waiting (callbacks, watchdogs)."""
         if session_id not in self._ending and session_id in self._live:
             session = self._live[session_id]
-            task = asyncio.create_task(self._end(session, status), name=f"end-{session_id}")
+            task = asyncio.create_task(
+                self._end(session, status, rejoinable), name=f"end-{session_id}"
+            )
+            task.add_done_callback(_log_failure)
             self._ending[session_id] = task
 
     async def end_all(self) -> None:
-        """End every live session (shutdown)."""
+        """End every live session (shutdown); parked ones are already saved."""
+        for session_id in list(self._parked):
+            self._parked.pop(session_id)[1].cancel()
+            self._forget(session_id)
         results = await asyncio.gather(
             *(self.end(s.session_id) for s in self), return_exceptions=True
         )
@@ -114,7 +154,7 @@ class SessionRegistry:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
-    async def _end(self, session: InterviewSession, status: SessionStatus) -> str:
+    async def _end(self, session: InterviewSession, status: SessionStatus, rejoinable: bool) -> str:
         session_id = session.session_id
         # Out of the live set first: no checkpoint or live save may follow
         # (and so overwrite) the final row.
@@ -132,6 +172,22 @@ class SessionRegistry:
             self._saved_version.pop(session_id, None)
             self._saved_at.pop(session_id, None)
             self._ending.pop(session_id, None)
+            if rejoinable and self._rejoin_grace_s > 0:
+                timer = asyncio.get_running_loop().call_later(
+                    self._rejoin_grace_s, self._expire, session_id
+                )
+                self._parked[session_id] = (session, timer)
+            else:
+                self._forget(session_id)
+
+    def _expire(self, session_id: uuid.UUID) -> None:
+        if self._parked.pop(session_id, None) is not None:
+            log.info("session %s: rejoin window closed", session_id)
+            self._forget(session_id)
+
+    def _forget(self, session_id: uuid.UUID) -> None:
+        for callback in self.on_forget:
+            callback(session_id)
 
     async def _checkpoint_loop(self) -> None:
         while True:
@@ -153,3 +209,8 @@ class SessionRegistry:
         # Refresh unchanged rows too, so other instances never take a quiet
         # live session for an abandoned one.
         return time.monotonic() - self._saved_at.get(sid, 0.0) >= self._heartbeat_s
+
+
+def _log_failure(task: asyncio.Task[str]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("ending %s failed", task.get_name(), exc_info=task.exception())

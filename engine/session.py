@@ -105,6 +105,7 @@ class InterviewSession:
     template_id: uuid.UUID | None = None
     interviewee_id: uuid.UUID | None = None
     questions: list[str] = field(default_factory=list)
+    resume_text: str = field(default="", repr=False)
     resume_url: str | None = None
     recording_url: str | None = None
     created_at: datetime = field(default_factory=utc_now)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import bisect
-import contextlib
 import logging
 from collections import deque
 from collections.abc import Callable
@@ -27,13 +26,23 @@ import av
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from engine.transcriber import Transcriber
-from engine.vad import SpeechEnded, SpeechSegment, VadEvent, VoiceActivityDetector
+from engine.vad import (
+    SpeechEnded,
+    SpeechSegment,
+    VadEvent,
+    VadState,
+    VoiceActivityDetector,
+)
 
 __all__ = ["AudioStats", "AudioTranscriber", "Transcript"]
 
 log = logging.getLogger(__name__)
 
 _BATCH_FRAMES = 25  # at most 0.5 s of 20 ms frames per trip to the VAD executor
+# Arrival times kept to date a piece's last voiced frame when the piece is
+# committed: with 20 ms frames, 41 s, beyond any piece (max_segment_ms) plus
+# its end silence. Entries older than the last committed piece are pruned.
+_MAX_ARRIVALS = 2048
 
 
 @dataclass(frozen=True)
@@ -68,6 +77,7 @@ class AudioTranscriber:
         on_transcript: Callable[[Transcript], None],
         name: str,
         on_frame: Callable[[av.AudioFrame], None] | None = None,
+        on_voice: Callable[[bool], None] | None = None,
         max_frames: int = 250,
         max_pieces: int = 16,
     ) -> None:
@@ -78,11 +88,16 @@ class AudioTranscriber:
         self._asr_executor = asr_executor
         self._on_transcript = on_transcript
         self._on_frame = on_frame
+        self._on_voice = on_voice
+        self._voiced = False
         self._resampler = av.AudioResampler(format="s16", layout="mono", rate=16000)
         self._frames: asyncio.Queue[tuple[av.AudioFrame, float] | None] = asyncio.Queue(max_frames)
-        self._pieces: asyncio.Queue[SpeechSegment | None] = asyncio.Queue(max_pieces)
-        # (stream seconds at the end of a batch, loop time its last frame arrived)
-        self._arrivals: deque[tuple[float, float]] = deque(maxlen=512)
+        # Each piece travels with the loop time its last voiced frame arrived.
+        self._pieces: asyncio.Queue[tuple[SpeechSegment, float] | None] = asyncio.Queue(
+            max_pieces
+        )
+        # (stream seconds at the end of a frame, loop time that frame arrived)
+        self._arrivals: deque[tuple[float, float]] = deque(maxlen=_MAX_ARRIVALS)
         self.stats = AudioStats()
         self._pump_task = asyncio.create_task(self._pump(), name=f"{name}-audio-pump")
         self._workers = [
@@ -91,17 +106,27 @@ class AudioTranscriber:
         ]
 
     async def close(self, drain_timeout_s: float = 10.0) -> None:
-        """Stop receiving, transcribe what was already heard (bounded), stop."""
+        """Stop receiving, transcribe what was already heard (bounded), stop.
+
+        Safe to call again. If the caller is cancelled meanwhile, the tasks
+        are cancelled and awaited before the CancelledError propagates.
+        A task's own error is raised here.
+        """
+        tasks = [self._pump_task, *self._workers]
         self._pump_task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._pump_task
-        self._put_end_marker()
-        done, pending = await asyncio.wait(self._workers, timeout=drain_timeout_s)
-        for task in pending:
-            task.cancel()
-        for task in self._workers:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        try:
+            await asyncio.wait([self._pump_task])
+            self._put_end_marker()
+            await asyncio.wait(self._workers, timeout=drain_timeout_s)
+        finally:
+            for task in tasks:
+                task.cancel()
+            # gather, not `await task` under suppress(CancelledError): that
+            # would also swallow a cancellation of close() itself.
+            results = await asyncio.gather(*tasks, return_exceptions=True)
+        for result in results:
+            if isinstance(result, Exception):
+                raise result
 
     async def _pump(self) -> None:
         loop = asyncio.get_running_loop()
@@ -137,36 +162,48 @@ class AudioTranscriber:
                 batch.append(self._frames.get_nowait())
             ended = batch[-1] is None
             frames = [item[0] for item in batch if item is not None]
-            arrived = next((item[1] for item in reversed(batch) if item is not None), loop.time())
-            events, stream_end = await loop.run_in_executor(
+            events, frame_ends, voiced = await loop.run_in_executor(
                 self._vad_executor, self._detect_speech, frames, ended
             )
-            self._arrivals.append((stream_end, arrived))
+            self._arrivals.extend(zip(frame_ends, (item[1] for item in batch if item)))
+            if voiced != self._voiced:
+                self._voiced = voiced
+                if self._on_voice is not None:
+                    self._on_voice(voiced)
             for event in events:
                 if isinstance(event, SpeechSegment):
-                    self._queue_piece(event)
+                    self._queue_piece(event, self._arrival_of(event))
         await self._pieces.put(None)
 
-    def _detect_speech(self, frames: list[av.AudioFrame], flush: bool) -> tuple[list[VadEvent], float]:
-        """Worker thread: resample to 16 kHz mono and run the VAD."""
+    def _detect_speech(
+        self, frames: list[av.AudioFrame], flush: bool
+    ) -> tuple[list[VadEvent], list[float], bool]:
+        """Worker thread: resample to 16 kHz mono, run the VAD.
+
+        Returns the events, the stream time after each frame, and whether
+        the voice is on now.
+        """
         events: list[VadEvent] = []
+        frame_ends: list[float] = []
         for frame in frames:
             for out in self._resampler.resample(frame):
                 events += self._vad.feed(out.to_ndarray().reshape(-1))
+            frame_ends.append(self._vad.stream_time)
         if flush:
             events += self._vad.flush()
-        return events, self._vad.stream_time
+        return events, frame_ends, self._vad.state is VadState.SPEAKING
 
-    def _queue_piece(self, piece: SpeechSegment) -> None:
+    def _queue_piece(self, piece: SpeechSegment, voiced_arrival: float) -> None:
         try:
-            self._pieces.put_nowait(piece)
+            self._pieces.put_nowait((piece, voiced_arrival))
         except asyncio.QueueFull:
             self.stats.pieces_dropped += 1
             log.warning("transcription is behind: dropped %.1fs of speech", piece.end - piece.start)
 
     async def _asr_worker(self) -> None:
         loop = asyncio.get_running_loop()
-        while (piece := await self._pieces.get()) is not None:
+        while (item := await self._pieces.get()) is not None:
+            piece, voiced_arrival = item
             text = ""
             if piece.last_voiced_at > piece.start:  # a piece with no voiced window is silence
                 result = await loop.run_in_executor(
@@ -180,14 +217,23 @@ class AudioTranscriber:
                 start=piece.start,
                 end=piece.end,
                 utterance_done=isinstance(piece, SpeechEnded),
-                latency_s=loop.time() - self._arrival_of(piece.last_voiced_at),
+                latency_s=loop.time() - voiced_arrival,
             )
             self._on_transcript(transcript)
 
-    def _arrival_of(self, stream_t: float) -> float:
-        """When the frame holding stream second `stream_t` arrived (loop time)."""
+    def _arrival_of(self, piece: SpeechSegment) -> float:
+        """When the frame holding the piece's last voiced sample arrived (loop time).
+
+        Called when the piece is committed, while that frame is still among
+        the recent arrivals; looking it up later, when transcription is far
+        behind, would find it already forgotten.
+        """
+        if not self._arrivals:
+            return asyncio.get_running_loop().time()
         ends = [end for end, _ in self._arrivals]
-        i = bisect.bisect_left(ends, stream_t)
-        if i >= len(self._arrivals):
-            i = len(self._arrivals) - 1
-        return self._arrivals[i][1] if self._arrivals else asyncio.get_running_loop().time()
+        i = min(bisect.bisect_left(ends, piece.last_voiced_at), len(ends) - 1)
+        arrived = self._arrivals[i][1]
+        # Later pieces start at or after this one's end: older frames are done with.
+        while len(self._arrivals) > 1 and self._arrivals[0][0] < piece.end:
+            self._arrivals.popleft()
+        return arrived

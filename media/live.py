@@ -1,9 +1,11 @@
 """A session's live media: the peer, its tracks' pipelines, and their events.
 
-`LiveMedia` is what a successful offer creates. It routes transcripts and
-anomalies into the `InterviewSession` and to the candidate's data channel,
-writes anomaly evidence off the loop, and asks its owner to end the session
-(`on_gone`) when the candidate leaves, ends, or goes silent.
+`LiveMedia` is what a successful offer creates. It routes the candidate's
+voice activity and transcripts to the `Conversation` (the AI interviewer,
+which answers over an outgoing audio track), anomalies into the
+`InterviewSession` and to the candidate's data channel, writes anomaly
+evidence off the loop, and asks its owner to end the session (`on_gone`) when
+the candidate leaves, ends, goes silent, or the interview is over.
 """
 
 from __future__ import annotations
@@ -21,18 +23,27 @@ import numpy as np
 from aiortc.mediastreams import MediaStreamTrack
 
 from engine.anomaly import Anomaly, AnomalyRules, AnomalySettings
+from engine.conversation import Conversation, InterviewMemory, TurnSettings
 from engine.detector import Detector
 from engine.evidence import render_evidence
+from engine.llm import ChatTurn
+from engine.report import AnswerRecord, build_report, evaluate
 from engine.session import InterviewSession
 from engine.transcriber import Transcriber
+from engine.tts import Synthesizer
 from engine.vad import SileroVadModel, VadSettings, VoiceActivityDetector
 from media.audio_track import AudioTranscriber, Transcript
 from media.peer import InterviewPeer
 from media.video_track import VideoAnalyzer
+from media.voice_track import InterviewerTrack, InterviewerVoice
 
-__all__ = ["LiveMedia", "MediaModels", "MediaRuntime"]
+__all__ = ["LiveMedia", "MediaModels", "MediaRuntime", "evidence_path"]
 
 log = logging.getLogger(__name__)
+
+
+def _single(name: str) -> Callable[[], Executor]:
+    return lambda: ThreadPoolExecutor(1, thread_name_prefix=name)
 
 
 @dataclass(frozen=True)
@@ -43,6 +54,7 @@ class MediaModels:
     transcriber: Transcriber
     vad_model: SileroVadModel
     asr_model: str  # the label recorded as `asr_model`
+    synthesizer: Synthesizer | None = None
 
 
 @dataclass
@@ -56,22 +68,16 @@ class MediaRuntime:
     keepalive_timeout_s: float = 8.0
     anomaly_settings: AnomalySettings = field(default_factory=AnomalySettings)
     vad_settings: VadSettings = field(default_factory=VadSettings)
-    detect_executor: Executor = field(
-        default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="detect")
-    )
-    asr_executor: Executor = field(
-        default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="asr")
-    )
-    vad_executor: Executor = field(
-        default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="vad")
-    )
-    file_executor: Executor = field(
-        default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="media-files")
-    )
+    turn_settings: TurnSettings = field(default_factory=TurnSettings)
+    detect_executor: Executor = field(default_factory=_single("detect"))
+    asr_executor: Executor = field(default_factory=_single("asr"))
+    vad_executor: Executor = field(default_factory=_single("vad"))
+    tts_executor: Executor = field(default_factory=_single("tts"))
+    file_executor: Executor = field(default_factory=_single("media-files"))
 
     def shutdown(self) -> None:
         for executor in (self.detect_executor, self.asr_executor, self.vad_executor,
-                         self.file_executor):
+                         self.tts_executor, self.file_executor):
             executor.shutdown(wait=False, cancel_futures=True)
 
 
@@ -81,11 +87,13 @@ class LiveMedia:
         session: InterviewSession,
         runtime: MediaRuntime,
         *,
-        on_gone: Callable[[str], None],
+        interview: InterviewMemory | None,
+        on_gone: Callable[[str, bool], None],
         evidence_url: Callable[[str], str],
     ) -> None:
         self.session = session
         self._runtime = runtime
+        self._interview = interview
         self._on_gone = on_gone
         self._evidence_url = evidence_url
         self._name = f"session-{str(session.session_id)[:8]}"
@@ -95,24 +103,39 @@ class LiveMedia:
             keepalive_timeout_s=runtime.keepalive_timeout_s,
             on_track=self._start_track,
             on_message=self._handle_message,
-            on_gone=on_gone,
+            # A dropped connection may be rejoined within the grace window.
+            on_gone=lambda reason: on_gone(reason, True),
+            on_connected=self._start_conversation,
         )
         self.audio: AudioTranscriber | None = None
         self.video: VideoAnalyzer | None = None
+        self.voice_track: InterviewerTrack | None = None
+        self.voice: InterviewerVoice | None = None
+        self.conversation: Conversation | None = None
         self._pieces: list[str] = []
         self._writes: set[asyncio.Future[None]] = set()
+        self._closed = False
         session.asr_model = runtime.models.asr_model
+        if interview is not None:
+            engine = interview.engine
+            session.llm_provider, session.llm_model = engine.provider, engine.model
 
     async def answer(self, sdp: str) -> str:
         return await self.peer.answer(sdp)
 
     async def close(self) -> None:
-        """Stop the pipelines (finishing transcription of what was heard), close the peer."""
+        """Stop the pipelines (finishing what was heard), write the report, close the peer."""
+        if self._closed:
+            return
+        self._closed = True
         await self.peer.close()
         if self.video is not None:
             await self.video.close()
         if self.audio is not None:
-            await self.audio.close()
+            await self.audio.close()  # the last transcripts reach the conversation
+        if self.conversation is not None:
+            await self.conversation.close()
+            await self._write_report(self.conversation)
         self._commit_user_turn()
         if self._writes:
             await asyncio.wait(self._writes, timeout=10)
@@ -124,43 +147,82 @@ class LiveMedia:
             "messages_dropped": self.peer.messages_dropped,
         }
 
+    # -- tracks --------------------------------------------------------------------
+
     def _start_track(self, track: MediaStreamTrack) -> None:
-        runtime = self._runtime
         if track.kind == "audio" and self.audio is None:
-            self.audio = AudioTranscriber(
-                track,
-                vad=VoiceActivityDetector(runtime.models.vad_model, runtime.vad_settings),
-                transcriber=runtime.models.transcriber,
-                vad_executor=runtime.vad_executor,
-                asr_executor=runtime.asr_executor,
-                on_transcript=self._handle_transcript,
-                on_frame=lambda _frame: self.peer.seen(),
-                name=self._name,
-            )
+            self._start_audio(track)
         elif track.kind == "video" and self.video is None:
-            self.video = VideoAnalyzer(
-                track,
-                detector=runtime.models.detector,
-                executor=runtime.detect_executor,
-                fps=runtime.detect_fps,
-                rules=AnomalyRules(runtime.anomaly_settings),
-                on_anomalies=self._handle_anomalies,
-                on_frame=lambda _frame: self.peer.seen(),
-                name=self._name,
-            )
+            self._start_video(track)
         else:
             log.warning("%s: ignoring extra %s track", self._name, track.kind)
 
+    def _start_audio(self, track: MediaStreamTrack) -> None:
+        runtime = self._runtime
+        self.audio = AudioTranscriber(
+            track,
+            vad=VoiceActivityDetector(runtime.models.vad_model, runtime.vad_settings),
+            transcriber=runtime.models.transcriber,
+            vad_executor=runtime.vad_executor,
+            asr_executor=runtime.asr_executor,
+            on_transcript=self._handle_transcript,
+            on_frame=lambda _frame: self.peer.seen(),
+            on_voice=self._handle_voice,
+            name=self._name,
+        )
+        synthesizer = runtime.models.synthesizer
+        if self._interview is not None and synthesizer is not None:
+            # Answer on the candidate's own audio transceiver (sendrecv offers).
+            self.voice_track = InterviewerTrack()
+            self.peer.pc.addTrack(self.voice_track)
+            self.voice = InterviewerVoice(self.voice_track, synthesizer, runtime.tts_executor)
+
+    def _start_video(self, track: MediaStreamTrack) -> None:
+        runtime = self._runtime
+        self.video = VideoAnalyzer(
+            track,
+            detector=runtime.models.detector,
+            executor=runtime.detect_executor,
+            fps=runtime.detect_fps,
+            rules=AnomalyRules(runtime.anomaly_settings),
+            on_anomalies=self._handle_anomalies,
+            on_frame=lambda _frame: self.peer.seen(),
+            name=self._name,
+        )
+
+    # -- the interviewer ------------------------------------------------------------
+
+    def _start_conversation(self) -> None:
+        if self.conversation is not None or self._interview is None or self.voice is None:
+            return
+        self.conversation = Conversation(
+            self._interview,
+            self.voice,
+            self.session,
+            settings=self._runtime.turn_settings,
+            notify=self.peer.send,
+            on_finished=lambda: self._on_gone("the interview is over", False),
+        )
+        self.conversation.start()
+
+    def _handle_voice(self, active: bool) -> None:
+        if self.conversation is not None:
+            self.conversation.voice(active)
+
     def _handle_transcript(self, transcript: Transcript) -> None:
         if transcript.text:
+            self.peer.send({"type": "transcript", "final": True, "text": transcript.text,
+                            "start": round(transcript.start, 3), "end": round(transcript.end, 3)})
+        if self.conversation is not None:
+            self.conversation.transcript(
+                transcript.text,
+                utterance_done=transcript.utterance_done,
+                latency_s=transcript.latency_s,
+                speech_s=transcript.end - transcript.start,
+            )
+            return
+        if transcript.text:
             self._pieces.append(transcript.text)
-            self.peer.send({
-                "type": "transcript",
-                "final": True,
-                "text": transcript.text,
-                "start": round(transcript.start, 3),
-                "end": round(transcript.end, 3),
-            })
         if transcript.utterance_done:
             self._commit_user_turn()
 
@@ -168,6 +230,34 @@ class LiveMedia:
         if self._pieces:
             self.session.add_turn("user", " ".join(self._pieces))
             self._pieces = []
+
+    async def _write_report(self, conversation: Conversation) -> None:
+        answers = [
+            AnswerRecord(q.question, tuple(q.answers), q.speech_s)
+            for _, q in sorted(conversation.questions.items())
+        ]
+        assert self._interview is not None
+        engine = self._interview.engine
+        evaluation = None
+        llm = getattr(engine, "llm", None)
+        if llm is not None and any(t.role == "user" for t in self.session.conversation_history):
+            history = [ChatTurn(t.role, t.content) for t in self.session.conversation_history]
+            evaluation = await evaluate(llm, self.session.job_role, history)
+        self.session.interview_report = build_report(
+            answers,
+            self.session.anomalies_detected,
+            candidate_talk_s=sum(a.speech_s for a in answers),
+            interviewer_talk_s=self._interview.interviewer_audio_s,
+            provider=engine.provider,
+            model=engine.model,
+            evaluation=evaluation,
+        )
+        errors = getattr(engine, "errors", None)
+        if errors:
+            self.session.extra_information["llm_errors"] = list(errors[-20:])
+        self.session.touch()
+
+    # -- anomalies and messages ---------------------------------------------------------
 
     def _handle_anomalies(self, anomalies: list[Anomaly], rgb: np.ndarray) -> None:
         for anomaly in anomalies:
@@ -183,15 +273,13 @@ class LiveMedia:
     def _write_evidence(self, name: str, rgb: np.ndarray, anomaly: Anomaly) -> None:
         path = evidence_path(self._runtime.data_dir, self.session.session_id, name)
         loop = asyncio.get_running_loop()
-        future = loop.run_in_executor(
-            self._runtime.file_executor, _write_jpeg, path, rgb, anomaly
-        )
+        future = loop.run_in_executor(self._runtime.file_executor, _write_jpeg, path, rgb, anomaly)
         self._writes.add(future)
         future.add_done_callback(self._writes.discard)
 
     def _handle_message(self, message: dict[str, Any]) -> None:
         if message["type"] == "end":
-            self._on_gone("the candidate ended the interview")
+            self._on_gone("the candidate ended the interview", False)
         else:
             self.peer.send({"type": "error", "message": f"unknown message type {message['type']!r}"})
 
@@ -203,4 +291,3 @@ def evidence_path(data_dir: Path, session_id: uuid.UUID, name: str) -> Path:
 def _write_jpeg(path: Path, rgb: np.ndarray, anomaly: Anomaly) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(render_evidence(rgb, anomaly.detections))
-

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import json
 import logging
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -43,6 +44,7 @@ class InterviewPeer:
         on_track: Callable[[MediaStreamTrack], None],
         on_message: Callable[[dict[str, Any]], None],
         on_gone: Callable[[str], None],
+        on_connected: Callable[[], None] | None = None,
     ) -> None:
         self.name = name
         self.pc = RTCPeerConnection(rtc_configuration(ice_servers))
@@ -50,7 +52,11 @@ class InterviewPeer:
         self._on_track = on_track
         self._on_message = on_message
         self._on_gone = on_gone
+        self._on_connected = on_connected
         self._channel: RTCDataChannel | None = None
+        # Events raised before the channel opens (the greeting starts at ICE
+        # "connected", SCTP opens a moment later) wait here, boundedly.
+        self._early: deque[str] = deque(maxlen=64)
         self._last_seen = asyncio.get_running_loop().time()
         self._closed = False
         self._watchdog: asyncio.Task[None] | None = None
@@ -79,7 +85,9 @@ class InterviewPeer:
         """Send a JSON event on the `events` channel if it is open."""
         channel = self._channel
         if channel is None or channel.readyState != "open":
-            self.messages_dropped += 1
+            if len(self._early) == self._early.maxlen:
+                self.messages_dropped += 1
+            self._early.append(json.dumps(message))
             return False
         channel.send(json.dumps(message))
         return True
@@ -100,6 +108,14 @@ class InterviewPeer:
             return
         self._channel = channel
         channel.on("message", self._handle_raw_message)
+        channel.on("open", self._flush_early)
+        if channel.readyState == "open":
+            self._flush_early()
+
+    def _flush_early(self) -> None:
+        channel = self._channel
+        while channel is not None and channel.readyState == "open" and self._early:
+            channel.send(self._early.popleft())
 
     def _handle_raw_message(self, raw: str | bytes) -> None:
         self.seen()
@@ -119,6 +135,8 @@ class InterviewPeer:
     def _handle_state(self) -> None:
         state = self.pc.connectionState
         log.info("%s: connection %s", self.name, state)
+        if state == "connected" and self._on_connected is not None:
+            self._on_connected()
         if state in ("failed", "closed") and not self._closed:
             self._on_gone(f"connection {state}")
 

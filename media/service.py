@@ -2,7 +2,8 @@
 
 `MediaService.connect()` answers a session's offer with a new `LiveMedia`,
 at most one per session, and registers its closing with the session registry
-so that however the session ends, its media is closed first.
+so that however the session ends, its media is closed first. Models load on
+the first connection, off the loop, and are shared by every session.
 """
 
 from __future__ import annotations
@@ -11,19 +12,27 @@ import asyncio
 import logging
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
+from config import Config
 from engine.anomaly import AnomalySettings
+from engine.conversation import InterviewMemory, TurnSettings
 from engine.detector import load_detector
+from engine.interviewer import (
+    GeminiInterviewer,
+    InterviewerEngine,
+    InterviewPlan,
+    StructuredInterviewer,
+    default_plan,
+)
+from engine.llm import GeminiLlm, InterviewerLlm
 from engine.registry import SessionRegistry
 from engine.session import InterviewSession, utc_now
 from engine.transcriber import WhisperSettings, WhisperTranscriber, resolve_asr_model
+from engine.tts import load_synthesizer
 from engine.vad import SileroVadModel
 from media.live import LiveMedia, MediaModels, MediaRuntime
 
-__all__ = ["AlreadyConnected", "MediaService", "MediaSettings", "load_models"]
+__all__ = ["AlreadyConnected", "MediaService", "load_models"]
 
 log = logging.getLogger(__name__)
 
@@ -32,43 +41,42 @@ class AlreadyConnected(Exception):
     """The session already has a live peer."""
 
 
-@dataclass(frozen=True)
-class MediaSettings:
-    data_dir: Path
-    ice_servers: tuple[dict[str, Any], ...] = ()
-    detect_fps: float = 2.0
-    keepalive_timeout_s: float = 8.0
-    detector_kind: str = "nanodet"
-    detector_model: str | None = None
-    asr_model: str | None = None
-    asr_threads: int = 1
-    device_labels: tuple[str, ...] = AnomalySettings().device_labels
-
-
-def load_models(settings: MediaSettings) -> MediaModels:
-    """Load the detector, Whisper and the VAD (blocking: seconds)."""
-    model, label = resolve_asr_model(settings.asr_model, settings.data_dir / "models")
+def load_models(config: Config) -> MediaModels:
+    """Load the detector, Whisper, the VAD and the voice (blocking: seconds)."""
+    model, label = resolve_asr_model(config.asr_model, config.data_dir / "models")
     return MediaModels(
-        detector=load_detector(settings.detector_kind, settings.detector_model),
-        transcriber=WhisperTranscriber(model, WhisperSettings(cpu_threads=settings.asr_threads)),
+        detector=load_detector(config.detector_kind, config.detector_model),
+        transcriber=WhisperTranscriber(model, WhisperSettings(cpu_threads=config.asr_threads)),
         vad_model=SileroVadModel(),
         asr_model=label,
+        synthesizer=load_synthesizer(config.tts) if config.interviewer else None,
     )
 
 
 class MediaService:
     def __init__(
         self,
-        settings: MediaSettings,
+        config: Config,
         registry: SessionRegistry,
         evidence_url: Callable[[uuid.UUID, str], str],
     ) -> None:
-        self._settings = settings
+        self._config = config
         self._registry = registry
         self._evidence_url = evidence_url
         self._runtime: MediaRuntime | None = None
         self._loading = asyncio.Lock()
         self._live: dict[uuid.UUID, LiveMedia | None] = {}
+        # Per interview, across rejoins; forgotten when the session is gone for good.
+        self._interviews: dict[uuid.UUID, InterviewMemory] = {}
+        registry.on_forget.append(lambda session_id: self._interviews.pop(session_id, None))
+        self._llm: InterviewerLlm | None = None
+        if config.interviewer and config.gemini_api_key:
+            self._llm = GeminiLlm(
+                config.gemini_api_key,
+                config.gemini_model,
+                base_url=config.gemini_base_url,
+                first_token_timeout_s=config.llm_timeout_s,
+            )
 
     def live(self, session_id: uuid.UUID) -> LiveMedia | None:
         return self._live.get(session_id)
@@ -87,7 +95,8 @@ class MediaService:
             media = LiveMedia(
                 session,
                 runtime,
-                on_gone=lambda reason: self._gone(session_id, reason),
+                interview=self._interview(session) if self._config.interviewer else None,
+                on_gone=lambda reason, rejoinable: self._gone(session_id, reason, rejoinable),
                 evidence_url=lambda name: self._evidence_url(session_id, name),
             )
             self._live[session_id] = media
@@ -108,25 +117,54 @@ class MediaService:
         if self._runtime is not None:
             self._runtime.shutdown()
 
+    def _interview(self, session: InterviewSession) -> InterviewMemory:
+        memory = self._interviews.get(session.session_id)
+        if memory is None:
+            memory = InterviewMemory(self._engine(session))
+            self._interviews[session.session_id] = memory
+        return memory
+
+    def _engine(self, session: InterviewSession) -> InterviewerEngine:
+        config = self._config
+        options = {
+            "interviewer_name": config.interviewer_name,
+            "greeting": config.interviewer_greeting,
+            "max_minutes": config.interview_max_minutes,
+            "resume_text": session.resume_text,
+        }
+        if session.questions:
+            plan = InterviewPlan(session.job_role, tuple(session.questions), **options)  # type: ignore[arg-type]
+        else:
+            plan = default_plan(session.job_role, **options)
+        structured = StructuredInterviewer(plan)
+        if self._llm is None:
+            return structured
+        return GeminiInterviewer(structured, self._llm)
+
     async def _ensure_runtime(self) -> MediaRuntime:
         async with self._loading:
             if self._runtime is None:
-                s = self._settings
+                c = self._config
                 loop = asyncio.get_running_loop()
-                models = await loop.run_in_executor(None, load_models, s)
+                models = await loop.run_in_executor(None, load_models, c)
                 self._runtime = MediaRuntime(
                     models=models,
-                    data_dir=s.data_dir,
-                    ice_servers=s.ice_servers,
-                    detect_fps=s.detect_fps,
-                    keepalive_timeout_s=s.keepalive_timeout_s,
-                    anomaly_settings=AnomalySettings(device_labels=s.device_labels),
+                    data_dir=c.data_dir,
+                    ice_servers=c.ice_servers,
+                    detect_fps=c.detect_fps,
+                    keepalive_timeout_s=c.keepalive_timeout_s,
+                    anomaly_settings=AnomalySettings(device_labels=c.device_labels),
+                    turn_settings=TurnSettings(
+                        end_of_turn_s=c.end_of_turn_s,
+                        nudge_s=c.nudge_s,
+                        max_minutes=c.interview_max_minutes,
+                    ),
                 )
             return self._runtime
 
-    def _gone(self, session_id: uuid.UUID, reason: str) -> None:
+    def _gone(self, session_id: uuid.UUID, reason: str, rejoinable: bool) -> None:
         log.info("session %s: %s; ending it", session_id, reason)
-        self._registry.end_soon(session_id)
+        self._registry.end_soon(session_id, rejoinable=rejoinable)
 
     async def _close(self, session_id: uuid.UUID) -> None:
         media = self._live.pop(session_id, None)

@@ -1,16 +1,20 @@
-"""Benchmark the streaming speech engine on the recorded test clips.
+"""Benchmark the live audio path: `AudioTranscriber` fed at wall-clock pace.
 
-Feeds the LibriVox clips (each between stretches of quiet room tone) and
-the ~21 s `longer.wav` answer as one stream of 20 ms chunks, paced in
-simulated real time, while transcripts are produced in a one-thread
-executor. Prints:
+A local aiortc track plays the LibriVox clips (each between stretches of
+quiet room tone) and the ~21 s `longer.wav` answer as one stream of 20 ms
+frames, released in real time like a live candidate's, in the format
+aiortc's Opus decoder hands over (s16 stereo 48 kHz). The product pipeline
+resamples, runs the VAD and transcribes in one-thread executors, as the
+server sizes them. Prints:
 
-* last voiced frame -> final transcript latency, p50/p95 (all pieces, and
-  pieces that end an utterance);
-* VAD cost per 32 ms window and the slowest `feed()` call (it runs on the
-  event loop);
-* WER per clip, streaming and offline;
-* real-time factor of plain offline faster-whisper on the same audio.
+* last voiced frame -> final transcript, p50/p95, from `Transcript.latency_s`
+  (it includes the VAD's end-of-speech silence);
+* VAD cost per 32 ms window, timed inside the pipeline's VAD thread, and
+  the whole VAD-thread cost (resampling included);
+* frames and pieces dropped;
+* the streaming path's ASR seconds / audio seconds beside the real-time
+  factor of plain offline faster-whisper (`WhisperModel.transcribe`, one
+  call on the same audio), and WER of both.
 
 Usage: HF_HUB_OFFLINE=1 .venv/bin/python scripts/bench_asr.py [--speed 1] [--model base]
 """
@@ -19,44 +23,49 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import fractions
 import logging
 import sys
 import tempfile
 import time
 import wave
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
+import av
 import numpy as np
 import numpy.typing as npt
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from engine.asr_stream import StreamingRecognizer, TranscriptEvent, transcribe_jobs  # noqa: E402
-from engine.transcriber import (  # noqa: E402
-    TranscriptResult,
+from engine.transcriber import (
     WhisperSettings,
     WhisperTranscriber,
     resolve_asr_model,
 )
-from engine.vad import SAMPLE_RATE, SileroVadModel, VoiceActivityDetector  # noqa: E402
-from tests.wer import word_errors  # noqa: E402
+from engine.vad import SAMPLE_RATE, SileroVadModel, VadEvent, VoiceActivityDetector
+from media.audio_track import AudioStats, AudioTranscriber, Transcript
+from tests.wer import word_errors
 
 SPEECH = Path(__file__).resolve().parent.parent / "tests" / "data" / "speech"
 CLIPS = [f"sense_and_sensibility_01_austen_64kb-{n}" for n in ("0870", "0880", "0890", "0920")]
-CHUNK = 320
 LEAD_S, TAIL_S = 1.0, 1.5
+FRAME_S = 0.02
+TRACK_RATE = 48_000  # what aiortc's Opus decoder delivers, in stereo
 Int16Array = npt.NDArray[np.int16]
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
-class Piece:
+class Source:
     """One recording placed in the benchmark stream."""
 
     name: str
     reference: str
-    pcm: Int16Array
     offset_s: float  # where its padded span starts in the stream
     span_s: float
 
@@ -71,32 +80,88 @@ def room_tone(seconds: float, seed: int) -> Int16Array:
     return noise.astype(np.int16)
 
 
-def build_stream() -> tuple[list[Piece], Int16Array]:
-    """Each clip, then longer.wav, each with quiet before and after."""
+def build_stream() -> tuple[list[Source], Int16Array]:
+    """Each clip, then longer.wav, each with quiet before and after (16 kHz mono)."""
     refs = {c: (SPEECH / f"{c}.txt").read_text().strip() for c in CLIPS}
-    sources = [(c, refs[c], load_wav(SPEECH / f"{c}.wav")) for c in CLIPS]
-    sources.append(("longer.wav", " ".join(refs.values()), load_wav(SPEECH / "longer.wav")))
-    pieces, parts, offset = [], [], 0.0
-    for seed, (name, ref, pcm) in enumerate(sources):
+    recordings = [(c, refs[c], load_wav(SPEECH / f"{c}.wav")) for c in CLIPS]
+    recordings.append(("longer.wav", " ".join(refs.values()), load_wav(SPEECH / "longer.wav")))
+    sources, parts, offset = [], [], 0.0
+    for seed, (name, ref, pcm) in enumerate(recordings):
         padded = np.concatenate([room_tone(LEAD_S, seed), pcm, room_tone(TAIL_S, seed + 100)])
-        span = len(padded) / SAMPLE_RATE
-        pieces.append(Piece(name, ref, pcm, offset, span))
+        sources.append(Source(name, ref, offset, len(padded) / SAMPLE_RATE))
         parts.append(padded)
-        offset += span
-    return pieces, np.concatenate(parts)
+        offset += len(padded) / SAMPLE_RATE
+    return sources, np.concatenate(parts)
 
 
-class TimedTranscriber:
-    """Records the compute time of every call of the wrapped transcriber."""
+def browser_format(pcm: Int16Array) -> Int16Array:
+    """16 kHz mono -> packed s16 stereo at TRACK_RATE, as one flat array."""
+    frame = av.AudioFrame.from_ndarray(pcm.reshape(1, -1), format="s16", layout="mono")
+    frame.sample_rate = SAMPLE_RATE
+    resampler = av.AudioResampler(format="s16", layout="stereo", rate=TRACK_RATE)
+    out = [*resampler.resample(frame), *resampler.resample(None)]
+    return np.concatenate([f.to_ndarray().reshape(-1) for f in out])
 
-    def __init__(self, inner: WhisperTranscriber) -> None:
-        self.inner = inner
-        self.results: list[TranscriptResult] = []
 
-    def transcribe(self, audio: npt.NDArray[np.float32]) -> TranscriptResult:
-        result = self.inner.transcribe(audio)
-        self.results.append(result)
-        return result
+class LiveTrack(MediaStreamTrack):
+    """Frame n is released at start + n * 20 ms / speed; then the track ends."""
+
+    kind = "audio"
+
+    def __init__(self, stereo: Int16Array, speed: float) -> None:
+        super().__init__()
+        self._pcm = stereo
+        self._samples = int(TRACK_RATE * FRAME_S)
+        self._period = FRAME_S / speed if speed > 0 else 0.0
+        self._start: float | None = None
+        self._n = 0
+
+    async def recv(self) -> av.AudioFrame:
+        loop = asyncio.get_running_loop()
+        n, step = self._n, 2 * self._samples  # packed stereo: two values per sample
+        if n * step >= len(self._pcm):
+            self.stop()
+            raise MediaStreamError
+        if self._start is None:
+            self._start = loop.time()
+        await asyncio.sleep(max(0.0, self._start + n * self._period - loop.time()))
+        chunk = self._pcm[n * step : (n + 1) * step]
+        chunk = np.pad(chunk, (0, step - len(chunk)))
+        frame = av.AudioFrame.from_ndarray(chunk.reshape(1, -1), format="s16", layout="stereo")
+        frame.sample_rate = TRACK_RATE
+        frame.pts = n * self._samples
+        frame.time_base = fractions.Fraction(1, TRACK_RATE)
+        self._n += 1
+        return frame
+
+
+class TimedVad(VoiceActivityDetector):
+    """Times `feed`, which the pipeline calls in its VAD thread."""
+
+    busy_s = 0.0
+
+    def feed(self, pcm: Any) -> list[VadEvent]:
+        started = time.perf_counter()
+        try:
+            return super().feed(pcm)
+        finally:
+            self.busy_s += time.perf_counter() - started
+
+
+class TimedExecutor(ThreadPoolExecutor):
+    """One worker; adds up the time its jobs take."""
+
+    busy_s = 0.0
+
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
+        def timed() -> T:
+            started = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.busy_s += time.perf_counter() - started
+
+        return super().submit(timed)
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -107,72 +172,74 @@ def percentile(values: list[float], q: float) -> float:
 
 
 async def stream(
-    recognizer: StreamingRecognizer,
-    transcriber: TimedTranscriber,
-    pcm: Int16Array,
-    speed: float,
-) -> tuple[list[TranscriptEvent], float]:
-    """Feed paced chunks; return transcripts and the slowest feed() in seconds."""
-    loop = asyncio.get_running_loop()
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="bench-asr") as executor:
-
-        async def collect() -> list[TranscriptEvent]:
-            return [e async for e in transcribe_jobs(recognizer, transcriber, executor)]
-
-        task = asyncio.create_task(collect(), name="bench-transcripts")
-        slowest, started = 0.0, loop.time()
-        for i in range(0, len(pcm), CHUNK):
-            if speed > 0:
-                await asyncio.sleep(max(0.0, started + i / SAMPLE_RATE / speed - loop.time()))
-            t0 = time.perf_counter()
-            recognizer.feed(pcm[i : i + CHUNK])
-            slowest = max(slowest, time.perf_counter() - t0)
-        recognizer.flush()
-        recognizer.close()
-        return await task, slowest
+    pcm: Int16Array, speed: float, vad: TimedVad, whisper: WhisperTranscriber
+) -> tuple[list[Transcript], AudioStats, float]:
+    """Play the stream through the pipeline; (transcripts, stats, VAD-thread seconds)."""
+    transcripts: list[Transcript] = []
+    track = LiveTrack(browser_format(pcm), speed)
+    with TimedExecutor(1, thread_name_prefix="bench-vad") as vad_executor, \
+            ThreadPoolExecutor(1, thread_name_prefix="bench-asr") as asr_executor:
+        pipeline = AudioTranscriber(
+            track,
+            vad=vad,
+            transcriber=whisper,
+            vad_executor=vad_executor,
+            asr_executor=asr_executor,
+            on_transcript=transcripts.append,
+            name="bench",
+        )
+        ended = asyncio.Event()
+        track.on("ended", ended.set)
+        await ended.wait()
+        await pipeline.close(drain_timeout_s=120)
+    return transcripts, pipeline.stats, vad_executor.busy_s
 
 
-def vad_cost_us(model: SileroVadModel, pcm: Int16Array) -> float:
-    """Mean wall time of feed() per 32 ms window, on 20 ms chunks."""
-    detector = VoiceActivityDetector(model)
-    t0 = time.perf_counter()
-    for i in range(0, len(pcm), CHUNK):
-        detector.feed(pcm[i : i + CHUNK])
-    return (time.perf_counter() - t0) / detector.windows_seen * 1e6
-
-
-def report_latency(events: list[TranscriptEvent]) -> None:
-    ends = [e for e in events if e.utterance_end]
-    for label, chosen in (("all pieces", events), ("utterance ends", ends)):
-        lat = [e.latency for e in chosen]
+def report_latency(transcripts: list[Transcript]) -> None:
+    ends = [t for t in transcripts if t.utterance_done]
+    for label, chosen in (("utterance ends", ends), ("all pieces", transcripts)):
+        lat = [t.latency_s for t in chosen]
         print(
-            f"last voiced -> final transcript ({label}, n={len(lat)}): "
+            f"last voiced frame -> final transcript ({label}, n={len(lat)}): "
             f"p50 {percentile(lat, 50):.3f}s  p95 {percentile(lat, 95):.3f}s  max {max(lat):.3f}s"
         )
 
 
-def report_accuracy(
-    pieces: list[Piece], events: list[TranscriptEvent], whisper: WhisperTranscriber
-) -> None:
-    print(f"{'clip':42} {'audio':>6} {'WER stream':>10} {'WER offline':>11} {'offline RTF':>11}")
-    total_audio = total_compute = 0.0
-    for piece in pieces:
-        inside = [e for e in events if piece.offset_s <= e.start < piece.offset_s + piece.span_s]
-        streamed = " ".join(e.text for e in inside)
-        offline = whisper.transcribe(piece.pcm.astype(np.float32) / 32768.0)
-        total_audio += offline.audio_s
-        total_compute += offline.elapsed_s
-        s_err, words = word_errors(piece.reference, streamed)
-        o_err, _ = word_errors(piece.reference, offline.text)
+def report_wer(sources: list[Source], transcripts: list[Transcript]) -> tuple[int, int]:
+    errors = words = 0
+    for source in sources:
+        end = source.offset_s + source.span_s
+        text = " ".join(t.text for t in transcripts if source.offset_s <= t.start < end)
+        e, w = word_errors(source.reference, text)
+        errors, words = errors + e, words + w
+        print(f"  {source.name:42} WER {e / w:.3f}")
+    return errors, words
+
+
+def offline(path: str, settings: WhisperSettings, audio: npt.NDArray[np.float32]) -> None:
+    """Plain faster-whisper, one `transcribe` call on the whole stream."""
+    from faster_whisper import WhisperModel
+
+    model = WhisperModel(
+        path, device="cpu", compute_type="int8",
+        cpu_threads=settings.cpu_threads, num_workers=settings.num_workers,
+    )
+    reference = " ".join((SPEECH / f"{c}.txt").read_text().strip() for c in CLIPS * 2)
+    duration = len(audio) / SAMPLE_RATE
+    for label, beam_size in (("defaults, beam 5", 5), ("greedy, beam 1", 1)):
+        started = time.perf_counter()
+        segments, _ = model.transcribe(audio, language="en", beam_size=beam_size)
+        text = " ".join(s.text.strip() for s in segments)  # decoding happens here
+        elapsed = time.perf_counter() - started
+        errors, words = word_errors(reference, text)
         print(
-            f"{piece.name:42} {offline.audio_s:5.1f}s {s_err / words:10.3f} "
-            f"{o_err / words:11.3f} {offline.elapsed_s / offline.audio_s:11.3f}"
+            f"offline faster-whisper ({label}): {elapsed:.2f}s for {duration:.1f}s "
+            f"-> RTF {elapsed / duration:.3f}, WER {errors / words:.3f}"
         )
-    print(f"offline faster-whisper RTF over all audio: {total_compute / total_audio:.3f}")
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--model", default=None, help="ASR model spec (default tiny.en)")
     parser.add_argument(
         "--cache-dir", type=Path, default=Path(tempfile.gettempdir()) / "asr-models"
@@ -183,24 +250,38 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
 
     path, label = resolve_asr_model(args.model, args.cache_dir)
-    whisper = WhisperTranscriber(path, WhisperSettings(cpu_threads=args.cpu_threads))
-    vad_model = SileroVadModel()
-    pieces, pcm = build_stream()
-    print(f"model {label} ({path}), cpu_threads={args.cpu_threads}, speed={args.speed}x, "
-          f"stream {len(pcm) / SAMPLE_RATE:.1f}s in {CHUNK}-sample chunks")
+    settings = WhisperSettings(cpu_threads=args.cpu_threads, device="cpu", compute_type="int8")
+    whisper = WhisperTranscriber(path, settings)
+    vad = TimedVad(SileroVadModel())
+    sources, pcm = build_stream()
+    duration = len(pcm) / SAMPLE_RATE
+    print(
+        f"model {label} cpu/int8, cpu_threads={args.cpu_threads}; stream {duration:.1f}s "
+        f"of 20 ms s16 stereo {TRACK_RATE} Hz frames at {args.speed}x real time; "
+        f"end silence {vad.settings.end_silence_ms} ms"
+    )
 
-    timed = TimedTranscriber(whisper)
-    recognizer = StreamingRecognizer(vad_model)
-    events, slowest_feed = asyncio.run(stream(recognizer, timed, pcm, args.speed))
-    stats = recognizer.stats()
-    compute = sum(r.elapsed_s for r in timed.results)
-    transcribed = sum(r.audio_s for r in timed.results)
-    print(f"pieces {stats.jobs}, dropped {stats.dropped}; streaming compute {compute:.2f}s "
-          f"for {transcribed:.1f}s of speech (RTF {compute / transcribed:.3f})")
-    report_latency(events)
-    print(f"VAD feed(): {vad_cost_us(vad_model, pcm):.0f} us per 32 ms window; "
-          f"slowest feed() during the run {slowest_feed * 1e3:.2f} ms")
-    report_accuracy(pieces, events, whisper)
+    started = time.perf_counter()
+    transcripts, stats, vad_thread_s = asyncio.run(stream(pcm, args.speed, vad, whisper))
+    print(f"played in {time.perf_counter() - started:.1f}s wall; {len(transcripts)} pieces")
+    report_latency(transcripts)
+    print(
+        f"VAD: {vad.busy_s / vad.windows_seen * 1e6:.0f} us per 32 ms window "
+        f"({vad.windows_seen} windows); VAD thread with resampling "
+        f"{vad_thread_s / vad.windows_seen * 1e6:.0f} us per window"
+    )
+    print(
+        f"frames in {stats.frames_in}, dropped {stats.frames_dropped}; "
+        f"pieces {stats.pieces}, dropped {stats.pieces_dropped}"
+    )
+    print(
+        f"streaming ASR: {stats.asr_seconds:.2f}s for {duration:.1f}s of audio "
+        f"-> {stats.asr_seconds / duration:.3f} ASR s per audio s"
+    )
+    print("streaming WER per recording:")
+    errors, words = report_wer(sources, transcripts)
+    print(f"streaming WER overall {errors / words:.3f}")
+    offline(path, settings, pcm.astype(np.float32) / 32768.0)
 
 
 if __name__ == "__main__":

@@ -26,11 +26,11 @@ def start_embedded(data_dir: Path) -> tuple[Any, str]:
     with warnings.catch_warnings():
         # platformdirs warns at import when XDG_RUNTIME_DIR is unset (root, CI).
         warnings.simplefilter("ignore")
-        import pgserver
+        from pgserver import get_server  # type: ignore[attr-defined]
 
     pgdata = data_dir / "postgres"
     pgdata.mkdir(parents=True, exist_ok=True)
-    server = pgserver.get_server(pgdata, cleanup_mode="stop")
+    server = get_server(pgdata, cleanup_mode="stop")
     dsn = server.get_uri()
     log.info("embedded PostgreSQL running in %s", pgdata)
     return server, dsn

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fractions
 import json
 import time
@@ -83,6 +84,31 @@ class SpeechTrack(_Paced):
         return frame
 
 
+class ScriptedSpeech(SpeechTrack):
+    """Silent until told to `say()` a clip; records when each clip's audio ends."""
+
+    def __init__(self) -> None:
+        super().__init__(None, lead_s=0)
+        self.clip_ends: list[float] = []  # wall time (monotonic) each clip finished sending
+        self._ends_at: list[int] = []
+
+    def say(self, wav: Path) -> None:
+        clip, rate = read_wav(wav)
+        assert rate == self._rate
+        start = max(len(self._pcm), self._n * self._samples)
+        pad = np.zeros(start - len(self._pcm), np.int16)
+        self._pcm = np.concatenate([self._pcm, pad, clip])
+        self._ends_at.append(len(self._pcm))
+
+    async def recv(self) -> av.AudioFrame:
+        frame = await super().recv()
+        sent = self._n * self._samples
+        while self._ends_at and sent >= self._ends_at[0]:
+            self._ends_at.pop(0)
+            self.clip_ends.append(time.monotonic())
+        return frame
+
+
 class PhotoTrack(_Paced):
     """A still photo as a camera at `fps`; `show()` switches the photo."""
 
@@ -110,10 +136,15 @@ class PhotoTrack(_Paced):
 
 
 class Candidate:
-    """One candidate peer with an `events` data channel; collects what it receives."""
+    """One candidate peer with an `events` data channel; collects what it receives,
+    including the interviewer's audio (48 kHz mono int16 in `heard`)."""
 
     def __init__(self, audio: MediaStreamTrack | None, video: MediaStreamTrack | None) -> None:
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        self.heard: list[np.ndarray] = []
+        self.first_audio_at: float | None = None
+        self._listeners: list[asyncio.Task[None]] = []
+        self.pc.on("track", self._on_track)
         self.events: list[dict[str, Any]] = []
         self._arrived = asyncio.Condition()
         self.channel = self.pc.createDataChannel("events")
@@ -164,5 +195,29 @@ class Candidate:
         async with self._arrived:
             self._arrived.notify_all()
 
+    def _on_track(self, track: MediaStreamTrack) -> None:
+        if track.kind == "audio":
+            self._listeners.append(asyncio.get_running_loop().create_task(self._listen(track)))
+
+    async def _listen(self, track: MediaStreamTrack) -> None:
+        resampler = av.AudioResampler(format="s16", layout="mono", rate=48000)
+        while True:
+            try:
+                frame = await track.recv()
+            except Exception:  # MediaStreamError: the track ended
+                return
+            for out in resampler.resample(frame):
+                pcm = out.to_ndarray().reshape(-1)
+                if self.first_audio_at is None and np.abs(pcm).max() > 500:
+                    self.first_audio_at = time.monotonic()
+                self.heard.append(pcm)
+
+    def heard_audio(self) -> np.ndarray:
+        return np.concatenate(self.heard) if self.heard else np.zeros(0, np.int16)
+
     async def close(self) -> None:
         await self.pc.close()
+        for task in self._listeners:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task

@@ -1,30 +1,35 @@
-"""Speech engine on real recorded speech: VAD, streaming recogniser, model resolution.
+"""Speech engine on real recorded speech: VAD, the audio pipeline, model resolution.
 
 Clips are LibriVox recordings with transcripts and pocketsphinx's speech
 boundaries (.lab); see tests/data/speech/PROVENANCE.md.
+
+The pipeline tests drive the product path, `media.audio_track.AudioTranscriber`,
+with a local aiortc track that plays a clip as 20 ms frames and then ends
+the way a remote track does, with `MediaStreamError`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import fractions
 import importlib.util
+import itertools
+import logging
+import math
 import threading
 import wave
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import av
 import numpy as np
 import numpy.typing as npt
 import pytest
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
-from engine.asr_stream import (
-    RecognizerSettings,
-    StreamingRecognizer,
-    TranscriptEvent,
-    transcribe_jobs,
-)
 from engine.transcriber import (
     Transcriber,
     TranscriptResult,
@@ -41,13 +46,17 @@ from engine.vad import (
     VadState,
     VoiceActivityDetector,
 )
+from media.audio_track import AudioStats, AudioTranscriber, Transcript
 from tests.wer import word_errors
 
 SPEECH = Path(__file__).parent / "data" / "speech"
 CLIPS = [f"sense_and_sensibility_01_austen_64kb-{n}" for n in ("0870", "0880", "0890", "0920")]
 CHUNK = 320  # 20 ms, what the media layer hands over
+FRAME_S = 0.02
 LEAD_S, TAIL_S = 1.0, 1.5
-# Measured with tiny.en int8 greedy: 0.0 / 0.25 / 0.0715 / 0.053 (see the report).
+# Measured through AudioTranscriber with tiny.en int8 greedy, 16 kHz and 48 kHz
+# frames alike: per clip 0.0 / 0.25 (2 words of 8) / 0.0 / 0.053, overall 0.048;
+# longer.wav 0.048 (3 pieces), twice in a row 0.064 (6 pieces).
 MAX_CLIP_WER = 0.30
 MAX_TOTAL_WER = 0.10
 Int16Array = npt.NDArray[np.int16]
@@ -91,45 +100,6 @@ def run_vad(
     return events + detector.flush()
 
 
-async def recognise(
-    recognizer: StreamingRecognizer,
-    transcriber: Transcriber,
-    executor: ThreadPoolExecutor,
-    pcm: Int16Array,
-) -> list[TranscriptEvent]:
-    """Feed `pcm` in 20 ms chunks while a named task collects transcripts."""
-
-    async def collect() -> list[TranscriptEvent]:
-        return [e async for e in transcribe_jobs(recognizer, transcriber, executor)]
-
-    task = asyncio.create_task(collect(), name="test-transcripts")
-    for i, chunk in enumerate(chunks(pcm)):
-        recognizer.feed(chunk)
-        if i % 50 == 0:
-            await asyncio.sleep(0)  # let the consumer pick up committed jobs
-    recognizer.flush()
-    recognizer.close()
-    return await task
-
-
-class FakeTranscriber:
-    """Counts calls; optionally blocks until released (cancellation tests)."""
-
-    def __init__(self, block: bool = False) -> None:
-        self.calls = 0
-        self.entered = threading.Event()
-        self.release = threading.Event()
-        if not block:
-            self.release.set()
-
-    def transcribe(self, audio: npt.NDArray[np.float32]) -> TranscriptResult:
-        self.calls += 1
-        self.entered.set()
-        self.release.wait(10)
-        audio_s = len(audio) / SAMPLE_RATE
-        return TranscriptResult(text=f"piece {self.calls}", audio_s=audio_s, elapsed_s=0.0)
-
-
 @pytest.fixture(scope="module")
 def vad_model() -> SileroVadModel:
     return SileroVadModel()
@@ -140,13 +110,6 @@ def whisper() -> WhisperTranscriber:
     path, label = resolve_asr_model(None)
     assert label == "tiny.en"
     return WhisperTranscriber(path)
-
-
-@pytest.fixture(scope="module")
-def executor() -> Iterator[ThreadPoolExecutor]:
-    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="test-asr")
-    yield pool
-    pool.shutdown(wait=True)
 
 
 # --- VAD -------------------------------------------------------------------
@@ -224,21 +187,213 @@ def test_vad_settings_are_validated(kwargs: dict[str, float]) -> None:
         VadSettings(**kwargs)  # type: ignore[arg-type]
 
 
-# --- streaming recogniser ---------------------------------------------------
+# --- audio pipeline (media.audio_track.AudioTranscriber) --------------------
 
-async def test_recognizer_transcribes_real_clips(
-    vad_model: SileroVadModel, whisper: WhisperTranscriber, executor: ThreadPoolExecutor
-,
+
+def resampled(pcm: Int16Array, rate: int) -> Int16Array:
+    """16 kHz mono PCM at `rate` (what a browser's 48 kHz Opus decodes to)."""
+    if rate == SAMPLE_RATE:
+        return pcm
+    frame = av.AudioFrame.from_ndarray(pcm.reshape(1, -1), format="s16", layout="mono")
+    frame.sample_rate = SAMPLE_RATE
+    resampler = av.AudioResampler(format="s16", layout="mono", rate=rate)
+    out = [*resampler.resample(frame), *resampler.resample(None)]
+    return np.concatenate([f.to_ndarray().reshape(-1) for f in out])
+
+
+class ClipTrack(MediaStreamTrack):
+    """A recording as 20 ms s16 mono frames, then `MediaStreamError`.
+
+    Unpaced by default: one frame per turn of the loop, as fast as the pump
+    takes them. `period_s` releases frame n at start + n * period_s.
+    `hang` keeps the track open after the clip, like a candidate who went
+    quiet without hanging up. `sent_at[n]` is when frame n was handed over.
+    """
+
+    kind = "audio"
+
+    def __init__(
+        self,
+        pcm: Int16Array,
+        *,
+        rate: int = SAMPLE_RATE,
+        period_s: float = 0.0,
+        hang: bool = False,
+    ) -> None:
+        super().__init__()
+        self._pcm = resampled(pcm, rate)
+        self._rate = rate
+        self._samples = int(rate * FRAME_S)
+        self._period = period_s
+        self._hang = hang
+        self.sent_at: list[float] = []
+        self.finished = asyncio.Event()
+
+    @property
+    def frame_count(self) -> int:
+        return -(-len(self._pcm) // self._samples)
+
+    async def recv(self) -> av.AudioFrame:
+        loop = asyncio.get_running_loop()
+        n = len(self.sent_at)
+        if n >= self.frame_count:
+            self.finished.set()
+            if self._hang:
+                await asyncio.Event().wait()  # until the pump is cancelled
+            self.stop()
+            raise MediaStreamError
+        if self._period and n:
+            await asyncio.sleep(max(0.0, self.sent_at[0] + n * self._period - loop.time()))
+        else:
+            await asyncio.sleep(0)
+        chunk = self._pcm[n * self._samples : (n + 1) * self._samples]
+        chunk = np.pad(chunk, (0, self._samples - len(chunk)))
+        frame = av.AudioFrame.from_ndarray(chunk.reshape(1, -1), format="s16", layout="mono")
+        frame.sample_rate = self._rate
+        frame.pts = n * self._samples
+        frame.time_base = fractions.Fraction(1, self._rate)
+        self.sent_at.append(loop.time())
+        return frame
+
+
+class FakeTranscriber:
+    """Counts calls; optionally blocks until released (backlog and cancellation tests)."""
+
+    def __init__(self, block: bool = False) -> None:
+        self.calls = 0
+        self.entered = threading.Event()
+        self.release = threading.Event()
+        if not block:
+            self.release.set()
+
+    def transcribe(self, audio: npt.NDArray[np.float32]) -> TranscriptResult:
+        self.calls += 1
+        self.entered.set()
+        self.release.wait(10)
+        audio_s = len(audio) / SAMPLE_RATE
+        return TranscriptResult(text=f"piece {self.calls}", audio_s=audio_s, elapsed_s=0.0)
+
+
+@dataclass
+class Sink:
+    """Collects `on_transcript` calls with the loop time of each."""
+
+    transcripts: list[Transcript] = field(default_factory=list)
+    at: list[float] = field(default_factory=list)
+    utterance_done: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def __call__(self, transcript: Transcript) -> None:
+        self.transcripts.append(transcript)
+        self.at.append(asyncio.get_running_loop().time())
+        if transcript.utterance_done:
+            self.utterance_done.set()
+
+
+@dataclass(frozen=True)
+class Executors:
+    vad: ThreadPoolExecutor
+    asr: ThreadPoolExecutor
+
+
+@pytest.fixture
+async def executors() -> AsyncIterator[Executors]:
+    """One-thread VAD and ASR executors, as the server sizes them."""
+    pools = Executors(
+        ThreadPoolExecutor(1, thread_name_prefix="test-vad"),
+        ThreadPoolExecutor(1, thread_name_prefix="test-asr"),
+    )
+    yield pools
+    for pool in (pools.vad, pools.asr):
+        await asyncio.to_thread(pool.shutdown, True)
+
+
+PIPELINE = "test-pipeline"
+# close()'s drain bound suits a live call; a test's backlog must be finished
+# even on a loaded machine.
+DRAIN_S = 120.0
+
+
+def pipeline_tasks() -> list[str]:
+    """Names of the pipeline's tasks still running."""
+    return sorted(
+        name for t in asyncio.all_tasks() if (name := t.get_name()).startswith(f"{PIPELINE}-")
+    )
+
+
+def start_pipeline(
+    track: ClipTrack,
+    transcriber: Transcriber,
+    vad_model: SileroVadModel,
+    executors: Executors,
+    settings: VadSettings | None = None,
+    *,
+    max_frames: int,
+    max_pieces: int = 16,
+) -> tuple[AudioTranscriber, Sink]:
+    sink = Sink()
+    pipeline = AudioTranscriber(
+        track,
+        vad=VoiceActivityDetector(vad_model, settings),
+        transcriber=transcriber,
+        vad_executor=executors.vad,
+        asr_executor=executors.asr,
+        on_transcript=sink,
+        name=PIPELINE,
+        max_frames=max_frames,
+        max_pieces=max_pieces,
+    )
+    assert len(pipeline_tasks()) == 3
+    return pipeline, sink
+
+
+async def play(
+    track: ClipTrack,
+    transcriber: Transcriber,
+    vad_model: SileroVadModel,
+    executors: Executors,
+    settings: VadSettings | None = None,
+) -> tuple[Sink, AudioStats]:
+    """Play `track` to its end, unpaced, then close the pipeline.
+
+    The frame queue holds the whole clip, so an unpaced track loses nothing
+    while the VAD catches up; dropping is tested on its own below.
+    """
+    pipeline, sink = start_pipeline(
+        track, transcriber, vad_model, executors, settings, max_frames=track.frame_count + 1
+    )
+    await asyncio.wait_for(track.finished.wait(), 30)
+    await pipeline.close(drain_timeout_s=DRAIN_S)
+    assert pipeline_tasks() == []
+    return sink, pipeline.stats
+
+
+def assert_latency_is_plausible(sink: Sink, track: ClipTrack) -> None:
+    """Latency is measured from a frame that arrived, to the transcript."""
+    for transcript, at in zip(sink.transcripts, sink.at):
+        assert 0.0 <= transcript.latency_s <= at - track.sent_at[0]
+
+
+@pytest.mark.parametrize("rate", [16_000, 48_000])
+async def test_pipeline_transcribes_real_clips(
+    vad_model: SileroVadModel,
+    whisper: WhisperTranscriber,
+    executors: Executors,
     loop_errors: list[dict[str, Any]],
+    rate: int,
 ) -> None:
     per_clip: dict[str, tuple[int, int, str]] = {}
     for clip in CLIPS:
-        recognizer = StreamingRecognizer(vad_model)
-        events = await recognise(recognizer, whisper, executor, padded(load_wav(f"{clip}.wav")))
+        track = ClipTrack(padded(load_wav(f"{clip}.wav")), rate=rate)
+        sink, stats = await play(track, whisper, vad_model, executors)
 
-        assert [(e.utterance_end, e.final) for e in events] == [(True, True)]
-        assert recognizer.stats().dropped == 0
-        per_clip[clip] = (*word_errors(reference(clip), events[0].text), events[0].text)
+        (transcript,) = sink.transcripts
+        assert transcript.utterance_done
+        speech_start, speech_end = (LEAD_S + t for t in speech_bounds(clip))
+        assert transcript.start <= speech_start and speech_end <= transcript.end
+        assert (stats.frames_in, stats.frames_dropped) == (track.frame_count, 0)
+        assert (stats.pieces, stats.pieces_dropped) == (1, 0)
+        assert_latency_is_plausible(sink, track)
+        per_clip[clip] = (*word_errors(reference(clip), transcript.text), transcript.text)
 
     report = {clip: (round(e / w, 3), text) for clip, (e, w, text) in per_clip.items()}
     assert all(e / w <= MAX_CLIP_WER for e, w, _ in per_clip.values()), report
@@ -247,98 +402,204 @@ async def test_recognizer_transcribes_real_clips(
     assert total_errors / total_words <= MAX_TOTAL_WER, report
 
 
-def _assert_pieces_are_contiguous(events: Sequence[TranscriptEvent], settings: VadSettings) -> None:
-    assert [e.seq for e in events] == sorted(e.seq for e in events)
-    assert [e.utterance_end for e in events] == [False] * (len(events) - 1) + [True]
-    for before, after in zip(events, events[1:]):
+def _assert_pieces_are_contiguous(pieces: Sequence[Transcript], settings: VadSettings) -> None:
+    assert [p.utterance_done for p in pieces] == [False] * (len(pieces) - 1) + [True]
+    for before, after in itertools.pairwise(pieces):
         assert before.end == pytest.approx(after.start)
     longest = (settings.max_segment_ms + settings.end_silence_ms) / 1000
-    assert all(0 < e.end - e.start <= longest for e in events)
+    assert all(0 < p.end - p.start <= longest for p in pieces)
 
 
 async def test_long_answer_is_committed_in_pieces(
-    vad_model: SileroVadModel, whisper: WhisperTranscriber, executor: ThreadPoolExecutor
-,
+    vad_model: SileroVadModel,
+    whisper: WhisperTranscriber,
+    executors: Executors,
     loop_errors: list[dict[str, Any]],
 ) -> None:
-    settings = RecognizerSettings(vad=VadSettings(split_after_ms=6000, max_segment_ms=10000))
+    settings = VadSettings(split_after_ms=6000, max_segment_ms=10000)
     answer = load_wav("longer.wav")
     last_piece_s = []
     for repeats in (1, 2):
-        recognizer = StreamingRecognizer(vad_model, settings)
-        events = await recognise(recognizer, whisper, executor, padded(*[answer] * repeats))
+        track = ClipTrack(padded(*[answer] * repeats))
+        sink, stats = await play(track, whisper, vad_model, executors, settings)
 
-        assert len(events) >= 3 * repeats
-        _assert_pieces_are_contiguous(events, settings.vad)
-        text = " ".join(e.text for e in events)
+        pieces = sink.transcripts
+        assert len(pieces) >= 3 * repeats
+        _assert_pieces_are_contiguous(pieces, settings)
+        assert (stats.frames_dropped, stats.pieces_dropped) == (0, 0)
+        assert_latency_is_plausible(sink, track)
+        text = " ".join(p.text for p in pieces)
         errors, words = word_errors(" ".join(reference(c) for c in CLIPS * repeats), text)
         assert errors / words <= MAX_TOTAL_WER, text
-        last = events[-1]
-        last_piece_s.append(last.end - last.start)
-        assert last.end - last.last_voiced_at <= settings.vad.post_roll_ms / 1000 + 0.033
+        last_piece_s.append(pieces[-1].end - pieces[-1].start)
 
     # What the final transcript waits on (the last piece) does not grow with
     # the answer: both are at most one max-length piece.
-    assert max(last_piece_s) <= settings.vad.max_segment_ms / 1000 + 0.033
+    assert max(last_piece_s) <= settings.max_segment_ms / 1000 + 0.033
 
 
-async def test_queue_overflow_drops_oldest_and_counts(
-    vad_model: SileroVadModel, loop_errors: list[dict[str, Any]]
+async def test_track_end_flushes_an_utterance_in_progress(
+    vad_model: SileroVadModel, executors: Executors, loop_errors: list[dict[str, Any]]
 ) -> None:
-    answer = load_wav(f"{CLIPS[1]}.wav")
-    recognizer = StreamingRecognizer(vad_model, RecognizerSettings(max_queued_jobs=2))
-    for chunk in chunks(padded(*[np.concatenate([answer, room_tone(1.0)])] * 4)):
-        recognizer.feed(chunk)
-    recognizer.close()
-
-    stats = recognizer.stats()
-    assert (stats.jobs, stats.dropped, stats.queued) == (4, 2, 2)
-    jobs = [await recognizer.next_job(), await recognizer.next_job(), await recognizer.next_job()]
-    assert [job.seq if job else None for job in jobs] == [3, 4, None]
-
-
-async def test_close_is_idempotent_and_drains_queue(
-    vad_model: SileroVadModel, executor: ThreadPoolExecutor
-,
-    loop_errors: list[dict[str, Any]],
-) -> None:
+    clip = CLIPS[1]
+    speech_end = speech_bounds(clip)[1]
+    # The clip stops 0.1 s after the last word: less than the VAD's end
+    # silence, so only the end of the track can end the utterance.
+    cut = int((speech_end + 0.1) * SAMPLE_RATE)
+    pcm = np.concatenate([room_tone(LEAD_S), load_wav(f"{clip}.wav")[:cut]])
     fake = FakeTranscriber()
-    recognizer = StreamingRecognizer(vad_model)
-    for chunk in chunks(padded(load_wav(f"{CLIPS[1]}.wav"))):
-        recognizer.feed(chunk)
-    recognizer.close()
-    recognizer.close()
+    track = ClipTrack(pcm)
+    pipeline, sink = start_pipeline(
+        track, fake, vad_model, executors, max_frames=track.frame_count + 1
+    )
+    await asyncio.wait_for(sink.utterance_done.wait(), 20)  # no close() yet
 
-    events = [e async for e in transcribe_jobs(recognizer, fake, executor)]
-    assert [e.text for e in events] == ["piece 1"]
-    assert recognizer.closed and fake.calls == 1
-    with pytest.raises(RuntimeError):
-        recognizer.feed(np.zeros(CHUNK, np.int16))
+    (transcript,) = sink.transcripts
+    assert (transcript.text, transcript.utterance_done) == ("piece 1", True)
+    assert transcript.end <= len(pcm) / SAMPLE_RATE
+    await pipeline.close(drain_timeout_s=DRAIN_S)
+    assert pipeline_tasks() == []
 
 
-async def test_cancel_mid_transcription_reraises_and_leaves_no_task(
-    vad_model: SileroVadModel, executor: ThreadPoolExecutor
-,
+async def test_silence_and_noise_give_no_transcript(
+    vad_model: SileroVadModel, executors: Executors, loop_errors: list[dict[str, Any]]
+) -> None:
+    rng = np.random.default_rng(3)
+    noise = np.clip(rng.normal(0.0, 0.3 * 32767, 3 * SAMPLE_RATE), -32768, 32767)
+    pcm = np.concatenate([
+        np.zeros(2 * SAMPLE_RATE, np.int16), room_tone(3.0), noise.astype(np.int16), room_tone(2.0),
+    ])
+    fake = FakeTranscriber()
+    track = ClipTrack(pcm)
+    sink, stats = await play(track, fake, vad_model, executors)
+
+    assert sink.transcripts == [] and fake.calls == 0
+    assert (stats.frames_in, stats.frames_dropped, stats.pieces) == (track.frame_count, 0, 0)
+
+
+async def test_blocked_vad_drops_frames_and_counts(
+    vad_model: SileroVadModel, executors: Executors, loop_errors: list[dict[str, Any]]
+) -> None:
+    max_frames = 50
+    blocker = threading.Event()
+    executors.vad.submit(blocker.wait, 10)  # the VAD thread is busy elsewhere
+    track = ClipTrack(padded(load_wav(f"{CLIPS[1]}.wav")))
+    try:
+        pipeline, _ = start_pipeline(
+            track, FakeTranscriber(), vad_model, executors, max_frames=max_frames
+        )
+        await asyncio.wait_for(track.finished.wait(), 10)
+
+        # The pump kept receiving; what did not fit was dropped and counted.
+        stats = pipeline.stats
+        assert stats.frames_in == track.frame_count
+        kept = stats.frames_in - stats.frames_dropped
+        assert 0 < kept <= 2 * max_frames  # the queue, plus at most one batch the VAD took
+    finally:
+        blocker.set()
+    await pipeline.close(drain_timeout_s=DRAIN_S)
+    assert pipeline_tasks() == []
+
+
+class _Drops(logging.Handler):
+    """Sets `seen` when the pipeline logs that it dropped a piece of speech."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.seen = asyncio.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.seen.set()
+
+
+async def test_blocked_transcriber_drops_pieces_and_counts(
+    vad_model: SileroVadModel, executors: Executors, loop_errors: list[dict[str, Any]]
+) -> None:
+    answer = np.concatenate([load_wav(f"{CLIPS[1]}.wav"), room_tone(1.0)])
+    track = ClipTrack(padded(*[answer] * 4))
+    fake = FakeTranscriber(block=True)
+    drops = _Drops()
+    logger = logging.getLogger("media.audio_track")
+    logger.addHandler(drops)
+    try:
+        pipeline, sink = start_pipeline(
+            track, fake, vad_model, executors, max_frames=track.frame_count + 1, max_pieces=2
+        )
+        # Utterance 1 is being transcribed, 2 and 3 wait in the queue, 4 has no room.
+        await asyncio.wait_for(drops.seen.wait(), 20)
+        stats = pipeline.stats
+        assert (stats.pieces_dropped, stats.frames_dropped, fake.calls) == (1, 0, 1)
+    finally:
+        fake.release.set()
+        logger.removeHandler(drops)
+    await asyncio.wait_for(track.finished.wait(), 10)
+    await pipeline.close(drain_timeout_s=DRAIN_S)
+
+    assert [t.text for t in sink.transcripts] == ["piece 1", "piece 2", "piece 3"]
+    assert all(t.utterance_done for t in sink.transcripts)
+    assert [t.start for t in sink.transcripts] == sorted(t.start for t in sink.transcripts)
+    assert pipeline.stats.pieces_dropped == 1
+    assert pipeline_tasks() == []
+
+
+async def test_latency_counts_the_wait_behind_a_busy_transcriber(
+    vad_model: SileroVadModel, executors: Executors, loop_errors: list[dict[str, Any]]
+) -> None:
+    # 20 s of quiet after the answer, at 20x real time, with the transcriber
+    # held until the track ends: the transcript comes long after the last
+    # voiced frame, and its latency must say so.
+    track = ClipTrack(
+        np.concatenate([padded(load_wav(f"{CLIPS[1]}.wav")), room_tone(20.0, seed=2)]),
+        period_s=FRAME_S / 20,
+    )
+    fake = FakeTranscriber(block=True)
+    try:
+        pipeline, sink = start_pipeline(
+            track, fake, vad_model, executors, max_frames=track.frame_count + 1
+        )
+        await asyncio.wait_for(track.finished.wait(), 20)
+    finally:
+        fake.release.set()
+    await pipeline.close(drain_timeout_s=DRAIN_S)
+
+    (transcript,) = sink.transcripts
+    (at,) = sink.at
+    # The last voiced frame lies between the frames holding `start` and `end`.
+    first = max(0, math.floor(transcript.start / FRAME_S) - 1)
+    last = min(len(track.sent_at) - 1, math.ceil(transcript.end / FRAME_S))
+    assert at - track.sent_at[last] - 1e-3 <= transcript.latency_s
+    assert transcript.latency_s <= at - track.sent_at[first] + 1e-3
+    assert pipeline_tasks() == []
+
+
+@pytest.mark.parametrize("cancel_close", [False, True], ids=["drain-timeout", "close-cancelled"])
+async def test_close_mid_transcription_leaves_no_task(
+    vad_model: SileroVadModel,
+    executors: Executors,
     loop_errors: list[dict[str, Any]],
+    cancel_close: bool,
 ) -> None:
     fake = FakeTranscriber(block=True)
-    recognizer = StreamingRecognizer(vad_model)
-
-    async def consume() -> None:
-        async for _ in transcribe_jobs(recognizer, fake, executor):
-            pass
-
-    task = asyncio.create_task(consume(), name="test-cancel-transcripts")
-    for chunk in chunks(padded(load_wav(f"{CLIPS[1]}.wav"))):
-        recognizer.feed(chunk)
-    assert await asyncio.to_thread(fake.entered.wait, 10)
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
-    fake.release.set()
-    recognizer.close()
-    assert task.cancelled()
-    assert asyncio.all_tasks() == {asyncio.current_task()}
+    track = ClipTrack(padded(load_wav(f"{CLIPS[1]}.wav")), hang=True)
+    try:
+        pipeline, sink = start_pipeline(
+            track, fake, vad_model, executors, max_frames=track.frame_count + 1
+        )
+        assert await asyncio.to_thread(fake.entered.wait, 10)
+        if cancel_close:
+            closing = asyncio.create_task(pipeline.close(), name="test-closing")
+            await asyncio.sleep(0)
+            closing.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await closing
+        else:
+            await pipeline.close(drain_timeout_s=0.1)
+        assert pipeline_tasks() == []
+        await pipeline.close(drain_timeout_s=0.1)  # again: a no-op
+        assert pipeline_tasks() == []
+        assert sink.transcripts == []
+    finally:
+        fake.release.set()
 
 
 # --- model resolution -------------------------------------------------------

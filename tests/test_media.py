@@ -26,6 +26,7 @@ needs_photos = pytest.mark.skipif(
 
 
 async def live_client(make_client: AppFactory, **overrides: Any) -> TestClient:
+    overrides.setdefault("interviewer", False)  # media only: test_interview.py has the voice
     return await make_client(ice_loopback_only=True, keepalive_timeout_s=3.0, **overrides)
 
 

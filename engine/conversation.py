@@ -1,0 +1,337 @@
+"""Turn-taking made for interviews: when to listen, when to answer, when to stop.
+
+`Conversation` drives one interview. It is fed the candidate's voice activity
+(`voice(active)` from the VAD) and final transcripts, and speaks through
+a `Voice`. Candidates pause to think, so the end of a turn needs a longer
+silence than a voice assistant's, plus a grace when the answer so far is short
+or stops mid-sentence. Speech over the interviewer that lasts past
+`barge_in_s` interrupts it; shorter backchannels ("mm-hm") do not. Transcripts
+that repeat the interviewer's own words (its voice leaking back through the
+candidate's speakers) are not taken as answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from engine.interviewer import InterviewerEngine, Move, MoveKind
+from engine.llm import ChatTurn
+from engine.session import InterviewSession
+
+__all__ = [
+    "Conversation",
+    "InterviewMemory",
+    "QuestionLog",
+    "Spoken",
+    "TurnMetrics",
+    "TurnSettings",
+    "Voice",
+]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TurnSettings:
+    end_of_turn_s: float = 1.2
+    short_answer_grace_s: float = 0.8
+    mid_sentence_grace_s: float = 0.6
+    short_answer_words: int = 8
+    barge_in_s: float = 0.6
+    # How long the VAD needs before it reports speech (its min_speech_ms).
+    vad_confirm_s: float = 0.25
+    nudge_s: float = 20.0
+    max_minutes: float = 20.0
+
+
+@dataclass(frozen=True)
+class Spoken:
+    text: str  # what was actually played (whole sentences, or up to the interruption)
+    interrupted: bool
+    first_audio_at: float | None  # loop time of the first audio frame sent
+    audio_s: float
+
+
+class Voice(Protocol):
+    async def say(self, sentences: AsyncIterator[str]) -> Spoken:
+        """Synthesize and play each sentence as it arrives; return when done."""
+        ...
+
+    def interrupt(self) -> None:
+        """Stop playing now (barge-in)."""
+        ...
+
+
+@dataclass
+class TurnMetrics:
+    """One candidate turn → interviewer reply, in loop seconds."""
+
+    last_voiced_at: float
+    end_of_turn_at: float
+    transcript_at: float
+    first_sentence_at: float | None = None
+    first_audio_at: float | None = None
+
+    def as_dict(self) -> dict[str, float | None]:
+        def since(t: float | None) -> float | None:
+            return None if t is None else round(t - self.last_voiced_at, 3)
+        return {
+            "asr_s": since(self.transcript_at),
+            "end_of_turn_s": since(self.end_of_turn_at),
+            "first_sentence_s": since(self.first_sentence_at),
+            "turn_latency_s": since(self.first_audio_at),
+        }
+
+
+@dataclass
+class QuestionLog:
+    index: int
+    question: str
+    answers: list[str] = field(default_factory=list)
+    speech_s: float = 0.0
+
+
+@dataclass
+class InterviewMemory:
+    """What outlives one connection: a candidate who rejoins continues the interview."""
+
+    engine: InterviewerEngine
+    questions: dict[int, QuestionLog] = field(default_factory=dict)
+    turns: list[TurnMetrics] = field(default_factory=list)
+    interviewer_audio_s: float = 0.0
+    started_at: float | None = None  # loop time of the first greeting
+
+
+_WORD = re.compile(r"[a-z']+")
+
+
+class Conversation:
+    def __init__(
+        self,
+        memory: InterviewMemory,
+        voice: Voice,
+        session: InterviewSession,
+        *,
+        settings: TurnSettings,
+        notify: Callable[[dict[str, Any]], None],
+        on_finished: Callable[[], None],
+    ) -> None:
+        self._memory = memory
+        self._engine = memory.engine
+        self._voice = voice
+        self._session = session
+        self._settings = settings
+        self._notify = notify
+        self._on_finished = on_finished
+        self._loop = asyncio.get_running_loop()
+        self._changed = asyncio.Event()
+        self._candidate_speaking = False
+        self._awaiting_transcript = False
+        self._pieces: list[str] = []
+        self._last_voiced_at = 0.0
+        self._transcript_at = 0.0
+        self._last_activity = self._loop.time()
+        self._speaking = False
+        self._said_last = ""
+        self._resuming = memory.started_at is not None
+        if memory.started_at is None:
+            memory.started_at = self._loop.time()
+        self._started_at = memory.started_at
+        self._barge_timer: asyncio.TimerHandle | None = None
+        self.state = "idle"
+        self.questions = memory.questions
+        self.turns = memory.turns
+        self.barge_ins = 0
+        self.echoes_ignored = 0
+        self._task: asyncio.Task[None] | None = None
+
+    # -- inputs from the media layer ------------------------------------------
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=f"conversation-{self._session.session_id}")
+
+    def voice(self, active: bool) -> None:
+        """The candidate's voice turned on (confirmed speech) or off (a pause began)."""
+        now = self._loop.time()
+        self._candidate_speaking = active
+        self._last_activity = now
+        if active:
+            self._awaiting_transcript = True  # this speech will be transcribed
+            if self._speaking and self._barge_timer is None:
+                wait = max(0.0, self._settings.barge_in_s - self._settings.vad_confirm_s)
+                self._barge_timer = self._loop.call_later(wait, self._barge_in)
+        elif self._barge_timer is not None:
+            self._barge_timer.cancel()  # a backchannel: too short to interrupt
+            self._barge_timer = None
+        self._changed.set()
+
+    def transcript(self, text: str, *, utterance_done: bool, latency_s: float, speech_s: float) -> None:
+        now = self._loop.time()
+        if utterance_done:
+            self._awaiting_transcript = False
+        text = text.strip()
+        if text and self._is_echo(text):
+            self.echoes_ignored += 1
+            log.info("ignoring the interviewer's own voice heard back: %r", text)
+        elif text:
+            self._pieces.append(text)
+            self._last_voiced_at = now - latency_s
+            self._transcript_at = now
+            self._current_question().speech_s += speech_s
+        self._changed.set()
+
+    async def close(self) -> None:
+        if self._barge_timer is not None:
+            self._barge_timer.cancel()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        self._commit_answer()
+
+    # -- the interview ------------------------------------------------------------
+
+    async def _run(self) -> None:
+        try:
+            if self._resuming:
+                move = self._engine.resume()
+            else:
+                move = self._engine.decide("", time_left_s=self._time_left(), nudges=0)
+            metrics: TurnMetrics | None = None
+            nudges = 0  # consecutive nudges already given
+            while True:
+                await self._speak(move, metrics)
+                if move.kind is MoveKind.CLOSE:
+                    break
+                answer, metrics = await self._listen()
+                move = self._engine.decide(answer, time_left_s=self._time_left(), nudges=nudges)
+                nudges = nudges + 1 if move.kind is MoveKind.NUDGE else 0
+        except Exception:
+            log.exception("session %s: the interviewer failed", self._session.session_id)
+            self._notify({"type": "error", "message": "the interviewer failed; recording goes on"})
+            return
+        finally:
+            self._set_state("ended")
+        self._on_finished()
+
+    def _time_left(self) -> float:
+        return self._settings.max_minutes * 60 - (self._loop.time() - self._started_at)
+
+    async def _speak(self, move: Move, metrics: TurnMetrics | None) -> None:
+        if move.kind is not MoveKind.NUDGE or move.question_index not in self.questions:
+            self.questions.setdefault(
+                move.question_index, QuestionLog(move.question_index, move.text)
+            )
+        self._set_state("thinking")
+        history = [ChatTurn(t.role, t.content)  # type: ignore[arg-type]
+                   for t in self._session.conversation_history]
+        sentences = self._engine.say(move, history)
+        spoken = await self._play(self._announce(sentences, metrics))
+        if metrics is not None:
+            metrics.first_audio_at = spoken.first_audio_at
+            self.turns.append(metrics)
+        self._memory.interviewer_audio_s += spoken.audio_s
+        if spoken.text:
+            self._said_last = spoken.text
+            self._session.add_turn("assistant", spoken.text)
+        if move.kind in (MoveKind.OPEN, MoveKind.NEXT, MoveKind.REPEAT):
+            self.questions[move.question_index].question = spoken.text or move.text
+
+    async def _announce(
+        self, sentences: AsyncIterator[str], metrics: TurnMetrics | None
+    ) -> AsyncIterator[str]:
+        async for sentence in sentences:
+            if metrics is not None and metrics.first_sentence_at is None:
+                metrics.first_sentence_at = self._loop.time()
+            self._set_state("speaking")
+            self._notify({"type": "interviewer", "text": sentence})
+            yield sentence
+
+    async def _play(self, sentences: AsyncIterator[str]) -> Spoken:
+        self._speaking = True
+        try:
+            spoken = await self._voice.say(sentences)
+        finally:
+            self._speaking = False
+            if self._barge_timer is not None:
+                self._barge_timer.cancel()
+                self._barge_timer = None
+        if spoken.interrupted:
+            self.barge_ins += 1
+        return spoken
+
+    def _barge_in(self) -> None:
+        self._barge_timer = None
+        if self._speaking and self._candidate_speaking:
+            log.info("barge-in: the candidate spoke over the interviewer")
+            self._voice.interrupt()
+
+    async def _listen(self) -> tuple[str, TurnMetrics | None]:
+        self._set_state("listening")
+        self._pieces = []
+        started = self._loop.time()
+        while True:
+            now = self._loop.time()
+            deadline = self._listen_deadline(started)
+            if deadline is not None and now >= deadline:
+                return self._end_turn(now)
+            self._changed.clear()
+            timeout = None if deadline is None else deadline - now
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), timeout)
+
+    def _listen_deadline(self, started: float) -> float | None:
+        if self._candidate_speaking or self._awaiting_transcript:
+            return None
+        if self._pieces:
+            return self._last_voiced_at + self._required_silence()
+        return max(started, self._last_activity) + self._settings.nudge_s
+
+    def _required_silence(self) -> float:
+        s = self._settings
+        answer = " ".join(self._pieces)
+        wait = s.end_of_turn_s
+        if len(answer.split()) < s.short_answer_words:
+            wait += s.short_answer_grace_s
+        if not answer.rstrip().endswith((".", "?", "!")):
+            wait += s.mid_sentence_grace_s
+        return wait
+
+    def _end_turn(self, now: float) -> tuple[str, TurnMetrics | None]:
+        if not self._pieces:
+            return "", None
+        metrics = TurnMetrics(self._last_voiced_at, now, self._transcript_at)
+        answer = self._commit_answer()
+        self._set_state("thinking")
+        return answer, metrics
+
+    def _commit_answer(self) -> str:
+        answer = " ".join(self._pieces)
+        self._pieces = []
+        if answer:
+            self._current_question().answers.append(answer)
+            self._session.add_turn("user", answer)
+        return answer
+
+    def _current_question(self) -> QuestionLog:
+        index = max(self.questions, default=0)
+        return self.questions.setdefault(index, QuestionLog(index, ""))
+
+    def _is_echo(self, text: str) -> bool:
+        """Mostly the interviewer's own last words: its voice, heard back."""
+        heard = _WORD.findall(text.lower())
+        said = set(_WORD.findall(self._said_last.lower()))
+        if len(heard) < 3 or not said:
+            return False
+        return sum(w in said for w in heard) / len(heard) >= 0.8
+
+    def _set_state(self, state: str) -> None:
+        if state != self.state:
+            self.state = state
+            self._notify({"type": "state", "state": state})
