@@ -43,6 +43,8 @@ class Config:
     asr_threads: int = 1
     device_labels: tuple[str, ...] = ("laptop", "cell phone", "tv", "keyboard", "mouse", "remote")
     max_framerate: int = 10
+    recording: bool = True
+    record_fps: float = 5.0
     rejoin_grace_s: float = 30.0
     interviewer: bool = True
     interviewer_name: str = "Serin"
@@ -88,6 +90,8 @@ class Config:
             asr_threads=_positive_int(env, "ASR_THREADS", 1),
             device_labels=_csv(env, "DEVICE_LABELS") or cls.device_labels,
             max_framerate=_positive_int(env, "MAX_FRAMERATE", 10),
+            recording=_flag(env, "RECORDING", default=True),
+            record_fps=_positive_float(env, "RECORD_FPS", 5.0),
             rejoin_grace_s=_non_negative_float(env, "REJOIN_GRACE_S", 30.0),
             interviewer=_flag(env, "INTERVIEWER", default=True),
             interviewer_name=_optional(env, "INTERVIEWER_NAME") or cls.interviewer_name,

@@ -552,6 +552,16 @@ async def get_evidence(request: web.Request) -> web.StreamResponse:
     return web.FileResponse(path, headers={"Content-Type": "image/jpeg"})
 
 
+async def get_recording(request: web.Request) -> web.StreamResponse:
+    """The session's recording (WebM), once it is finished."""
+    require_api_key(request)
+    session_id = parse_session_id(request)
+    path = request.app[MEDIA].recording_path(session_id)
+    if not await asyncio.get_running_loop().run_in_executor(None, path.is_file):
+        raise json_error(web.HTTPNotFound, f"no finished recording for session {session_id}")
+    return web.FileResponse(path, headers={"Content-Type": "video/webm"})
+
+
 def evidence_url(app: web.Application, session_id: uuid.UUID, name: str) -> str:
     base = app[CONFIG].public_url or ""
     return f"{base}/sessions/{session_id}/evidence/{name}"
@@ -627,6 +637,7 @@ async def registry_ctx(app: web.Application) -> AsyncIterator[None]:
         config,
         registry,
         lambda session_id, name: evidence_url(app, session_id, name),
+        lambda session_id: f"{config.public_url or ''}/sessions/{session_id}/recording",
     )
     await registry.start()
     try:
@@ -657,6 +668,7 @@ def make_app(config: Config) -> web.Application:
     app.router.add_get("/sessions/{session_id}/resume", get_resume)
     app.router.add_get("/sessions/{session_id}/evidence/{name:[A-Za-z0-9_.-]+\\.jpg}", get_evidence)
     app.router.add_post("/sessions/{session_id}/offer", post_offer)
+    app.router.add_get("/sessions/{session_id}/recording", get_recording)
     app.router.add_post("/whip/{session_id}", post_whip)
     app.router.add_delete("/whip/{session_id}/resource", delete_whip)
     app.router.add_patch("/whip/{session_id}/resource", patch_whip)

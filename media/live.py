@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import av
 import numpy as np
 from aiortc.mediastreams import MediaStreamTrack
 
@@ -34,6 +35,7 @@ from engine.tts import Synthesizer
 from engine.vad import SileroVadModel, VadSettings, VoiceActivityDetector
 from media.audio_track import AudioTranscriber, Transcript
 from media.peer import InterviewPeer
+from media.recorder import SessionRecorder
 from media.video_track import VideoAnalyzer
 from media.voice_track import InterviewerTrack, InterviewerVoice
 
@@ -88,12 +90,14 @@ class LiveMedia:
         runtime: MediaRuntime,
         *,
         interview: InterviewMemory | None,
+        recorder: SessionRecorder | None,
         on_gone: Callable[[str, bool], None],
         evidence_url: Callable[[str], str],
     ) -> None:
         self.session = session
         self._runtime = runtime
         self._interview = interview
+        self._recorder = recorder
         self._on_gone = on_gone
         self._evidence_url = evidence_url
         self._name = f"session-{str(session.session_id)[:8]}"
@@ -166,14 +170,17 @@ class LiveMedia:
             vad_executor=runtime.vad_executor,
             asr_executor=runtime.asr_executor,
             on_transcript=self._handle_transcript,
-            on_frame=lambda _frame: self.peer.seen(),
+            on_frame=self._candidate_audio,
             on_voice=self._handle_voice,
             name=self._name,
         )
         synthesizer = runtime.models.synthesizer
         if self._interview is not None and synthesizer is not None:
             # Answer on the candidate's own audio transceiver (sendrecv offers).
-            self.voice_track = InterviewerTrack()
+            recorder = self._recorder
+            self.voice_track = InterviewerTrack(
+                on_frame=None if recorder is None else recorder.add_interviewer_audio
+            )
             self.peer.pc.addTrack(self.voice_track)
             self.voice = InterviewerVoice(self.voice_track, synthesizer, runtime.tts_executor)
 
@@ -186,9 +193,19 @@ class LiveMedia:
             fps=runtime.detect_fps,
             rules=AnomalyRules(runtime.anomaly_settings),
             on_anomalies=self._handle_anomalies,
-            on_frame=lambda _frame: self.peer.seen(),
+            on_frame=self._candidate_video,
             name=self._name,
         )
+
+    def _candidate_audio(self, frame: av.AudioFrame) -> None:
+        self.peer.seen()
+        if self._recorder is not None:
+            self._recorder.add_candidate_audio(frame)
+
+    def _candidate_video(self, frame: av.VideoFrame) -> None:
+        self.peer.seen()
+        if self._recorder is not None:
+            self._recorder.add_candidate_video(frame)
 
     # -- the interviewer ------------------------------------------------------------
 

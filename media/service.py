@@ -12,6 +12,7 @@ import asyncio
 import logging
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 
 from config import Config
 from engine.anomaly import AnomalySettings
@@ -31,6 +32,7 @@ from engine.transcriber import WhisperSettings, WhisperTranscriber, resolve_asr_
 from engine.tts import load_synthesizer
 from engine.vad import SileroVadModel
 from media.live import LiveMedia, MediaModels, MediaRuntime
+from media.recorder import RecorderSettings, SessionRecorder
 
 __all__ = ["AlreadyConnected", "MediaService", "load_models"]
 
@@ -59,16 +61,20 @@ class MediaService:
         config: Config,
         registry: SessionRegistry,
         evidence_url: Callable[[uuid.UUID, str], str],
+        recording_url: Callable[[uuid.UUID], str],
     ) -> None:
         self._config = config
         self._registry = registry
         self._evidence_url = evidence_url
+        self._recording_url = recording_url
         self._runtime: MediaRuntime | None = None
         self._loading = asyncio.Lock()
         self._live: dict[uuid.UUID, LiveMedia | None] = {}
         # Per interview, across rejoins; forgotten when the session is gone for good.
         self._interviews: dict[uuid.UUID, InterviewMemory] = {}
-        registry.on_forget.append(lambda session_id: self._interviews.pop(session_id, None))
+        self._recorders: dict[uuid.UUID, SessionRecorder] = {}
+        self._finishing: set[asyncio.Task[object]] = set()
+        registry.on_forget.append(self._forget)
         self._llm: InterviewerLlm | None = None
         if config.interviewer and config.gemini_api_key:
             self._llm = GeminiLlm(
@@ -96,6 +102,7 @@ class MediaService:
                 session,
                 runtime,
                 interview=self._interview(session) if self._config.interviewer else None,
+                recorder=self._recorder(session) if self._config.recording else None,
                 on_gone=lambda reason, rejoinable: self._gone(session_id, reason, rejoinable),
                 evidence_url=lambda name: self._evidence_url(session_id, name),
             )
@@ -114,8 +121,37 @@ class MediaService:
     async def close(self) -> None:
         for session_id in list(self._live):
             await self._close(session_id)
+        for session_id in list(self._recorders):
+            self._forget(session_id)
+        if self._finishing:
+            await asyncio.wait(self._finishing)
         if self._runtime is not None:
             self._runtime.shutdown()
+
+    def recording_path(self, session_id: uuid.UUID) -> Path:
+        return self._config.data_dir / "recordings" / f"{session_id}.webm"
+
+    def _recorder(self, session: InterviewSession) -> SessionRecorder:
+        """One recording per interview, continued across rejoins."""
+        recorder = self._recorders.get(session.session_id)
+        if recorder is None:
+            path = self.recording_path(session.session_id)
+            settings = RecorderSettings(max_fps=self._config.record_fps)
+            recorder = SessionRecorder(path, settings, name=f"rec-{str(session.session_id)[:8]}")
+            self._recorders[session.session_id] = recorder
+            session.recording_url = self._recording_url(session.session_id)
+        return recorder
+
+    def _forget(self, session_id: uuid.UUID) -> None:
+        """The session is gone for good: finish its recording in the background."""
+        self._interviews.pop(session_id, None)
+        recorder = self._recorders.pop(session_id, None)
+        if recorder is not None:
+            task = asyncio.get_running_loop().create_task(
+                recorder.close(), name=f"finish-recording-{session_id}"
+            )
+            self._finishing.add(task)
+            task.add_done_callback(self._finishing.discard)
 
     def _interview(self, session: InterviewSession) -> InterviewMemory:
         memory = self._interviews.get(session.session_id)

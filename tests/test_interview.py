@@ -19,7 +19,7 @@ from engine.transcriber import WhisperTranscriber, resolve_asr_model
 from engine.tts import resample
 from tests.conftest import AppFactory
 from tests.media_client import SPEECH, Candidate, ScriptedSpeech
-from tests.test_media import stored_row
+from tests.test_media import assert_recording, stored_row
 from tests.wer import wer
 
 ANSWERS = [SPEECH / "sense_and_sensibility_01_austen_64kb-0870.wav",
@@ -68,6 +68,9 @@ async def test_offline_interview_end_to_end(make_client: AppFactory, db: asyncpg
     assert report["evaluation"] is None  # offline: facts only, no invented scores
     assert report["talk_time_s"]["interviewer"] > 10
     assert report["anomalies_summary"] == {"total": 0, "by_type": {}, "timestamps": []}
+
+    # The recording holds the whole conversation, the interviewer's voice included.
+    await assert_recording(client, row["recording_url"], min_seconds=30, video=False)
 
     # Round trip: what the candidate heard transcribes back to what was said.
     heard = candidate.heard_audio()

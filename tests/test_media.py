@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import uuid
 from typing import Any
 
 import asyncpg
+import av
 import pytest
 from aiohttp.test_utils import TestClient
 
@@ -77,6 +79,7 @@ async def test_speech_and_two_people_make_a_transcript_and_an_anomaly(
     (turn,) = info["conversation_history"]
     assert turn["role"] == "user" and wer(transcript_of(CLIP), turn["content"]) <= 0.15
     assert [a["type"] for a in info["anomalies_detected"]] == ["multiple_persons"]
+    await assert_recording(client, row["recording_url"], min_seconds=5, video=True)
     assert set(info["anomalies_detected"][0]) == {"timestamp", "type", "count", "detections",
                                                   "evidence_url"}
 
@@ -195,3 +198,20 @@ async def test_whip_ingest(make_client: AppFactory, db: asyncpg.Connection):
         assert row["status"] == "completed"
     finally:
         await candidate.close()
+
+
+async def assert_recording(client: TestClient, url: str, *, min_seconds: float, video: bool) -> None:
+    """The finished recording is served and holds the session's media."""
+    assert url.endswith("/recording")
+    for _ in range(100):  # finalized in the background once the session is gone
+        resp = await client.get(url)
+        if resp.status == 200:
+            break
+        await asyncio.sleep(0.2)
+    assert resp.status == 200 and resp.content_type == "video/webm"
+    data = await resp.read()
+    container = av.open(io.BytesIO(data))
+    kinds = sorted(s.type for s in container.streams)
+    assert kinds == (["audio", "video"] if video else ["audio"])
+    assert container.duration is not None and container.duration / 1e6 >= min_seconds
+    container.close()
