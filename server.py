@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import BodyPartReader, web
+from prometheus_client import CONTENT_TYPE_LATEST, ProcessCollector, generate_latest
 
 from config import Config, ConfigError
 from engine.registry import SessionRegistry
@@ -29,6 +30,7 @@ from engine.resume import extract_resume_text
 from engine.session import InterviewSession, SessionRow, SessionStatus
 from media.ice import use_loopback_only
 from media.live import evidence_path
+from media.metrics import MediaMetrics
 from media.peer import SignalingError
 from media.service import AlreadyConnected, MediaService
 from storage.embedded import start_embedded, stop_embedded
@@ -44,6 +46,7 @@ WRITER = web.AppKey("writer", SessionWriter)
 REGISTRY = web.AppKey("registry", SessionRegistry)
 FILE_IO = web.AppKey("file_io", ThreadPoolExecutor)
 MEDIA = web.AppKey("media", MediaService)
+METRICS = web.AppKey("metrics", MediaMetrics)
 
 MAX_JSON_BYTES = 1024 * 1024
 MAX_RESUME_BYTES = 5 * 1024 * 1024
@@ -445,6 +448,15 @@ async def cors_middleware(request: web.Request, handler: Any) -> web.StreamRespo
     return response
 
 
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus text format; protected like the management API."""
+    require_api_key(request)
+    # On the loop on purpose: collectors read the live pipelines' counters,
+    # which only the loop mutates; a scrape takes well under a millisecond.
+    body = generate_latest(request.app[METRICS].registry)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
 async def healthz(request: web.Request) -> web.Response:
     writer = request.app[WRITER]
     body = {
@@ -633,11 +645,20 @@ async def registry_ctx(app: web.Application) -> AsyncIterator[None]:
         heartbeat_s=config.stale_after_s / 3,
         rejoin_grace_s=config.rejoin_grace_s,
     )
+    metrics = app[METRICS] = MediaMetrics()
+    ProcessCollector(registry=metrics.registry)  # CPU seconds and RSS of this process
+    metrics.gauge("interview_live_sessions", "Live interview sessions", lambda: len(registry))
+    writer = app[WRITER]
+    metrics.gauge("interview_outbox_rows", "Rows waiting in the durable outbox",
+                  lambda: writer.outbox_size)
+    metrics.counter("interview_db_write_failures", "Row writes the database refused or missed",
+                    lambda: writer.write_failures)
     app[MEDIA] = MediaService(
         config,
         registry,
         lambda session_id, name: evidence_url(app, session_id, name),
         lambda session_id: f"{config.public_url or ''}/sessions/{session_id}/recording",
+        metrics,
     )
     await registry.start()
     try:
@@ -673,6 +694,7 @@ def make_app(config: Config) -> web.Application:
     app.router.add_delete("/whip/{session_id}/resource", delete_whip)
     app.router.add_patch("/whip/{session_id}/resource", patch_whip)
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics)
     app.router.add_get("/config", client_config)
     app.router.add_get("/", index)
     app.router.add_static("/static", STATIC_DIR, follow_symlinks=False)

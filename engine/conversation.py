@@ -121,6 +121,7 @@ class Conversation:
         settings: TurnSettings,
         notify: Callable[[dict[str, Any]], None],
         on_finished: Callable[[], None],
+        on_turn: Callable[[TurnMetrics], None] | None = None,
     ) -> None:
         self._memory = memory
         self._engine = memory.engine
@@ -129,6 +130,7 @@ class Conversation:
         self._settings = settings
         self._notify = notify
         self._on_finished = on_finished
+        self._on_turn = on_turn
         self._loop = asyncio.get_running_loop()
         self._changed = asyncio.Event()
         self._candidate_speaking = False
@@ -236,6 +238,8 @@ class Conversation:
         if metrics is not None:
             metrics.first_audio_at = spoken.first_audio_at
             self.turns.append(metrics)
+            if self._on_turn is not None:
+                self._on_turn(metrics)
         self._memory.interviewer_audio_s += spoken.audio_s
         if spoken.text:
             self._said_last = spoken.text

@@ -54,6 +54,7 @@ class Transcript:
     end: float
     utterance_done: bool  # the candidate stopped speaking after this piece
     latency_s: float  # last voiced frame's arrival → this transcript
+    asr_s: float = 0.0  # Whisper time for this piece (0: silence, not transcribed)
 
 
 @dataclass
@@ -204,20 +205,21 @@ class AudioTranscriber:
         loop = asyncio.get_running_loop()
         while (item := await self._pieces.get()) is not None:
             piece, voiced_arrival = item
-            text = ""
+            text, asr_s = "", 0.0
             if piece.last_voiced_at > piece.start:  # a piece with no voiced window is silence
                 result = await loop.run_in_executor(
                     self._asr_executor, self._transcriber.transcribe, piece.audio
                 )
                 self.stats.pieces += 1
                 self.stats.asr_seconds += result.elapsed_s
-                text = result.text.strip()
+                text, asr_s = result.text.strip(), result.elapsed_s
             transcript = Transcript(
                 text=text,
                 start=piece.start,
                 end=piece.end,
                 utterance_done=isinstance(piece, SpeechEnded),
                 latency_s=loop.time() - voiced_arrival,
+                asr_s=asr_s,
             )
             self._on_transcript(transcript)
 

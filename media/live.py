@@ -24,7 +24,7 @@ import numpy as np
 from aiortc.mediastreams import MediaStreamTrack
 
 from engine.anomaly import Anomaly, AnomalyRules, AnomalySettings
-from engine.conversation import Conversation, InterviewMemory, TurnSettings
+from engine.conversation import Conversation, InterviewMemory, TurnMetrics, TurnSettings
 from engine.detector import Detector
 from engine.evidence import render_evidence
 from engine.llm import ChatTurn
@@ -34,6 +34,7 @@ from engine.transcriber import Transcriber
 from engine.tts import Synthesizer
 from engine.vad import SileroVadModel, VadSettings, VoiceActivityDetector
 from media.audio_track import AudioTranscriber, Transcript
+from media.metrics import FrameTotals, MediaMetrics
 from media.peer import InterviewPeer
 from media.recorder import SessionRecorder
 from media.video_track import VideoAnalyzer
@@ -71,6 +72,7 @@ class MediaRuntime:
     anomaly_settings: AnomalySettings = field(default_factory=AnomalySettings)
     vad_settings: VadSettings = field(default_factory=VadSettings)
     turn_settings: TurnSettings = field(default_factory=TurnSettings)
+    metrics: MediaMetrics = field(default_factory=MediaMetrics)
     detect_executor: Executor = field(default_factory=_single("detect"))
     asr_executor: Executor = field(default_factory=_single("asr"))
     vad_executor: Executor = field(default_factory=_single("vad"))
@@ -137,6 +139,7 @@ class LiveMedia:
             await self.video.close()
         if self.audio is not None:
             await self.audio.close()  # the last transcripts reach the conversation
+        self._runtime.metrics.closed.add(self.frame_totals())
         if self.conversation is not None:
             await self.conversation.close()
             await self._write_report(self.conversation)
@@ -144,12 +147,17 @@ class LiveMedia:
         if self._writes:
             await asyncio.wait(self._writes, timeout=10)
 
-    def stats(self) -> dict[str, Any]:
-        return {
-            "audio": vars(self.audio.stats) if self.audio else None,
-            "video": vars(self.video.stats) if self.video else None,
-            "messages_dropped": self.peer.messages_dropped,
-        }
+    def frame_totals(self) -> FrameTotals:
+        totals = FrameTotals()
+        if self.audio is not None:
+            stats = self.audio.stats
+            totals.audio_in, totals.audio_dropped = stats.frames_in, stats.frames_dropped
+            totals.pieces_dropped = stats.pieces_dropped
+        if self.video is not None:
+            v = self.video.stats
+            totals.video_in, totals.video_analysed = v.frames_in, v.samples_analysed
+            totals.video_dropped = v.samples_dropped
+        return totals
 
     # -- tracks --------------------------------------------------------------------
 
@@ -182,7 +190,10 @@ class LiveMedia:
                 on_frame=None if recorder is None else recorder.add_interviewer_audio
             )
             self.peer.pc.addTrack(self.voice_track)
-            self.voice = InterviewerVoice(self.voice_track, synthesizer, runtime.tts_executor)
+            self.voice = InterviewerVoice(
+                self.voice_track, synthesizer, runtime.tts_executor,
+                on_synthesized=runtime.metrics.tts_seconds.observe,
+            )
 
     def _start_video(self, track: MediaStreamTrack) -> None:
         runtime = self._runtime
@@ -194,6 +205,7 @@ class LiveMedia:
             rules=AnomalyRules(runtime.anomaly_settings),
             on_anomalies=self._handle_anomalies,
             on_frame=self._candidate_video,
+            on_sample=runtime.metrics.detect_seconds.observe,
             name=self._name,
         )
 
@@ -219,14 +231,25 @@ class LiveMedia:
             settings=self._runtime.turn_settings,
             notify=self.peer.send,
             on_finished=lambda: self._on_gone("the interview is over", False),
+            on_turn=self._observe_turn,
         )
         self.conversation.start()
+
+    def _observe_turn(self, turn: TurnMetrics) -> None:
+        metrics = self._runtime.metrics
+        if turn.first_audio_at is not None:
+            metrics.turn_latency.observe(turn.first_audio_at - turn.last_voiced_at)
+        if turn.first_sentence_at is not None:
+            metrics.llm_first_sentence.observe(turn.first_sentence_at - turn.end_of_turn_at)
 
     def _handle_voice(self, active: bool) -> None:
         if self.conversation is not None:
             self.conversation.voice(active)
 
     def _handle_transcript(self, transcript: Transcript) -> None:
+        if transcript.asr_s:
+            self._runtime.metrics.asr_seconds.observe(transcript.asr_s)
+            self._runtime.metrics.transcript_latency.observe(transcript.latency_s)
         if transcript.text:
             self.peer.send({"type": "transcript", "final": True, "text": transcript.text,
                             "start": round(transcript.start, 3), "end": round(transcript.end, 3)})
@@ -282,6 +305,7 @@ class LiveMedia:
             record = anomaly.to_record()
             record["evidence_url"] = self._evidence_url(name)
             self.session.add_anomaly(record)
+            self._runtime.metrics.anomalies.labels(anomaly.type).inc()
             # The record's own "type" names the anomaly; the message's names the event.
             self.peer.send({**record, "type": "anomaly", "anomaly": record["type"]})
             self._write_evidence(name, rgb, anomaly)

@@ -32,6 +32,7 @@ from engine.transcriber import WhisperSettings, WhisperTranscriber, resolve_asr_
 from engine.tts import load_synthesizer
 from engine.vad import SileroVadModel
 from media.live import LiveMedia, MediaModels, MediaRuntime
+from media.metrics import FrameTotals, MediaMetrics
 from media.recorder import RecorderSettings, SessionRecorder
 
 __all__ = ["AlreadyConnected", "MediaService", "load_models"]
@@ -62,8 +63,11 @@ class MediaService:
         registry: SessionRegistry,
         evidence_url: Callable[[uuid.UUID, str], str],
         recording_url: Callable[[uuid.UUID], str],
+        metrics: MediaMetrics,
     ) -> None:
         self._config = config
+        self.metrics = metrics
+        metrics.frame_counters(self._frame_totals)
         self._registry = registry
         self._evidence_url = evidence_url
         self._recording_url = recording_url
@@ -128,6 +132,9 @@ class MediaService:
         if self._runtime is not None:
             self._runtime.shutdown()
 
+    def _frame_totals(self) -> list[FrameTotals]:
+        return [media.frame_totals() for media in self._live.values() if media is not None]
+
     def recording_path(self, session_id: uuid.UUID) -> Path:
         return self._config.data_dir / "recordings" / f"{session_id}.webm"
 
@@ -190,6 +197,7 @@ class MediaService:
                     detect_fps=c.detect_fps,
                     keepalive_timeout_s=c.keepalive_timeout_s,
                     anomaly_settings=AnomalySettings(device_labels=c.device_labels),
+                    metrics=self.metrics,
                     turn_settings=TurnSettings(
                         end_of_turn_s=c.end_of_turn_s,
                         nudge_s=c.nudge_s,

@@ -53,6 +53,7 @@ class VideoAnalyzer:
         on_anomalies: AnomalySink,
         name: str,
         on_frame: Callable[[av.VideoFrame], None] | None = None,
+        on_sample: Callable[[float], None] | None = None,
     ) -> None:
         self._track = track
         self._detector = detector
@@ -61,6 +62,7 @@ class VideoAnalyzer:
         self._rules = rules
         self._on_anomalies = on_anomalies
         self._on_frame = on_frame
+        self._on_sample = on_sample
         self._latest: av.VideoFrame | None = None
         self._fresh = asyncio.Event()
         self._ended = False
@@ -107,6 +109,8 @@ class VideoAnalyzer:
             self.stats.samples_analysed += 1
             elapsed = loop.time() - started
             self.stats.detect_seconds += elapsed
+            if self._on_sample is not None:
+                self._on_sample(elapsed)
             self._note_missed_slots(elapsed)
             self._apply(rgb, detections)
             await asyncio.sleep(max(0.0, self._interval - elapsed))

@@ -120,8 +120,15 @@ class _Queued:
 class InterviewerVoice:
     """`engine.conversation.Voice` over an `InterviewerTrack`."""
 
-    def __init__(self, track: InterviewerTrack, synthesizer: Synthesizer, executor: Executor) -> None:
+    def __init__(
+        self,
+        track: InterviewerTrack,
+        synthesizer: Synthesizer,
+        executor: Executor,
+        on_synthesized: Callable[[float], None] | None = None,
+    ) -> None:
         self._track = track
+        self._on_synthesized = on_synthesized
         self._synthesizer = synthesizer
         self._executor = executor
         self._interrupted = False
@@ -140,7 +147,10 @@ class InterviewerVoice:
                 break
             t0 = loop.time()
             pcm = await loop.run_in_executor(self._executor, self._synthesize, sentence)
-            self.tts_seconds += loop.time() - t0
+            elapsed = loop.time() - t0
+            self.tts_seconds += elapsed
+            if self._on_synthesized is not None:
+                self._on_synthesized(elapsed)
             if self._interrupted:
                 break
             item = _Queued(sentence, loop.create_future(), loop.create_future(), len(pcm) / RATE)

@@ -21,7 +21,7 @@
 const PING_INTERVAL_MS = 2000;
 const ICE_GATHER_TIMEOUT_MS = 3000;
 const DISCONNECTED_GRACE_MS = 5000;
-const REJOIN_WINDOW_MS = 30000;
+const DEFAULT_REJOIN_WINDOW_MS = 30000;
 const CONNECT_TIMEOUT_MS = 15000;
 const END_TIMEOUT_MS = 3000;
 const REQUEST_TIMEOUT_MS = 10000;
@@ -82,7 +82,8 @@ export class InterviewClient {
     this._stream = null;
     /** @type {HTMLAudioElement|null} */
     this._audio = null;
-    this._maxFramerate = DEFAULT_MAX_FRAMERATE;
+    /** Settings from the server's `GET /config`, with defaults if it fails. */
+    this._config = { maxFramerate: DEFAULT_MAX_FRAMERATE, rejoinWindowMs: DEFAULT_REJOIN_WINDOW_MS, iceServers: [] };
     this._started = false;
     // Set once the interview is over (ended by us or by the server): a
     // closing connection is then expected, not something to recover from.
@@ -141,7 +142,7 @@ export class InterviewClient {
       checkSupport();
       this._setState('connecting');
       this._stream = await openMedia(audio, video, options);
-      this._maxFramerate = await this._fetchMaxFramerate();
+      this._config = await this._fetchConfig();
       this._audio = createAudioElement(container);
       this._pingTimer = setInterval(() => this._send({ type: 'ping' }), PING_INTERVAL_MS);
       window.addEventListener('pagehide', this._onPageHide);
@@ -175,7 +176,10 @@ export class InterviewClient {
 
   // -- connecting --------------------------------------------------------------
 
-  /** Build a peer connection, offer, and wait until it is connected. */
+  /**
+   * Build a peer connection, offer, and wait until it is connected.
+   * @param {number} timeoutMs
+   */
   async _connect(timeoutMs) {
     const pc = this._buildPeer();
     try {
@@ -200,7 +204,7 @@ export class InterviewClient {
   /** A new RTCPeerConnection carrying the local tracks; it becomes `this._pc`. */
   _buildPeer() {
     this._closePeer();
-    const pc = new RTCPeerConnection();
+    const pc = new RTCPeerConnection({ iceServers: this._config.iceServers });
     this._pc = pc;
     const stream = this._stream;
     const [mic] = stream.getAudioTracks();
@@ -220,12 +224,13 @@ export class InterviewClient {
     return pc;
   }
 
+  /** @param {RTCPeerConnection} pc */
   async _limitFramerate(pc) {
     const sender = pc.getSenders().find((s) => s.track?.kind === 'video');
     if (!sender) return;
     const parameters = sender.getParameters();
     if (!parameters.encodings?.length) return;
-    for (const encoding of parameters.encodings) encoding.maxFramerate = this._maxFramerate;
+    for (const encoding of parameters.encodings) encoding.maxFramerate = this._config.maxFramerate;
     try {
       await sender.setParameters(parameters);
     } catch (err) {
@@ -233,6 +238,7 @@ export class InterviewClient {
     }
   }
 
+  /** @param {RTCPeerConnectionState} state */
   _handleConnectionState(state) {
     clearTimeout(this._disconnectTimer);
     if (this._finished || this._state === 'connecting') return;
@@ -260,10 +266,11 @@ export class InterviewClient {
 
   /**
    * Connect to the session, retrying what may pass (network errors, the
-   * server still holding the previous connection) with backoff for up to 30 s.
+   * server still holding the previous connection) with backoff, within the
+   * server's rejoin grace window (30 s by default).
    */
   async _connectWithRetry() {
-    const deadline = Date.now() + REJOIN_WINDOW_MS;
+    const deadline = Date.now() + this._config.rejoinWindowMs;
     let delay = 500;
     for (;;) {
       try {
@@ -283,6 +290,7 @@ export class InterviewClient {
 
   // -- what arrives --------------------------------------------------------------
 
+  /** @param {RTCTrackEvent} event */
   _handleTrack(event) {
     if (event.track.kind !== 'audio' || !this._audio) return;
     this._audio.srcObject = event.streams[0] ?? new MediaStream([event.track]);
@@ -293,6 +301,7 @@ export class InterviewClient {
     });
   }
 
+  /** @param {string} data one JSON event from the server */
   _handleMessage(data) {
     let message;
     try {
@@ -312,18 +321,31 @@ export class InterviewClient {
     if (this._channel?.readyState === 'open') this._channel.send(JSON.stringify(message));
   }
 
-  async _fetchMaxFramerate() {
+  /** `GET /config`; every setting optional, the defaults stand in for what is missing. */
+  async _fetchConfig() {
+    let body = {};
     try {
       const response = await fetch(`${this.serverUrl}/config`, { signal: timeoutSignal(CONFIG_TIMEOUT_MS) });
-      const body = response.ok ? await response.json() : {};
-      const fps = Number(body.max_framerate);
-      return fps > 0 ? fps : DEFAULT_MAX_FRAMERATE;
+      if (response.ok) body = await response.json();
     } catch {
-      return DEFAULT_MAX_FRAMERATE;
+      // An older server, or a slow one: the defaults will do.
     }
+    const fps = Number(body.max_framerate);
+    const grace = Number(body.rejoin_grace_s);
+    return {
+      maxFramerate: fps > 0 ? fps : DEFAULT_MAX_FRAMERATE,
+      rejoinWindowMs: grace > 0 ? grace * 1000 : DEFAULT_REJOIN_WINDOW_MS,
+      iceServers: Array.isArray(body.ice_servers) ? body.ice_servers : [],
+    };
   }
 
-  /** A JSON request to the server; rejects with an `InterviewError`. */
+  /**
+   * A JSON request to the server; rejects with an `InterviewError`.
+   * @param {string} method
+   * @param {string} path
+   * @param {object} [body]
+   * @param {boolean} [keepalive] survive the page unloading
+   */
   async _request(method, path, body, keepalive = false) {
     const headers = {};
     if (body !== undefined) headers['Content-Type'] = 'application/json';
@@ -371,6 +393,7 @@ export class InterviewClient {
     this._finish('failed');
   }
 
+  /** @param {ConnectionState} state */
   _setState(state) {
     if (state === this._state) return;
     this._state = state;
@@ -429,6 +452,11 @@ function createAudioElement(container) {
   return audio;
 }
 
+/**
+ * @param {number} status
+ * @param {string} [message] the server's `{"error"}` text
+ * @returns {InterviewError}
+ */
 function httpError(status, message) {
   const text = message || `HTTP ${status}`;
   if (status === 401 || status === 403) {

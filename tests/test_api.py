@@ -228,7 +228,8 @@ async def test_api_key_guards_management(make_client: AppFactory):
     sid = body["session_id"]
     for method, path in [("GET", f"/sessions/{sid}"), ("GET", f"/sessions/{sid}/info"),
                          ("POST", f"/sessions/{sid}/save"), ("POST", f"/sessions/{sid}/end"),
-                         ("DELETE", f"/sessions/{sid}"), ("GET", f"/sessions/{sid}/resume")]:
+                         ("DELETE", f"/sessions/{sid}"), ("GET", f"/sessions/{sid}/resume"),
+                         ("GET", "/metrics"), ("GET", f"/sessions/{sid}/recording")]:
         assert (await client.request(method, path)).status == 401, path
         # The candidate's token is not a management credential.
         token = {"Authorization": f"Bearer {body['token']}"}
@@ -236,3 +237,4 @@ async def test_api_key_guards_management(make_client: AppFactory):
     assert (await client.get(f"/sessions/{sid}/info", headers=good)).status == 200
     assert (await client.post(f"/sessions/{sid}/end", headers=good)).status == 200
     assert (await client.get("/healthz")).status == 200
+    assert (await client.get("/metrics", headers=good)).status == 200

@@ -48,10 +48,10 @@ def _missing() -> str | None:
     if not CHROMIUM.exists():
         return "no /usr/bin/chromium: apt-get update && apt-get install -y chromium ffmpeg"
     if importlib.util.find_spec("playwright") is None:
-        return "Python Playwright missing: .venv/bin/pip install playwright (no `playwright install`)"
+        return "no Python Playwright: .venv/bin/pip install playwright (not `playwright install`)"
     if not PHOTO.is_file():
         return f"shared test photo missing: {PHOTO}"
-    probe = subprocess.run(["unshare", "-n", "true"], capture_output=True, text=True)
+    probe = subprocess.run(["unshare", "-n", "true"], check=False, capture_output=True, text=True)
     if probe.returncode != 0:
         return f"cannot create a network namespace here: {probe.stderr.strip()}"
     return None
@@ -72,12 +72,15 @@ def browser_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         "unshare", "-n", "sh", "-c", 'ip link set lo up && exec "$0" "$@"',
         sys.executable, "-m", "tests.browser.driver",
         "--work", str(work), "--artifacts", str(ARTIFACTS), "--out", str(out),
-        "--shared", str(SHARED), "--timeout", str(DRIVER_TIMEOUT_S - 10),
+        "--photo", str(PHOTO), "--timeout", str(DRIVER_TIMEOUT_S - 10),
     ]
-    proc = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=DRIVER_TIMEOUT_S)
-    (ARTIFACTS / "driver.log").write_text(proc.stdout + proc.stderr)
+    proc = subprocess.run(
+        command, check=False, cwd=REPO, capture_output=True, text=True, timeout=DRIVER_TIMEOUT_S
+    )
+    output = proc.stdout + proc.stderr
+    (ARTIFACTS / "driver.log").write_text(output)
     if not out.exists():
-        pytest.fail(f"the driver wrote no results (exit {proc.returncode}):\n{proc.stdout}{proc.stderr}")
+        pytest.fail(f"the driver wrote no results (exit {proc.returncode}):\n{output}")
     results: dict[str, Any] = json.loads(out.read_text())
     return results
 
@@ -85,7 +88,8 @@ def browser_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 def _failures(results: dict[str, Any], names: tuple[str, ...]) -> list[str]:
     checks = results["checks"]
     missing = [f"{name}: never reached" for name in names if name not in checks]
-    failed = [f"{name}: {c['detail']}" for name, c in checks.items() if name in names and not c["ok"]]
+    failed = [f"{name}: {checks[name]['detail']}" for name in names
+              if name in checks and not checks[name]["ok"]]
     crashed = [f"run: {checks['run']['detail']}"] if "run" in checks else []
     return crashed + failed + missing
 

@@ -69,6 +69,12 @@ async def test_speech_and_two_people_make_a_transcript_and_an_anomaly(
         assert all(d.startswith("person ") for d in anomaly["detections"])
         evidence = await client.get(anomaly["evidence_url"])
         assert evidence.status == 200 and (await evidence.read())[:3] == b"\xff\xd8\xff"
+        metrics = await (await client.get("/metrics")).text()
+        assert 'interview_frames_received_total{kind="audio"}' in metrics
+        assert "interview_live_sessions 1.0" in metrics
+        assert "interview_transcript_latency_seconds_count 1.0" in metrics
+        assert 'interview_anomalies_total{type="multiple_persons"} 1.0' in metrics
+        assert "process_resident_memory_bytes" in metrics
         candidate.send({"type": "end"})
         row = await stored_row(db, sid)
     finally:

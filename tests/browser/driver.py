@@ -27,14 +27,15 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from aiohttp import web
 from playwright.async_api import BrowserContext, Frame, Page, async_playwright
 from playwright.async_api import TimeoutError as PlaywrightTimeout
 
-from tests.browser.media import CLIP, fake_camera, fake_microphone
+from tests.browser.media import fake_camera, fake_microphone
+from tests.conftest import REPO
+from tests.media_client import CLIP, transcript_of
 from tests.wer import wer
 
-REPO = Path(__file__).resolve().parents[2]
-PHOTO_NAME = "coco_000000000165_2persons_indoor.jpg"
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
     "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -52,7 +53,9 @@ RAW_AUDIO = """window.interviewStartOptions = {
 RECORD_EVENTS = """() => {
   window.__events = [];
   for (const name of ['transcript', 'interviewer', 'state', 'anomaly', 'error', 'connection']) {
-    window.__interviewClient.on(name, (m) => window.__events.push({ t: Date.now(), event: name, ...m }));
+    window.__interviewClient.on(name, (m) => {
+      window.__events.push({ t: Date.now(), event: name, ...m });
+    });
   }
 }"""
 # The interviewer's audio as the page plays it: an analyser on the <audio>
@@ -74,7 +77,6 @@ MEASURE_AUDIO = """() => {
   return ctx.resume();
 }"""
 # Another site embedding the candidate page.
-EMBEDDER_URL = "http://127.0.0.1:1/careers/interview"
 EMBEDDER = """<!doctype html><title>Careers portal</title>
 <body style="margin:0;font-family:sans-serif"><p style="margin:8px">An embedding page</p>
 <iframe src="{src}" allow="camera; microphone; autoplay" title="Interview"
@@ -118,7 +120,7 @@ async def guarded(checks: Checks, name: str, step: Awaitable[Any]) -> Any:
     """Run a step; an exception becomes a failed check rather than ending the run."""
     try:
         return await step
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - every failure is a result to report
         checks.record(name, False, f"{type(exc).__name__}: {exc}")
         return None
 
@@ -175,6 +177,30 @@ async def session_row(http: aiohttp.ClientSession, url: str, session_id: str) ->
         assert resp.status == 200, await resp.text()
         row: dict[str, Any] = await resp.json()
         return row
+
+
+@asynccontextmanager
+async def embedding_site(html: str) -> AsyncIterator[str]:
+    """Another origin (its own port) serving `html`; yields its URL.
+
+    A real loopback server, not a routed response: Chromium's local network
+    access checks only let a page it knows is on loopback frame a loopback page.
+    """
+    app = web.Application()
+    app.router.add_get("/", lambda _request: _html(html))
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        host, port = runner.addresses[0][:2]
+        yield f"http://{host}:{port}/"
+    finally:
+        await runner.cleanup()
+
+
+async def _html(text: str) -> web.Response:
+    return web.Response(text=text, content_type="text/html")
 
 
 def set_loopback(state: str) -> None:
@@ -305,8 +331,12 @@ class Run:
         self.checks.record("greeting", any("Serin" in line for line in lines),
                            f"interviewer lines on the page: {lines}")
         # The sentence starts playing when its caption arrives: give it a moment.
-        peak = await poll(lambda: page.evaluate("window.__audioPeak > 0.01 && window.__audioPeak"), 8)
-        self.checks.record("interviewer_audio", bool(peak), f"peak RMS {peak or 0:.4f} on the <audio> stream")
+        peak = await poll(
+            lambda: page.evaluate("window.__audioPeak > 0.01 && window.__audioPeak"), 8
+        )
+        self.checks.record(
+            "interviewer_audio", bool(peak), f"peak RMS {peak or 0:.4f} on the <audio> stream"
+        )
         await self.shot(page, "02-greeting")
 
     async def framerate(self, page: Page) -> None:
@@ -321,7 +351,7 @@ class Run:
         )
 
     async def transcript(self, page: Page) -> None:
-        reference = CLIP.with_suffix(".txt").read_text().strip()
+        reference = transcript_of(CLIP)
 
         async def good_enough() -> bool:
             return wer(reference, await candidate_words(page)) <= 0.3
@@ -383,8 +413,11 @@ class Run:
         kinds = [a.get("type") for a in info.get("anomalies_detected", [])]
         self.checks.record("row_completed", row["status"] == "completed",
                            f"status {row['status']}, end_time {row.get('end_time')}")
-        self.checks.record("row_anomaly", "multiple_persons" in kinds, f"anomalies_detected types {kinds}")
-        said = [t["content"] for t in info.get("conversation_history", []) if t.get("role") == "user"]
+        self.checks.record(
+            "row_anomaly", "multiple_persons" in kinds, f"anomalies_detected types {kinds}"
+        )
+        history = info.get("conversation_history", [])
+        said = [t["content"] for t in history if t.get("role") == "user"]
         self.checks.record("row_transcript", bool(said), f"user turns {said}")
         events = await page.evaluate("window.__events")
         (self.shots / "events-session-a.json").write_text(json.dumps(events, indent=1))
@@ -409,18 +442,18 @@ class Run:
         session = await create_session(self.http, self.url, "Data engineer")
         sid = session["session_id"]
         page = await self.context.new_page()
-        # Another origin (another port) serving the embedding page; a secure
-        # context, as loopback http is, so the frame may use the camera.
-        html = EMBEDDER.format(src=session["join_url"])
-        await page.route(EMBEDDER_URL, lambda route: route.fulfill(body=html, content_type="text/html"))
-        await page.goto(EMBEDDER_URL, wait_until="domcontentloaded")
+        async with embedding_site(EMBEDDER.format(src=session["join_url"])) as site:
+            await page.goto(site, wait_until="domcontentloaded")
+            await self._interview_in_frame(page, sid)
+
+    async def _interview_in_frame(self, page: Page, sid: str) -> None:
         frame = await (await page.wait_for_selector("iframe")).content_frame()
         assert frame is not None
         await frame.wait_for_load_state("domcontentloaded")
         await frame.wait_for_function("() => window.__interviewClient")
         await frame.get_by_role("button", name="Start").click()
         await connection_state(frame, "connected", 30)
-        await frame.get_by_text("Interviewer:", exact=False).first.wait_for()
+        await frame.locator("#transcript li.interviewer").first.wait_for()
         await self.shot(page, "08-iframe-320px")
         width = await frame.evaluate("document.documentElement.scrollWidth")
         self.checks.record("narrow_iframe", width <= 320,
@@ -436,10 +469,9 @@ class Run:
 
 async def run(args: argparse.Namespace) -> None:
     checks = Checks(args.out)
-    photo = args.shared / "testdata" / "photos" / PHOTO_NAME
     try:
-        await asyncio.wait_for(Run(args, checks).main(photo), args.timeout)
-    except Exception as exc:
+        await asyncio.wait_for(Run(args, checks).main(args.photo), args.timeout)
+    except Exception as exc:  # noqa: BLE001 - written to the results, which the test asserts
         checks.record("run", False, f"{type(exc).__name__}: {exc}")
     finally:
         checks.mark("done")
@@ -451,7 +483,7 @@ def main() -> None:
     parser.add_argument("--work", type=Path, required=True, help="a fresh scratch directory")
     parser.add_argument("--artifacts", type=Path, required=True, help="screenshots and logs")
     parser.add_argument("--out", type=Path, required=True, help="where the JSON results go")
-    parser.add_argument("--shared", type=Path, default=REPO.parent / "shared")
+    parser.add_argument("--photo", type=Path, required=True, help="the camera's picture")
     parser.add_argument("--timeout", type=float, default=150)
     args = parser.parse_args()
     args.artifacts.mkdir(parents=True, exist_ok=True)

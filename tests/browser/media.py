@@ -5,12 +5,13 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-__all__ = ["CLIP", "LEAD_SILENCE_S", "fake_camera", "fake_microphone"]
+__all__ = ["LEAD_SILENCE_S", "fake_camera", "fake_microphone"]
 
-CLIP = Path(__file__).resolve().parents[1] / "data" / "speech" / "sense_and_sensibility_01_austen_64kb-0870"
-# Chromium starts the file when the page opens the microphone; the server
-# hears nothing until the connection is up, a second or two later.
-LEAD_SILENCE_S = 6.0
+# Chromium starts the file when the page opens the microphone. The server
+# hears nothing until the connection is up (about a second later), and the
+# interviewer's greeting and first question take about 6 s more: the
+# candidate answers after them (speaking over them is a barge-in; fine too).
+LEAD_SILENCE_S = 9.0
 TRAIL_SILENCE_S = 3.0
 
 
@@ -25,9 +26,11 @@ def fake_camera(photo: Path, out: Path) -> Path:
 def fake_microphone(speech: Path, out: Path) -> Path:
     """`speech` at 48 kHz mono 16-bit, with silence before and after."""
     pad = f"adelay={int(LEAD_SILENCE_S * 1000)},apad=pad_dur={TRAIL_SILENCE_S}"
-    _ffmpeg("-i", str(speech), "-af", pad, "-ar", "48000", "-ac", "1", "-c:a", "pcm_s16le", str(out))
+    _ffmpeg("-i", str(speech), "-af", pad, "-ar", "48000", "-ac", "1", "-c:a", "pcm_s16le",
+            str(out))
     return out
 
 
 def _ffmpeg(*args: str) -> None:
-    subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-y", *args], check=True, timeout=60)
+    command = ["ffmpeg", "-nostdin", "-loglevel", "error", "-y", *args]
+    subprocess.run(command, check=True, timeout=60)

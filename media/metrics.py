@@ -1,0 +1,118 @@
+"""Prometheus metrics of one server process.
+
+Latencies are histograms observed once per event (a transcribed piece, a
+sampled frame, a synthesized sentence, a turn), never per media frame.
+Frame counters are read from the live pipelines' own stats at scrape time
+(plus the totals of pipelines already closed), so the media path pays
+nothing for them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+__all__ = ["FrameTotals", "MediaMetrics"]
+
+_LATENCY_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 3.0, 5.0, 10.0)
+_FAST_BUCKETS = (0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0)
+
+
+@dataclass
+class FrameTotals:
+    """Media counters, summed over pipelines."""
+
+    audio_in: int = 0
+    audio_dropped: int = 0
+    video_in: int = 0
+    video_analysed: int = 0
+    video_dropped: int = 0
+    pieces_dropped: int = 0
+
+    def add(self, other: FrameTotals) -> None:
+        for name in vars(self):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+
+@dataclass
+class MediaMetrics:
+    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+
+    def __post_init__(self) -> None:
+        r = self.registry
+        self.asr_seconds = Histogram("interview_asr_seconds", "Whisper time per speech piece",
+                                     buckets=_LATENCY_BUCKETS, registry=r)
+        self.transcript_latency = Histogram(
+            "interview_transcript_latency_seconds",
+            "Candidate's last voiced frame arriving -> final transcript",
+            buckets=_LATENCY_BUCKETS, registry=r)
+        self.detect_seconds = Histogram("interview_detect_seconds",
+                                        "Conversion + detection per sampled frame",
+                                        buckets=_FAST_BUCKETS, registry=r)
+        self.tts_seconds = Histogram("interview_tts_seconds", "Synthesis time per sentence",
+                                     buckets=_FAST_BUCKETS, registry=r)
+        self.llm_first_sentence = Histogram(
+            "interview_llm_first_sentence_seconds",
+            "End of the candidate's turn -> the interviewer's first sentence worded",
+            buckets=_LATENCY_BUCKETS, registry=r)
+        self.turn_latency = Histogram(
+            "interview_turn_latency_seconds",
+            "Candidate's last voiced frame -> first interviewer audio frame sent",
+            buckets=_LATENCY_BUCKETS, registry=r)
+        self.anomalies = Counter("interview_anomalies", "Anomaly episodes recorded", ["type"],
+                                 registry=r)
+        self.closed = FrameTotals()
+
+    def gauge(self, name: str, documentation: str, read: Callable[[], float]) -> None:
+        """A gauge computed at scrape time (live sessions, outbox size...)."""
+        Gauge(name, documentation, registry=self.registry).set_function(read)
+
+    def counter(self, name: str, documentation: str, read: Callable[[], float]) -> None:
+        """A counter read at scrape time from a running total kept elsewhere."""
+        self.registry.register(_FunctionCounter(name, documentation, read))
+
+    def frame_counters(self, live: Callable[[], Iterable[FrameTotals]]) -> None:
+        """Export frame counters summed over live pipelines and closed ones."""
+        self.registry.register(_FrameCollector(self, live))
+
+
+class _FrameCollector(Collector):
+    def __init__(self, metrics: MediaMetrics, live: Callable[[], Iterable[FrameTotals]]) -> None:
+        self._metrics = metrics
+        self._live = live
+
+    def collect(self) -> Iterator[Metric]:
+        total = FrameTotals()
+        total.add(self._metrics.closed)
+        for totals in self._live():
+            total.add(totals)
+        received = CounterMetricFamily("interview_frames_received", "Media frames received",
+                                       labels=["kind"])
+        received.add_metric(["audio"], total.audio_in)
+        received.add_metric(["video"], total.video_in)
+        dropped = CounterMetricFamily("interview_frames_dropped",
+                                      "Frames dropped by a full queue (audio)", labels=["kind"])
+        dropped.add_metric(["audio"], total.audio_dropped)
+        samples = CounterMetricFamily("interview_video_samples",
+                                      "Sampled video frames, analysed or missed while busy",
+                                      labels=["result"])
+        samples.add_metric(["analysed"], total.video_analysed)
+        samples.add_metric(["dropped"], total.video_dropped)
+        pieces = CounterMetricFamily("interview_speech_pieces_dropped",
+                                     "Speech pieces dropped because transcription was behind")
+        pieces.add_metric([], total.pieces_dropped)
+        yield from (received, dropped, samples, pieces)
+
+
+class _FunctionCounter(Collector):
+    def __init__(self, name: str, documentation: str, read: Callable[[], float]) -> None:
+        self._name = name
+        self._documentation = documentation
+        self._read = read
+
+    def collect(self) -> Iterator[Metric]:
+        yield CounterMetricFamily(self._name, self._documentation, value=self._read())
