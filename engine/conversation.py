@@ -191,6 +191,10 @@ class Conversation:
     async def close(self) -> None:
         if self._barge_timer is not None:
             self._barge_timer.cancel()
+        if self._task is not None and self._speaking:
+            # Keep what was already said: stop the voice, let the turn be recorded.
+            self._voice.interrupt()
+            await asyncio.wait({self._task}, timeout=1.0)
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -131,6 +131,8 @@ class MediaService:
             await asyncio.wait(self._finishing)
         if self._runtime is not None:
             self._runtime.shutdown()
+        if isinstance(self._llm, GeminiLlm):
+            await self._llm.aclose()
 
     def _frame_totals(self) -> list[FrameTotals]:
         return [media.frame_totals() for media in self._live.values() if media is not None]

@@ -14,7 +14,13 @@ from typing import Any
 import pytest
 
 from engine.conversation import Conversation, InterviewMemory, Spoken, TurnSettings
-from engine.interviewer import InterviewPlan, MoveKind, StructuredInterviewer, default_plan
+from engine.interviewer import (
+    InterviewerEngine,
+    InterviewPlan,
+    MoveKind,
+    StructuredInterviewer,
+    default_plan,
+)
 from engine.session import InterviewSession
 
 FAST = TurnSettings(end_of_turn_s=0.3, short_answer_grace_s=0.1, mid_sentence_grace_s=0.1,
@@ -52,13 +58,14 @@ class StandInVoice:
 
 
 class Harness:
-    def __init__(self, plan: InterviewPlan, settings: TurnSettings = FAST) -> None:
+    def __init__(self, plan: InterviewPlan, settings: TurnSettings = FAST,
+                 engine: InterviewerEngine | None = None) -> None:
         self.session = InterviewSession(job_role=plan.job_role)
         self.voice = StandInVoice()
         self.events: list[dict[str, Any]] = []
         self.finished = asyncio.Event()
         self.conversation = Conversation(
-            InterviewMemory(StructuredInterviewer(plan)), self.voice, self.session, settings=settings,
+            InterviewMemory(engine or StructuredInterviewer(plan)), self.voice, self.session, settings=settings,
             notify=self.events.append, on_finished=self.finished.set,
         )
 

@@ -7,11 +7,11 @@ from pathlib import Path
 
 __all__ = ["LEAD_SILENCE_S", "fake_camera", "fake_microphone"]
 
-# Chromium starts the file when the page opens the microphone. The server
-# hears nothing until the connection is up (about a second later), and the
-# interviewer's greeting and first question take about 6 s more: the
-# candidate answers after them (speaking over them is a barge-in; fine too).
-LEAD_SILENCE_S = 9.0
+# Chromium starts the file when the page opens the microphone. The
+# connection is up about a second later, and the interviewer's greeting and
+# first question take about 16 s more: the candidate answers after them
+# (speaking over them would be a barge-in, which the test tolerates too).
+LEAD_SILENCE_S = 19.0
 TRAIL_SILENCE_S = 3.0
 
 

@@ -1,0 +1,89 @@
+"""The pre-encoded media a worker's candidates share, held in memory.
+
+Each worker process demuxes the cache once (`MediaLibrary.load`); every
+candidate in it then sends the same immutable packet payloads, so a peer
+costs no decoding, no encoding and no file access.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import av
+
+__all__ = ["EncodedClip", "MediaLibrary", "SpeechClip"]
+
+
+@dataclass(frozen=True)
+class EncodedClip:
+    """One stream's packets in order; each is one RTP frame's payload."""
+
+    payloads: tuple[bytes, ...]
+    keyframes: tuple[bool, ...]
+    frame_s: float
+
+    @property
+    def duration_s(self) -> float:
+        return len(self.payloads) * self.frame_s
+
+
+@dataclass(frozen=True)
+class SpeechClip:
+    name: str
+    text: str
+    clip: EncodedClip
+    voiced_start_s: float
+    voiced_end_s: float
+
+    @property
+    def voiced_end_packet(self) -> int:
+        """Index of the packet that carries the end of the speech."""
+        return min(len(self.clip.payloads) - 1, int(self.voiced_end_s / self.clip.frame_s))
+
+
+@dataclass(frozen=True)
+class MediaLibrary:
+    speech: tuple[SpeechClip, ...]
+    silence: EncodedClip
+    video: dict[str, EncodedClip]
+
+    @classmethod
+    def load(cls, manifest_path: Path) -> MediaLibrary:
+        manifest = json.loads(manifest_path.read_text())
+        root = manifest_path.parent
+        speech = tuple(
+            SpeechClip(
+                name=entry["name"],
+                text=entry["text"],
+                clip=_demux(root / entry["file"], "audio"),
+                voiced_start_s=entry["voiced_start_s"],
+                voiced_end_s=entry["voiced_end_s"],
+            )
+            for entry in manifest["speech"]
+        )
+        video = {role: _demux(root / entry["file"], "video")
+                 for role, entry in manifest["video"].items()}
+        return cls(speech, _demux(root / manifest["silence"], "audio"), video)
+
+    def clip(self, index: int) -> SpeechClip:
+        """The answers cycle through the clips."""
+        return self.speech[index % len(self.speech)]
+
+
+def _demux(path: Path, kind: str) -> EncodedClip:
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0] if kind == "video" else container.streams.audio[0]
+        rate = stream.average_rate if kind == "video" else None
+        payloads, keyframes = [], []
+        for packet in container.demux(stream):
+            if packet.size:
+                payloads.append(bytes(packet))
+                keyframes.append(bool(packet.is_keyframe))
+    if not payloads:
+        raise ValueError(f"{path} holds no {kind} packets")
+    frame_s = 1 / float(rate) if rate else 0.02
+    if kind == "video" and not keyframes[0]:
+        raise ValueError(f"{path} does not start with a keyframe")
+    return EncodedClip(tuple(payloads), tuple(keyframes), frame_s)
