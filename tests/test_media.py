@@ -6,6 +6,7 @@ import asyncio
 import io
 import json
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import asyncpg
@@ -15,7 +16,7 @@ from aiohttp.test_utils import TestClient
 
 from server import MEDIA, REGISTRY
 from tests.conftest import SHARED, AppFactory
-from tests.media_client import CLIP, Candidate, PhotoTrack, SpeechTrack, transcript_of
+from tests.media_client import CLIP, SPEECH, Candidate, PhotoTrack, SpeechTrack, transcript_of
 from tests.wer import wer
 
 PHOTOS = SHARED / "testdata" / "photos"
@@ -38,14 +39,17 @@ async def new_session(client: TestClient, **request: Any) -> dict[str, Any]:
     return await resp.json()
 
 
-async def stored_row(db: asyncpg.Connection, sid: str, timeout: float = 30) -> asyncpg.Record:
-    """The row once it is no longer in progress."""
+async def stored_row(
+    db: asyncpg.Connection, sid: str, timeout: float = 30,
+    until: Callable[[asyncpg.Record], bool] = lambda row: True,
+) -> asyncpg.Record:
+    """The row once it is no longer in progress (and `until` holds)."""
     async def ended() -> asyncpg.Record:
         while True:
             row = await db.fetchrow(
                 "SELECT * FROM interview_sessions WHERE session_id = $1", uuid.UUID(sid)
             )
-            if row is not None and row["status"] != "in_progress":
+            if row is not None and row["status"] != "in_progress" and until(row):
                 return row
             await asyncio.sleep(0.2)
     return await asyncio.wait_for(ended(), timeout)
@@ -221,3 +225,36 @@ async def assert_recording(client: TestClient, url: str, *, min_seconds: float, 
     assert kinds == (["audio", "video"] if video else ["audio"])
     assert container.duration is not None and container.duration / 1e6 >= min_seconds
     container.close()
+
+
+async def test_a_dropped_candidate_rejoins_the_same_session(
+    make_client: AppFactory, db: asyncpg.Connection
+):
+    client = await live_client(make_client, rejoin_grace_s=30.0)
+    sid = (await new_session(client))["session_id"]
+    first = Candidate(SpeechTrack(CLIP.with_suffix(".wav")), None)
+    await first.join(client, sid)
+    await first.wait_for("transcript", timeout=60)
+    await first.close()  # the network drops
+    row = await stored_row(db, sid, timeout=15)
+    assert row["status"] == "completed"  # saved at once...
+    second_clip = SPEECH / "sense_and_sensibility_01_austen_64kb-0890"
+    second = Candidate(SpeechTrack(second_clip.with_suffix(".wav")), None)
+    try:
+        await second.join(client, sid)  # ...and reopened by a new peer in the grace window
+        assert client.server.app[REGISTRY].get(uuid.UUID(sid)) is not None
+        await second.wait_for("transcript", timeout=60)
+        second.send({"type": "end"})
+        row = await stored_row(db, sid, timeout=15, until=lambda r: len(
+            json.loads(r["session_information"])["conversation_history"]) == 2)
+    finally:
+        await second.close()
+    assert await db.fetchval("SELECT count(*) FROM interview_sessions") == 1
+    history = json.loads(row["session_information"])["conversation_history"]
+    assert [t["role"] for t in history] == ["user", "user"]
+    assert wer(transcript_of(second_clip), history[1]["content"]) <= 0.2
+    # After the grace window, or once ended for real, the session cannot be rejoined.
+    late = Candidate(None, None)
+    resp = await client.post(f"/sessions/{sid}/offer", json={"sdp": await late.offer(), "type": "offer"})
+    assert resp.status == 409
+    await late.close()
