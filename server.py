@@ -328,23 +328,26 @@ def _write_file(path: Path, data: bytes) -> None:
 # -- session management ------------------------------------------------------
 
 
-async def get_session(request: web.Request) -> web.Response:
+async def _current_row(request: web.Request) -> tuple[uuid.UUID, SessionRow]:
+    """The session's row: live from memory, else stored (database or outbox)."""
     require_api_key(request)
     session_id = parse_session_id(request)
     session = request.app[REGISTRY].get(session_id)
-    row = session.to_row(SessionStatus.IN_PROGRESS) if session else await _stored_row(request, session_id)
+    if session is not None:
+        return session_id, session.to_row(SessionStatus.IN_PROGRESS)
+    row = await _stored_row(request, session_id)
     if row is None:
         raise json_error(web.HTTPNotFound, f"no session {session_id}")
+    return session_id, row
+
+
+async def get_session(request: web.Request) -> web.Response:
+    _, row = await _current_row(request)
     return web.json_response(row.to_json())
 
 
 async def get_info(request: web.Request) -> web.Response:
-    require_api_key(request)
-    session_id = parse_session_id(request)
-    session = request.app[REGISTRY].get(session_id)
-    row = session.to_row(SessionStatus.IN_PROGRESS) if session else await _stored_row(request, session_id)
-    if row is None:
-        raise json_error(web.HTTPNotFound, f"no session {session_id}")
+    session_id, row = await _current_row(request)
     info = row.session_information or {}
     body = {
         "session_id": str(session_id),
@@ -366,16 +369,22 @@ async def save_session(request: web.Request) -> web.Response:
 
 
 async def end_session(request: web.Request) -> web.Response:
-    return await _finish(request, "ended")
+    """Management, or the candidate ending their own interview (session token)."""
+    session_id = parse_session_id(request)
+    session = request.app[REGISTRY].get(session_id)
+    if session is None:
+        require_api_key(request)
+    else:
+        require_candidate(request, session)
+    return await _finish(request, session_id, "ended")
 
 
 async def delete_session(request: web.Request) -> web.Response:
-    return await _finish(request, "deleted")
-
-
-async def _finish(request: web.Request, status: str) -> web.Response:
     require_api_key(request)
-    session_id = parse_session_id(request)
+    return await _finish(request, parse_session_id(request), "deleted")
+
+
+async def _finish(request: web.Request, session_id: uuid.UUID, status: str) -> web.Response:
     result = await request.app[REGISTRY].end(session_id)
     if result is None:
         raise await _not_live_error(request, session_id)
@@ -419,6 +428,7 @@ async def client_config(request: web.Request) -> web.Response:
         "max_framerate": config.max_framerate,
         "rejoin_grace_s": config.rejoin_grace_s,
         "keepalive_timeout_s": config.keepalive_timeout_s,
+        "ice_servers": list(config.ice_servers),
     })
 
 

@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from engine.aio import cancel_and_wait
 from engine.interviewer import InterviewerEngine, Move, MoveKind
 from engine.llm import ChatTurn
 from engine.session import InterviewSession
@@ -59,8 +60,13 @@ class Spoken:
 
 
 class Voice(Protocol):
-    async def say(self, sentences: AsyncIterator[str]) -> Spoken:
-        """Synthesize and play each sentence as it arrives; return when done."""
+    async def say(
+        self, sentences: AsyncIterator[str], on_start: Callable[[str], None] | None = None
+    ) -> Spoken:
+        """Synthesize and play each sentence as it arrives; return when done.
+
+        `on_start(sentence)` is called as each sentence's first audio goes out.
+        """
         ...
 
     def interrupt(self) -> None:
@@ -195,10 +201,7 @@ class Conversation:
             # Keep what was already said: stop the voice, let the turn be recorded.
             self._voice.interrupt()
             await asyncio.wait({self._task}, timeout=1.0)
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_and_wait(self._task)
         self._commit_answer()
 
     # -- the interview ------------------------------------------------------------
@@ -257,14 +260,17 @@ class Conversation:
         async for sentence in sentences:
             if metrics is not None and metrics.first_sentence_at is None:
                 metrics.first_sentence_at = self._loop.time()
-            self._set_state("speaking")
-            self._notify({"type": "interviewer", "text": sentence})
             yield sentence
+
+    def _started_saying(self, sentence: str) -> None:
+        """Captions follow the voice: sent as each sentence starts playing."""
+        self._set_state("speaking")
+        self._notify({"type": "interviewer", "text": sentence})
 
     async def _play(self, sentences: AsyncIterator[str]) -> Spoken:
         self._speaking = True
         try:
-            spoken = await self._voice.say(sentences)
+            spoken = await self._voice.say(sentences, self._started_saying)
         finally:
             self._speaking = False
             if self._barge_timer is not None:

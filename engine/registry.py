@@ -16,6 +16,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Protocol
 
+from engine.aio import cancel_and_wait
 from engine.session import InterviewSession, SessionRow, SessionStatus, utc_now
 
 __all__ = ["RowSaver", "SessionRegistry"]
@@ -148,11 +149,8 @@ class SessionRegistry:
         self._task = asyncio.create_task(self._checkpoint_loop(), name="checkpointer")
 
     async def close(self) -> None:
-        if self._task is not None:
-            task, self._task = self._task, None
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        task, self._task = self._task, None
+        await cancel_and_wait(task)
 
     async def _end(self, session: InterviewSession, status: SessionStatus, rejoinable: bool) -> str:
         session_id = session.session_id

@@ -23,7 +23,7 @@ import av
 import numpy as np
 from aiortc.mediastreams import MediaStreamTrack
 
-from engine.anomaly import Anomaly, AnomalyRules, AnomalySettings
+from engine.anomaly import Anomaly, AnomalyRules
 from engine.conversation import Conversation, InterviewMemory, TurnMetrics, TurnSettings
 from engine.detector import Detector
 from engine.evidence import render_evidence
@@ -69,7 +69,6 @@ class MediaRuntime:
     ice_servers: tuple[dict[str, Any], ...] = ()
     detect_fps: float = 2.0
     keepalive_timeout_s: float = 8.0
-    anomaly_settings: AnomalySettings = field(default_factory=AnomalySettings)
     vad_settings: VadSettings = field(default_factory=VadSettings)
     turn_settings: TurnSettings = field(default_factory=TurnSettings)
     metrics: MediaMetrics = field(default_factory=MediaMetrics)
@@ -93,6 +92,7 @@ class LiveMedia:
         *,
         interview: InterviewMemory | None,
         recorder: SessionRecorder | None,
+        rules: AnomalyRules,
         on_gone: Callable[[str, bool], None],
         evidence_url: Callable[[str], str],
     ) -> None:
@@ -100,6 +100,7 @@ class LiveMedia:
         self._runtime = runtime
         self._interview = interview
         self._recorder = recorder
+        self._rules = rules
         self._on_gone = on_gone
         self._evidence_url = evidence_url
         self._name = f"session-{str(session.session_id)[:8]}"
@@ -202,7 +203,7 @@ class LiveMedia:
             detector=runtime.models.detector,
             executor=runtime.detect_executor,
             fps=runtime.detect_fps,
-            rules=AnomalyRules(runtime.anomaly_settings),
+            rules=self._rules,
             on_anomalies=self._handle_anomalies,
             on_frame=self._candidate_video,
             on_sample=runtime.metrics.detect_seconds.observe,

@@ -9,7 +9,6 @@ the session. It never ends the session itself; it asks the owner to, through
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 from collections import deque
@@ -19,6 +18,7 @@ from typing import Any
 from aiortc import RTCDataChannel, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamTrack
 
+from engine.aio import cancel_and_wait
 from media.ice import rtc_configuration
 
 __all__ = ["InterviewPeer", "SignalingError"]
@@ -96,10 +96,7 @@ class InterviewPeer:
         if self._closed:
             return
         self._closed = True
-        if self._watchdog is not None and self._watchdog is not asyncio.current_task():
-            self._watchdog.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watchdog
+        await cancel_and_wait(self._watchdog)
         await self.pc.close()
 
     def _handle_datachannel(self, channel: RTCDataChannel) -> None:

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from config import Config
-from engine.anomaly import AnomalySettings
+from engine.anomaly import AnomalyRules, AnomalySettings
 from engine.conversation import InterviewMemory, TurnSettings
 from engine.detector import load_detector
 from engine.interviewer import (
@@ -77,6 +77,7 @@ class MediaService:
         # Per interview, across rejoins; forgotten when the session is gone for good.
         self._interviews: dict[uuid.UUID, InterviewMemory] = {}
         self._recorders: dict[uuid.UUID, SessionRecorder] = {}
+        self._rules: dict[uuid.UUID, AnomalyRules] = {}
         self._finishing: set[asyncio.Task[object]] = set()
         registry.on_forget.append(self._forget)
         self._llm: InterviewerLlm | None = None
@@ -107,6 +108,10 @@ class MediaService:
                 runtime,
                 interview=self._interview(session) if self._config.interviewer else None,
                 recorder=self._recorder(session) if self._config.recording else None,
+                # An episode in progress when the connection dropped is not recorded twice.
+                rules=self._rules.setdefault(
+                    session_id, AnomalyRules(AnomalySettings(device_labels=self._config.device_labels))
+                ),
                 on_gone=lambda reason, rejoinable: self._gone(session_id, reason, rejoinable),
                 evidence_url=lambda name: self._evidence_url(session_id, name),
             )
@@ -154,6 +159,7 @@ class MediaService:
     def _forget(self, session_id: uuid.UUID) -> None:
         """The session is gone for good: finish its recording in the background."""
         self._interviews.pop(session_id, None)
+        self._rules.pop(session_id, None)
         recorder = self._recorders.pop(session_id, None)
         if recorder is not None:
             task = asyncio.get_running_loop().create_task(
@@ -198,7 +204,6 @@ class MediaService:
                     ice_servers=c.ice_servers,
                     detect_fps=c.detect_fps,
                     keepalive_timeout_s=c.keepalive_timeout_s,
-                    anomaly_settings=AnomalySettings(device_labels=c.device_labels),
                     metrics=self.metrics,
                     turn_settings=TurnSettings(
                         end_of_turn_s=c.end_of_turn_s,

@@ -9,7 +9,6 @@ conversion and inference in the detector's executor, never on the loop.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -20,6 +19,7 @@ import av
 import numpy as np
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
+from engine.aio import cancel_and_wait
 from engine.anomaly import Anomaly, AnomalyRules
 from engine.detector import Detection, Detector
 from engine.session import utc_now
@@ -73,11 +73,7 @@ class VideoAnalyzer:
         ]
 
     async def close(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(*self._tasks)
 
     async def _pump(self) -> None:
         while True:

@@ -109,6 +109,15 @@ class InterviewerTrack(MediaStreamTrack):
             chunk.done.set_result(True)
 
 
+def _announce_start(
+    on_start: Callable[[str], None], sentence: str
+) -> Callable[[asyncio.Future[float]], None]:
+    def started(future: asyncio.Future[float]) -> None:
+        if future.result() > 0:  # -1: dropped before it played (barge-in)
+            on_start(sentence)
+    return started
+
+
 @dataclass
 class _Queued:
     text: str
@@ -138,7 +147,9 @@ class InterviewerVoice:
         self._interrupted = True
         self._track.clear()
 
-    async def say(self, sentences: AsyncIterator[str]) -> Spoken:
+    async def say(
+        self, sentences: AsyncIterator[str], on_start: Callable[[str], None] | None = None
+    ) -> Spoken:
         self._interrupted = False
         loop = asyncio.get_running_loop()
         queued: list[_Queued] = []
@@ -154,6 +165,8 @@ class InterviewerVoice:
             if self._interrupted:
                 break
             item = _Queued(sentence, loop.create_future(), loop.create_future(), len(pcm) / RATE)
+            if on_start is not None:
+                item.started.add_done_callback(_announce_start(on_start, sentence))
             self._track.enqueue(pcm, item.started, item.done)
             queued.append(item)
         for item in queued:

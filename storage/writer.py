@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 
 import asyncpg
 
+from engine.aio import cancel_and_wait
 from engine.session import SessionRow, SessionStatus
 from storage.outbox import Outbox
 from storage.pg import DatabaseUnavailable, SessionStore
@@ -88,9 +89,7 @@ class SessionWriter:
     async def close(self) -> None:
         if self._task is not None:
             task, self._task = self._task, None
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait(task)
             await asyncio.to_thread(self._io.shutdown)
 
     async def save(self, row: SessionRow) -> SaveResult:

@@ -227,7 +227,7 @@ async def test_api_key_guards_management(make_client: AppFactory):
     body = await create(client, {"job_role": "QA"}, headers=good)
     sid = body["session_id"]
     for method, path in [("GET", f"/sessions/{sid}"), ("GET", f"/sessions/{sid}/info"),
-                         ("POST", f"/sessions/{sid}/save"), ("POST", f"/sessions/{sid}/end"),
+                         ("POST", f"/sessions/{sid}/save"),
                          ("DELETE", f"/sessions/{sid}"), ("GET", f"/sessions/{sid}/resume"),
                          ("GET", "/metrics"), ("GET", f"/sessions/{sid}/recording")]:
         assert (await client.request(method, path)).status == 401, path
@@ -235,6 +235,11 @@ async def test_api_key_guards_management(make_client: AppFactory):
         token = {"Authorization": f"Bearer {body['token']}"}
         assert (await client.request(method, path, headers=token)).status == 401, path
     assert (await client.get(f"/sessions/{sid}/info", headers=good)).status == 200
-    assert (await client.post(f"/sessions/{sid}/end", headers=good)).status == 200
+    assert (await client.post(f"/sessions/{sid}/end")).status == 401
+    # The candidate may end their own interview with the session's token.
+    candidate = {"Authorization": f"Bearer {body['token']}"}
+    assert (await client.post(f"/sessions/{sid}/end", headers=candidate)).status == 200
+    other = await create(client, {"job_role": "QA"}, headers=good)
+    assert (await client.post(f"/sessions/{other['session_id']}/end", headers=good)).status == 200
     assert (await client.get("/healthz")).status == 200
     assert (await client.get("/metrics", headers=good)).status == 200

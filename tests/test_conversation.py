@@ -8,7 +8,7 @@ end-to-end test over a real peer with the real voice is in test_interview.py.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
@@ -41,12 +41,15 @@ class StandInVoice:
         self.stopped_at = asyncio.get_running_loop().time()
         self._stop.set()
 
-    async def say(self, sentences: AsyncIterator[str]) -> Spoken:
+    async def say(self, sentences: AsyncIterator[str],
+                  on_start: Callable[[str], None] | None = None) -> Spoken:
         self._stop.clear()
         loop = asyncio.get_running_loop()
         first, played, interrupted = None, [], False
         async for sentence in sentences:
             self.said.append(sentence)
+            if on_start is not None:
+                on_start(sentence)
             first = first or loop.time()
             try:
                 await asyncio.wait_for(self._stop.wait(), 0.02 * len(sentence.split()))

@@ -1,0 +1,28 @@
+"""Small asyncio helpers shared by the engine and the media layer."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+__all__ = ["cancel_and_wait"]
+
+log = logging.getLogger(__name__)
+
+
+async def cancel_and_wait(*tasks: asyncio.Task[object] | None) -> None:
+    """Cancel `tasks` and wait until they are done.
+
+    Unlike awaiting each task inside `suppress(CancelledError)`, this never
+    swallows the *caller's* own cancellation; a task that failed instead of
+    stopping is logged, so its exception is never left unretrieved.
+    """
+    pending = {t for t in tasks if t is not None and t is not asyncio.current_task()}
+    for task in pending:
+        task.cancel()
+    if not pending:
+        return
+    await asyncio.wait(pending)
+    for task in pending:
+        if not task.cancelled() and task.exception() is not None:
+            log.error("task %s failed", task.get_name(), exc_info=task.exception())

@@ -1,0 +1,290 @@
+"""One scripted candidate: create a session, connect, follow the scenario, leave.
+
+The candidate answers when the server's `state` says `listening` (the
+interviewer paces the conversation), so each answer is a clip started on
+demand. Because it knows exactly what it sent and when, it measures what the
+server made of it: connect time, last voiced packet sent → final transcript
+received, last voiced packet sent → first interviewer audio heard, the
+transcript's word error rate, and the anomalies announced.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import aiohttp
+
+from loadtest.media import MediaLibrary
+from loadtest.peer import CandidatePeer, Event, EventLog
+from loadtest.scenarios import SCENARIOS, Scenario
+from loadtest.tracks import CameraTrack, InterviewerEar, MicrophoneTrack, Utterance
+from tests.wer import wer
+
+__all__ = ["AnswerResult", "Candidate", "CandidatePlan", "CandidateResult", "Progress"]
+
+THINK_S = 0.7  # a candidate's pause before answering
+LEAVE_TIMEOUT_S = 5.0
+WELCOME_BACK_TIMEOUT_S = 20.0
+
+Progress = Callable[[str, int, str], None]  # (event, candidate index, detail)
+# The structured interviewer's nudges (engine/interviewer.py), to count them.
+_NUDGES = ("whenever you're ready", "are you still there")
+
+
+@dataclass(frozen=True)
+class CandidatePlan:
+    index: int
+    scenario: str
+    start_offset_s: float  # from the run's start (the ramp)
+    duration_s: float  # connected time, from the first connection
+    settle_s: float  # how long to wait for the reply to the last answer
+    server: str
+    api_key: str | None = field(default=None, repr=False)
+    job_role: str = "Backend engineer"
+
+
+@dataclass
+class AnswerResult:
+    clip: str
+    reference: str
+    transcript: str
+    wer: float | None
+    transcript_latency_s: float | None  # last voiced packet sent -> last transcript piece
+    turn_latency_s: float | None  # last voiced packet sent -> interviewer's voice heard
+    said_at_s: float  # from the first connection
+
+
+@dataclass
+class CandidateResult:
+    index: int
+    scenario: str
+    session_id: str | None = None
+    error: str | None = None
+    create_s: float | None = None
+    connect_s: float | None = None
+    rejoin_connect_s: float | None = None
+    rejoin_busy_retries: int = 0
+    welcome_back: bool | None = None
+    answers: list[AnswerResult] = field(default_factory=list)
+    transcripts: int = 0
+    transcripts_unprompted: int = 0  # heard while the candidate said nothing
+    anomalies_channel: list[str] = field(default_factory=list)
+    interviewer_lines: int = 0
+    nudges: int = 0
+    interview_ended: bool = False  # the server's state reached "ended"
+    active_s: float = 0.0  # seconds connected, over every connection
+    audio_packets_sent: int = 0
+    video_packets_sent: int = 0
+    interviewer_frames: int = 0
+    max_send_lag_s: float = 0.0
+
+
+class Candidate:
+    def __init__(
+        self,
+        plan: CandidatePlan,
+        library: MediaLibrary,
+        http: aiohttp.ClientSession,
+        progress: Progress,
+        t0: float,
+    ) -> None:
+        self.plan = plan
+        self._start_at = t0 + plan.start_offset_s  # wall clock, shared by every worker
+        self.scenario: Scenario = SCENARIOS[plan.scenario]
+        self._library = library
+        self._http = http
+        self._progress = progress
+        self.log = EventLog()
+        self.ear = InterviewerEar()
+        self.result = CandidateResult(plan.index, plan.scenario)
+        self._peers: list[CandidatePeer] = []
+        self._utterances: list[Utterance] = []
+        self._token = ""
+        self._first_connected = 0.0
+        self._camera_task: asyncio.Task[None] | None = None
+
+    async def run(self) -> CandidateResult:
+        """Play the scenario; never raises (a failure is recorded in `error`)."""
+        await asyncio.sleep(max(0.0, self._start_at - time.time()))
+        try:
+            await self._create()
+            await self._connect()
+            await self._play()
+            await self._leave()
+        except Exception as exc:  # recorded, and the run goes on for the others
+            self.result.error = f"{type(exc).__name__}: {exc}"
+            self._progress("error", self.plan.index, "".join(traceback.format_exception_only(exc)))
+        finally:
+            await self._close_all()
+            self._summarise()
+        self._progress("finished", self.plan.index, self.result.error or "")
+        return self.result
+
+    # -- session and connections ------------------------------------------------
+
+    def _headers(self, secret: str | None) -> dict[str, str]:
+        return {"Authorization": f"Bearer {secret}"} if secret else {}
+
+    async def _create(self) -> None:
+        started = time.monotonic()
+        async with self._http.post(
+            f"{self.plan.server}/sessions", json={"job_role": self.plan.job_role},
+            headers=self._headers(self.plan.api_key),
+        ) as resp:
+            if resp.status != 201:
+                raise RuntimeError(f"create: HTTP {resp.status} {(await resp.text())[:200]}")
+            body = await resp.json()
+        self.result.create_s = time.monotonic() - started
+        self.result.session_id = body["session_id"]
+        self._token = body["token"]
+        self._progress("created", self.plan.index, body["session_id"])
+
+    async def _connect(self) -> float:
+        library = self._library
+        camera = CameraTrack(library.video[self.scenario.camera])
+        if self._peers and self._peers[-1].camera.switched_at:
+            camera.show(library.video[self.scenario.switch_to or self.scenario.camera])
+        peer = CandidatePeer(MicrophoneTrack(library.silence), camera, self.log, self.ear)
+        self._peers.append(peer)
+        url = f"{self.plan.server}/sessions/{self.result.session_id}/offer"
+        connect_s = await peer.connect(self._http, url, self._headers(self._token))
+        if len(self._peers) == 1:
+            self.result.connect_s = connect_s
+            self._first_connected = time.monotonic()
+            self._schedule_camera_switch()
+        self._progress("connected", self.plan.index, f"{connect_s:.2f}")
+        return connect_s
+
+    def _schedule_camera_switch(self) -> None:
+        if self.scenario.switch_to is None:
+            return
+        async def switch() -> None:
+            await asyncio.sleep(self.scenario.switch_at * self.plan.duration_s)
+            self._peers[-1].camera.show(self._library.video[str(self.scenario.switch_to)])
+        self._camera_task = asyncio.get_running_loop().create_task(switch(), name="camera-switch")
+
+    @property
+    def _peer(self) -> CandidatePeer:
+        return self._peers[-1]
+
+    # -- the scenario ------------------------------------------------------------
+
+    async def _play(self) -> None:
+        end = self._first_connected + self.plan.duration_s
+        if self.scenario.drop_at is not None:
+            await self._converse(self._first_connected + self.scenario.drop_at * self.plan.duration_s)
+            await self._drop_and_rejoin()
+        await self._converse(end)
+
+    async def _converse(self, until: float) -> None:
+        if self.scenario.answers:
+            await self._answer_until(until)
+        else:
+            await self.log.wait_for(_ended, since=len(self.log.events),
+                                    timeout=until - time.monotonic())
+
+    async def _answer_until(self, until: float) -> None:
+        cursor = len(self.log.events)
+        while (left := until - time.monotonic()) > 0:
+            index = await self.log.wait_for(_listening_or_ended, since=cursor, timeout=left)
+            if index is None or _ended(self.log.events[index]):
+                break
+            cursor = index + 1
+            await asyncio.sleep(THINK_S)
+            utterance = self._peer.microphone.say(self._library.clip(len(self._utterances)))
+            self._utterances.append(utterance)
+            await utterance.done
+            self._progress("answered", self.plan.index, utterance.clip.name)
+        await self._await_last_reply()
+
+    async def _await_last_reply(self) -> None:
+        """Give the reply to the last answer `settle_s` to be heard."""
+        last = self._utterances[-1] if self._utterances else None
+        if last is not None and last.voiced_end_at is not None:
+            await self.ear.wait_onset_after(last.voiced_end_at, self.plan.settle_s)
+
+    async def _drop_and_rejoin(self) -> None:
+        """The network drops: close the peer with no goodbye, then offer anew."""
+        await self._peer.close()
+        self._progress("dropped", self.plan.index, "")
+        since = len(self.log.events)
+        self.result.rejoin_connect_s = await self._connect()
+        self.result.rejoin_busy_retries = self._peer.busy_retries
+        found = await self.log.wait_for(_welcome_back, since=since, timeout=WELCOME_BACK_TIMEOUT_S)
+        self.result.welcome_back = found is not None
+
+    async def _leave(self) -> None:
+        peer = self._peer
+        if self.scenario.leave == "end" and peer.send({"type": "end"}):
+            # The server ends the session and closes the connection.
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(peer.lost.wait(), LEAVE_TIMEOUT_S)
+        await peer.close()
+
+    async def _close_all(self) -> None:
+        if self._camera_task is not None:
+            self._camera_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._camera_task
+        for peer in self._peers:
+            await peer.close()
+
+    # -- what was measured -----------------------------------------------------
+
+    def _summarise(self) -> None:
+        r = self.result
+        r.answers = [self._answer(i, u) for i, u in enumerate(self._utterances)
+                     if u.voiced_end_at is not None]
+        transcripts = self.log.of("transcript")
+        r.transcripts = len(transcripts)
+        r.transcripts_unprompted = 0 if self._utterances else len(transcripts)
+        r.anomalies_channel = [str(e.body.get("anomaly")) for e in self.log.of("anomaly")]
+        lines = [str(e.body.get("text", "")) for e in self.log.of("interviewer")]
+        r.interviewer_lines = len(lines)
+        r.nudges = sum(any(n in line.lower() for n in _NUDGES) for line in lines)
+        r.interview_ended = self.log.find(_ended) is not None
+        r.active_s = sum((p.closed_at or time.monotonic()) - p.connected_at
+                         for p in self._peers if p.connected_at is not None)
+        r.audio_packets_sent = sum(p.microphone.packets_sent for p in self._peers)
+        r.video_packets_sent = sum(p.camera.packets_sent for p in self._peers)
+        r.interviewer_frames = self.ear.frames
+        r.max_send_lag_s = max((max(p.microphone.max_lag_s, p.camera.max_lag_s)
+                                for p in self._peers), default=0.0)
+
+    def _answer(self, index: int, utterance: Utterance) -> AnswerResult:
+        assert utterance.voiced_end_at is not None and utterance.started_at is not None
+        following = self._utterances[index + 1:]
+        until = following[0].started_at if following and following[0].started_at else float("inf")
+        pieces = [e for e in self.log.of("transcript") if utterance.started_at <= e.at < until]
+        text = " ".join(str(e.body.get("text", "")).strip() for e in pieces).strip()
+        onset = self.ear.onset_after(utterance.voiced_end_at)
+        return AnswerResult(
+            clip=utterance.clip.name,
+            reference=utterance.clip.text,
+            transcript=text,
+            wer=round(wer(utterance.clip.text, text), 4),
+            transcript_latency_s=_since(utterance.voiced_end_at, pieces[-1].at if pieces else None),
+            turn_latency_s=_since(utterance.voiced_end_at, onset if onset and onset < until else None),
+            said_at_s=round(utterance.started_at - self._first_connected, 3),
+        )
+
+
+def _since(start: float, end: float | None) -> float | None:
+    return None if end is None else round(end - start, 4)
+
+
+def _ended(event: Event) -> bool:
+    return event.type == "state" and event.body.get("state") == "ended"
+
+
+def _listening_or_ended(event: Event) -> bool:
+    return event.type == "state" and event.body.get("state") in ("listening", "ended")
+
+
+def _welcome_back(event: Event) -> bool:
+    return event.type == "interviewer" and "welcome back" in str(event.body.get("text", "")).lower()
