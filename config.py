@@ -41,6 +41,8 @@ class Config:
     detector_model: str | None = None
     asr_model: str | None = None
     asr_threads: int = 1
+    asr_workers: int = 1
+    detect_workers: int = 1
     device_labels: tuple[str, ...] = ("laptop", "cell phone", "tv", "keyboard", "mouse", "remote")
     max_framerate: int = 10
     recording: bool = True
@@ -88,6 +90,8 @@ class Config:
             detector_model=_existing_file(env, "DETECTOR_MODEL"),
             asr_model=_optional(env, "ASR_MODEL"),
             asr_threads=_positive_int(env, "ASR_THREADS", 1),
+            asr_workers=_positive_int(env, "ASR_WORKERS", 1),
+            detect_workers=_positive_int(env, "DETECT_WORKERS", 1),
             device_labels=_csv(env, "DEVICE_LABELS") or cls.device_labels,
             max_framerate=_positive_int(env, "MAX_FRAMERATE", 10),
             recording=_flag(env, "RECORDING", default=True),

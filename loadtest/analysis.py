@@ -161,6 +161,7 @@ def _interview(candidates: list[CandidateResult]) -> dict[str, Any]:
         "interviewer_lines": sum(c.interviewer_lines for c in candidates),
         "rejoins": len(rejoiners),
         "welcomed_back": sum(1 for c in rejoiners if c.welcome_back),
+        "rejoin_409_retries": sum(c.rejoin_busy_retries for c in rejoiners),
         "silent_sessions": len(silent),
         "transcripts_from_silence": sum(c.transcripts_unprompted for c in silent),
         "nudges": sum(c.nudges for c in candidates),

@@ -144,7 +144,7 @@ class Candidate:
         self._token = body["token"]
         self._progress("created", self.plan.index, body["session_id"])
 
-    async def _connect(self) -> float:
+    async def _connect(self, *, rejoin: bool = False) -> float:
         library = self._library
         camera = CameraTrack(library.video[self.scenario.camera])
         if self._peers and self._peers[-1].camera.switched_at:
@@ -152,7 +152,7 @@ class Candidate:
         peer = CandidatePeer(MicrophoneTrack(library.silence), camera, self.log, self.ear)
         self._peers.append(peer)
         url = f"{self.plan.server}/sessions/{self.result.session_id}/offer"
-        connect_s = await peer.connect(self._http, url, self._headers(self._token))
+        connect_s = await peer.connect(self._http, url, self._headers(self._token), rejoin=rejoin)
         if len(self._peers) == 1:
             self.result.connect_s = connect_s
             self._first_connected = time.monotonic()
@@ -213,7 +213,7 @@ class Candidate:
         await self._peer.close()
         self._progress("dropped", self.plan.index, "")
         since = len(self.log.events)
-        self.result.rejoin_connect_s = await self._connect()
+        self.result.rejoin_connect_s = await self._connect(rejoin=True)
         self.result.rejoin_busy_retries = self._peer.busy_retries
         found = await self.log.wait_for(_welcome_back, since=since, timeout=WELCOME_BACK_TIMEOUT_S)
         self.result.welcome_back = found is not None

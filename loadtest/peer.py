@@ -32,8 +32,11 @@ __all__ = ["CandidatePeer", "Event", "EventLog", "SignalingFailed"]
 
 PING_S = 2.0
 CONNECT_TIMEOUT_S = 30.0
-BUSY_RETRIES = 20  # a rejoin may race the server still closing the old peer
-BUSY_RETRY_S = 0.5
+# A rejoin races the server closing the old connection: until that is done
+# and the session is parked, the offer gets 409. Retry as a reconnecting
+# client would.
+BUSY_RETRIES = 40
+BUSY_RETRY_S = 0.25
 
 
 class SignalingFailed(Exception):
@@ -116,11 +119,13 @@ class CandidatePeer:
         self.lost = asyncio.Event()  # the connection failed or the server closed it
         self.busy_retries = 0
 
-    async def connect(self, http: aiohttp.ClientSession, url: str, headers: dict[str, str]) -> float:
-        """Offer, apply the answer, wait for ICE+DTLS and the channel; seconds taken."""
+    async def connect(self, http: aiohttp.ClientSession, url: str, headers: dict[str, str],
+                      *, rejoin: bool = False) -> float:
+        """Offer, apply the answer, wait for ICE+DTLS and the channel; seconds taken.
+        With `rejoin`, a 409 (the old connection is still closing) is retried."""
         started = time.monotonic()
         await self.pc.setLocalDescription(await self.pc.createOffer())
-        answer = await self._post_offer(http, url, headers)
+        answer = await self._post_offer(http, url, headers, rejoin)
         await self.pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
         await asyncio.wait_for(self._connected.wait(), CONNECT_TIMEOUT_S)
         connect_s = time.monotonic() - started
@@ -128,18 +133,19 @@ class CandidatePeer:
         self._spawn(self._ping(), "ping")
         return connect_s
 
-    async def _post_offer(self, http: aiohttp.ClientSession, url: str, headers: dict[str, str]) -> str:
+    async def _post_offer(self, http: aiohttp.ClientSession, url: str, headers: dict[str, str],
+                          rejoin: bool) -> str:
         body = {"sdp": self.pc.localDescription.sdp, "type": "offer"}
         for _ in range(BUSY_RETRIES):
             async with http.post(url, json=body, headers=headers) as resp:
-                if resp.status == 409 and "already" in (await resp.text()):
+                if resp.status == 409 and rejoin:
                     self.busy_retries += 1
                     await asyncio.sleep(BUSY_RETRY_S)
                     continue
                 if resp.status != 200:
                     raise SignalingFailed(f"offer: HTTP {resp.status} {(await resp.text())[:200]}")
                 return str((await resp.json())["sdp"])
-        raise SignalingFailed("offer: the session stayed busy (409) while rejoining")
+        raise SignalingFailed(f"offer: still 409 after {BUSY_RETRIES * BUSY_RETRY_S:g} s of rejoining")
 
     def send(self, message: dict[str, Any]) -> bool:
         if self.channel.readyState != "open":

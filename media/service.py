@@ -12,6 +12,7 @@ import asyncio
 import logging
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from config import Config
@@ -49,7 +50,10 @@ def load_models(config: Config) -> MediaModels:
     model, label = resolve_asr_model(config.asr_model, config.data_dir / "models")
     return MediaModels(
         detector=load_detector(config.detector_kind, config.detector_model),
-        transcriber=WhisperTranscriber(model, WhisperSettings(cpu_threads=config.asr_threads)),
+        transcriber=WhisperTranscriber(
+            model,
+            WhisperSettings(cpu_threads=config.asr_threads, num_workers=config.asr_workers),
+        ),
         vad_model=SileroVadModel(),
         asr_model=label,
         synthesizer=load_synthesizer(config.tts) if config.interviewer else None,
@@ -205,6 +209,10 @@ class MediaService:
                     detect_fps=c.detect_fps,
                     keepalive_timeout_s=c.keepalive_timeout_s,
                     metrics=self.metrics,
+                    asr_executor=ThreadPoolExecutor(c.asr_workers, thread_name_prefix="asr"),
+                    detect_executor=ThreadPoolExecutor(
+                        c.detect_workers, thread_name_prefix="detect"
+                    ),
                     turn_settings=TurnSettings(
                         end_of_turn_s=c.end_of_turn_s,
                         nudge_s=c.nudge_s,

@@ -62,6 +62,7 @@ from tests.media_client import Candidate, PhotoTrack, ScriptedSpeech, read_wav
 from tests.wer import word_errors
 
 __all__ = [
+    "ONE_PERSON",
     "Answer",
     "BenchCandidate",
     "Histogram",
@@ -69,10 +70,14 @@ __all__ = [
     "RssSampler",
     "Scrape",
     "ServerProcess",
+    "TimedPhotos",
     "TimedSpeech",
+    "join",
     "load_answer",
     "percentile",
+    "print_problems",
     "scrape",
+    "spread",
 ]
 
 SPEECH = REPO / "tests" / "data" / "speech"
@@ -465,11 +470,8 @@ class BenchCandidate(Candidate):
         return True
 
     async def ping(self, timeout: float = 5) -> float:
-        """Data-channel round trip, `ping` sent -> `pong` received (NaN on timeout).
-
-        aiortc's SCTP sends a message only once the previous one is
-        acknowledged, so a message queued behind another waits about this long.
-        """
+        """Data-channel round trip, `ping` sent -> `pong` received (NaN on timeout):
+        how far a message's arrival may trail the moment the server sent it."""
         pongs = len(self.of("pong"))
         sent = time.monotonic()
         self.send({"type": "ping"})

@@ -14,16 +14,23 @@ real google-genai SDK against `tests/gemini_stub.py` in this process: each
 reply streams after `--first-token-ms` (default 400), then a chunk of three
 words every `--chunk-ms` (default 40).
 
-Per turn, from the client's side (monotonic clock of this process):
-  end-of-turn  last voiced frame sent -> `state: thinking` received
-  asr          last voiced frame sent -> the answer's last transcript received
-               (includes the VAD's 600 ms end silence; overlaps end-of-turn)
-  engine       `thinking` -> `speaking` received (the first sentence is worded)
-  tts+send     `speaking` -> first audible interviewer frame received
+Per turn, from the client's side (monotonic clock of this process; the
+data channel's own delay is printed, ~1 ms on loopback):
+  end of turn  last voiced frame sent -> `state: thinking` received
+  transcript   last voiced frame sent -> the answer's last transcript received
+               (includes the VAD's 600 ms end silence; overlaps end of turn)
+  engine+tts   `thinking` -> `speaking` received; the server sends `speaking`
+               when the reply's first audio frame goes to aiortc, so this is
+               the engine wording the first sentence, its synthesis, and the
+               wait for the next 20 ms slot of the outgoing track
+  to ear       `speaking` -> first audible interviewer frame received (RTP,
+               jitter buffer, Opus, and the voice's own leading silence)
   total        last voiced frame sent -> first audible interviewer frame received
-and the server's histograms over the same turns: interview_turn_latency_seconds,
-interview_llm_first_sentence_seconds, interview_asr_seconds,
-interview_transcript_latency_seconds, interview_tts_seconds. Figures only.
+The engine alone is only visible on the server: its histograms over the same
+turns are printed too: interview_turn_latency_seconds (last voiced frame's
+arrival -> first reply frame sent), interview_llm_first_sentence_seconds,
+interview_asr_seconds, interview_transcript_latency_seconds and
+interview_tts_seconds. Figures only; nothing is asserted.
 
 Usage: HF_HUB_OFFLINE=1 .venv/bin/python scripts/bench_turns.py --engine offline|gemini
        [--turns 20] [--end-of-turn 0.8]
@@ -151,9 +158,9 @@ class Turn:
     heard: str  # the answer's transcript
     reply: str  # the interviewer's first sentence
     end_of_turn_s: float
-    asr_s: float
-    engine_s: float
-    tts_send_s: float
+    transcript_s: float
+    reply_s: float  # thinking -> speaking: engine + TTS + the next frame slot
+    to_ear_s: float  # speaking -> audible
     total_s: float
     cut_short: bool  # the turn ended before the clip's speech did
 
@@ -173,9 +180,9 @@ def measure(candidate: BenchCandidate, voice: TimedSpeech, clip: PlayedClip) -> 
         heard=" ".join(text for _, text in heard),
         reply=reply,
         end_of_turn_s=thinking - voiced,
-        asr_s=(heard[-1][0] - voiced) if heard else math.nan,
-        engine_s=speaking - thinking,
-        tts_send_s=audible - speaking,
+        transcript_s=(heard[-1][0] - voiced) if heard else math.nan,
+        reply_s=speaking - thinking,
+        to_ear_s=audible - speaking,
         total_s=audible - voiced,
         cut_short=thinking < voiced,
     )
@@ -276,27 +283,25 @@ async def interview(args: argparse.Namespace) -> TurnRun:
 
 def print_turns(run: TurnRun) -> None:
     print(f"\n== {len(run.turns)} turns, {run.label} ==")
-    print(f"{'#':>3} {'answer':6} {'words':>5} {'eot':>6} {'asr':>6} {'engine':>6} {'tts+send':>8} "
-          f"{'total':>6}  reply (first sentence)")
+    print(f"{'#':>3} {'answer':6} {'words':>5} {'eot':>6} {'text':>6} {'reply':>6} {'to ear':>6} "
+          f"{'total':>6}  interviewer's first sentence")
     for i, t in enumerate(run.turns, start=1):
         words = len(t.heard.split())
         mark = " (cut short)" if t.cut_short else ""
-        print(f"{i:3} {t.answer.name:6} {words:5} {t.end_of_turn_s:6.2f} {t.asr_s:6.2f} "
-              f"{t.engine_s:6.2f} {t.tts_send_s:8.2f} {t.total_s:6.2f}  {t.reply[:48]!r}{mark}")
+        print(f"{i:3} {t.answer.name:6} {words:5} {t.end_of_turn_s:6.2f} {t.transcript_s:6.2f} "
+              f"{t.reply_s:6.2f} {t.to_ear_s:6.2f} {t.total_s:6.2f}  {t.reply[:44]!r}{mark}")
     whole = [t for t in run.turns if not t.cut_short]
-    print(f"client side, last voiced frame sent -> … (turns cut short left out: "
-          f"{len(run.turns) - len(whole)})")
+    print(f"client side, from the last voiced frame sent (turns cut short left out: "
+          f"{len(run.turns) - len(whole)}):")
     for name, values in (
-        ("end of turn (state: thinking)", [t.end_of_turn_s for t in whole]),
-        ("final transcript received", [t.asr_s for t in whole]),
-        ("engine: thinking -> speaking", [t.engine_s for t in whole]),
-        ("TTS+send: speaking -> audible", [t.tts_send_s for t in whole]),
+        ("eot: end of turn (thinking)", [t.end_of_turn_s for t in whole]),
+        ("text: final transcript", [t.transcript_s for t in whole]),
+        ("reply: thinking -> speaking", [t.reply_s for t in whole]),
+        ("to ear: speaking -> audible", [t.to_ear_s for t in whole]),
         ("total: first audible reply", [t.total_s for t in whole]),
     ):
         print(f"  {name:32} {spread([v for v in values if not math.isnan(v)])}")
-    print(f"  data-channel ping round trip     {spread([p for p in run.pings if not math.isnan(p)])}")
-    print("  (engine and TTS+send are split by the `speaking` message, which aiortc's SCTP\n"
-          "   holds until `thinking` is acknowledged: about one round trip moves between them)")
+    print(f"  {'data-channel ping round trip':32} {spread([p for p in run.pings if not math.isnan(p)])}")
     d = run.delta
     print("server histograms over the same turns (p50/p95 interpolated in buckets):")
     for name in ("interview_turn_latency_seconds", "interview_llm_first_sentence_seconds",
