@@ -45,6 +45,8 @@ class Config:
     detect_workers: int = 1
     device_labels: tuple[str, ...] = ("laptop", "cell phone", "tv", "keyboard", "mouse", "remote")
     max_framerate: int = 10
+    workers: int = 1
+    worker_index: int | None = None  # set by the supervisor for its worker processes
     recording: bool = True
     record_fps: float = 5.0
     rejoin_grace_s: float = 30.0
@@ -94,6 +96,8 @@ class Config:
             detect_workers=_positive_int(env, "DETECT_WORKERS", 1),
             device_labels=_csv(env, "DEVICE_LABELS") or cls.device_labels,
             max_framerate=_positive_int(env, "MAX_FRAMERATE", 10),
+            workers=_positive_int(env, "WORKERS", 1),
+            worker_index=_worker_index(env),
             recording=_flag(env, "RECORDING", default=True),
             record_fps=_positive_float(env, "RECORD_FPS", 5.0),
             rejoin_grace_s=_non_negative_float(env, "REJOIN_GRACE_S", 30.0),
@@ -168,6 +172,16 @@ def _existing_file(env: Mapping[str, str], name: str) -> str | None:
     if raw is not None and not Path(raw).is_file():
         raise ConfigError(f"{name} must name an existing file, got {raw!r}")
     return raw
+
+
+def _worker_index(env: Mapping[str, str]) -> int | None:
+    raw = _optional(env, "WORKER_INDEX")
+    if raw is None:
+        return None
+    workers = _positive_int(env, "WORKERS", 1)
+    if not raw.isdigit() or int(raw) >= workers:
+        raise ConfigError(f"WORKER_INDEX must be from 0 to WORKERS-1, got {raw!r}")
+    return int(raw)
 
 
 def _flag(env: Mapping[str, str], name: str, default: bool = False) -> bool:

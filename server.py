@@ -27,7 +27,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, ProcessCollector, generate_la
 from config import Config, ConfigError
 from engine.registry import SessionRegistry
 from engine.resume import extract_resume_text
-from engine.session import InterviewSession, SessionRow, SessionStatus
+from engine.session import InterviewSession, SessionRow, SessionStatus, pinned_session_id
 from media.ice import use_loopback_only
 from media.live import evidence_path
 from media.metrics import MediaMetrics
@@ -266,7 +266,13 @@ async def _new_session(request: web.Request, fields: dict[str, Any]) -> Intervie
     if interviewee_id is not None and not await store.interviewee_exists(interviewee_id):
         raise json_error(web.HTTPNotFound, f"no interviewee profile {interviewee_id}")
     instance = request.app[INSTANCE]
+    config = request.app[CONFIG]
+    session_id = (
+        uuid.uuid4() if config.worker_index is None
+        else pinned_session_id(config.worker_index, config.workers)
+    )
     return InterviewSession(
+        session_id=session_id,
         job_role=job_role,
         template_id=template_id,
         interviewee_id=interviewee_id,
@@ -533,6 +539,9 @@ async def _candidate_session(request: web.Request, *, rejoin: bool = False) -> I
     session whose connection dropped within the grace window is reopened."""
     session_id = parse_session_id(request)
     registry = request.app[REGISTRY]
+    if rejoin:
+        # A candidate rejoining right after a drop may race the drop's ending.
+        await registry.wait_ended(session_id)
     session = registry.get(session_id)
     parked = registry.parked(session_id) if session is None and rejoin else None
     if parked is not None:
@@ -740,7 +749,12 @@ def main() -> None:
     logging.getLogger("pgserver").setLevel(logging.WARNING)
     try:
         config = Config.from_env()
-        asyncio.run(serve(config))
+        if config.workers > 1 and config.worker_index is None:
+            from workers import supervise
+
+            asyncio.run(supervise(config))
+        else:
+            asyncio.run(serve(config))
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         sys.exit(2)

@@ -69,6 +69,12 @@ class SessionRegistry:
         self._live[session.session_id] = session
         return await self.save(session)
 
+    async def wait_ended(self, session_id: uuid.UUID) -> None:
+        """If the session is being ended right now, wait until that is done."""
+        task = self._ending.get(session_id)
+        if task is not None:
+            await asyncio.wait({task})
+
     def parked(self, session_id: uuid.UUID) -> InterviewSession | None:
         """A session that ended by a dropped connection and may still be rejoined."""
         entry = self._parked.get(session_id)

@@ -28,7 +28,9 @@ SERVER_HISTOGRAMS = (
     "interview_turn_latency_seconds",
     "interview_transcript_latency_seconds",
 )
-CLIENT_LAG_WARN_S = 0.2  # a client this late in sending is itself overloaded
+# Clients that send more than this share of packets late (> 40 ms) are
+# themselves overloaded, and their latencies include their own delay.
+CLIENT_LATE_WARN = 0.01
 
 
 @dataclass(frozen=True)
@@ -69,13 +71,18 @@ def analyse(data: StepData, slo: Slo) -> dict[str, Any]:
         "duration_s": s.duration_s,
         "wall_s": round(data.wall_s, 2),
         "errors": [f"candidate {c.index} ({c.scenario}): {c.error}" for c in candidates if c.error]
-        + data.worker_errors,
+        + data.errors + [f"worker {w.worker}: unhandled error in its event loop: {e}"
+                         for w in data.workers for e in w.loop_errors],
         "connect_s": stats([c.connect_s for c in candidates], missing_is_late=True),
         "rejoin_connect_s": stats([c.rejoin_connect_s for c in candidates
                                    if SCENARIOS[c.scenario].drop_at is not None]),
         "transcript_latency_s": stats([a.transcript_latency_s for a in answers],
                                       missing_is_late=True),
         "turn_latency_s": stats([a.turn_latency_s for a in answers], missing_is_late=True),
+        # Short answers get a longer end-of-turn wait by design: see it per clip.
+        "turn_latency_by_clip_s": {
+            clip: stats([a.turn_latency_s for a in answers if a.clip == clip], missing_is_late=True)
+            for clip in sorted({a.clip for a in answers})},
         "wer": _wer(candidates, data.rows),
         "anomalies": _anomalies(candidates, data.rows),
         "rows": _rows(data),
@@ -230,13 +237,16 @@ def _client(data: StepData) -> dict[str, Any]:
     cpu = sum(w.cpu_s for w in data.workers)
     peer_s = sum(w.peer_s for w in data.workers)
     lag = max((c.max_send_lag_s for c in data.candidates), default=0.0)
+    sent = sum(c.audio_packets_sent + c.video_packets_sent for c in data.candidates)
+    late = sum(c.packets_sent_late for c in data.candidates) / sent if sent else 0.0
     return {
         "workers": len(data.workers),
         "cpu_s": round(cpu, 2),
         "peer_s": round(peer_s, 1),
         "cpu_per_peer_pct": round(100 * cpu / peer_s, 2) if peer_s else None,
         "max_send_lag_s": round(lag, 3),
-        "overloaded": lag > CLIENT_LAG_WARN_S,
+        "late_packets": round(late, 5),
+        "overloaded": late > CLIENT_LATE_WARN,
         "per_worker": [{"worker": w.worker, "candidates": len(w.candidates),
                         "cpu_s": round(w.cpu_s, 2), "wall_s": round(w.wall_s, 1),
                         "peer_s": round(w.peer_s, 1), "max_rss_mb": round(w.max_rss_mb, 1),

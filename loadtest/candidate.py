@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import aiohttp
 
-from loadtest.media import MediaLibrary
+from loadtest.media import MediaLibrary, SpeechClip
 from loadtest.peer import CandidatePeer, Event, EventLog
 from loadtest.scenarios import SCENARIOS, Scenario
 from loadtest.tracks import CameraTrack, InterviewerEar, MicrophoneTrack, Utterance
@@ -30,6 +30,7 @@ __all__ = ["AnswerResult", "Candidate", "CandidatePlan", "CandidateResult", "Pro
 THINK_S = 0.7  # a candidate's pause before answering
 LEAVE_TIMEOUT_S = 5.0
 WELCOME_BACK_TIMEOUT_S = 20.0
+SAY_MARGIN_S = 5.0
 
 Progress = Callable[[str, int, str], None]  # (event, candidate index, detail)
 # The structured interviewer's nudges (engine/interviewer.py), to count them.
@@ -81,6 +82,7 @@ class CandidateResult:
     audio_packets_sent: int = 0
     video_packets_sent: int = 0
     interviewer_frames: int = 0
+    packets_sent_late: int = 0  # > 40 ms behind schedule: the client was busy
     max_send_lag_s: float = 0.0
 
 
@@ -107,6 +109,7 @@ class Candidate:
         self._token = ""
         self._first_connected = 0.0
         self._camera_task: asyncio.Task[None] | None = None
+        self._camera_role = self.scenario.camera
 
     async def run(self) -> CandidateResult:
         """Play the scenario; never raises (a failure is recorded in `error`)."""
@@ -116,7 +119,7 @@ class Candidate:
             await self._connect()
             await self._play()
             await self._leave()
-        except Exception as exc:  # recorded, and the run goes on for the others
+        except Exception as exc:  # noqa: BLE001 - recorded; the run goes on for the others
             self.result.error = f"{type(exc).__name__}: {exc}"
             self._progress("error", self.plan.index, "".join(traceback.format_exception_only(exc)))
         finally:
@@ -146,9 +149,7 @@ class Candidate:
 
     async def _connect(self, *, rejoin: bool = False) -> float:
         library = self._library
-        camera = CameraTrack(library.video[self.scenario.camera])
-        if self._peers and self._peers[-1].camera.switched_at:
-            camera.show(library.video[self.scenario.switch_to or self.scenario.camera])
+        camera = CameraTrack(library.video[self._camera_role])
         peer = CandidatePeer(MicrophoneTrack(library.silence), camera, self.log, self.ear)
         self._peers.append(peer)
         url = f"{self.plan.server}/sessions/{self.result.session_id}/offer"
@@ -161,11 +162,13 @@ class Candidate:
         return connect_s
 
     def _schedule_camera_switch(self) -> None:
-        if self.scenario.switch_to is None:
+        switch_to = self.scenario.switch_to
+        if switch_to is None:
             return
         async def switch() -> None:
             await asyncio.sleep(self.scenario.switch_at * self.plan.duration_s)
-            self._peers[-1].camera.show(self._library.video[str(self.scenario.switch_to)])
+            self._camera_role = switch_to  # a rejoin's new camera shows it too
+            self._peer.camera.show(self._library.video[switch_to])
         self._camera_task = asyncio.get_running_loop().create_task(switch(), name="camera-switch")
 
     @property
@@ -176,31 +179,40 @@ class Candidate:
 
     async def _play(self) -> None:
         end = self._first_connected + self.plan.duration_s
+        since = 0  # events of this connection start here
         if self.scenario.drop_at is not None:
-            await self._converse(self._first_connected + self.scenario.drop_at * self.plan.duration_s)
-            await self._drop_and_rejoin()
-        await self._converse(end)
+            await self._converse(self._first_connected + self.scenario.drop_at * self.plan.duration_s,
+                                 since)
+            since = await self._drop_and_rejoin()
+        await self._converse(end, since)
 
-    async def _converse(self, until: float) -> None:
+    async def _converse(self, until: float, since: int) -> None:
         if self.scenario.answers:
-            await self._answer_until(until)
+            await self._answer_until(until, since)
         else:
-            await self.log.wait_for(_ended, since=len(self.log.events),
-                                    timeout=until - time.monotonic())
+            await self.log.wait_for(_ended, since=since, timeout=until - time.monotonic())
 
-    async def _answer_until(self, until: float) -> None:
-        cursor = len(self.log.events)
+    async def _answer_until(self, until: float, cursor: int) -> None:
         while (left := until - time.monotonic()) > 0:
             index = await self.log.wait_for(_listening_or_ended, since=cursor, timeout=left)
             if index is None or _ended(self.log.events[index]):
                 break
             cursor = index + 1
             await asyncio.sleep(THINK_S)
-            utterance = self._peer.microphone.say(self._library.clip(len(self._utterances)))
-            self._utterances.append(utterance)
-            await utterance.done
-            self._progress("answered", self.plan.index, utterance.clip.name)
+            if not await self._say(self._library.clip(len(self._utterances))):
+                break
         await self._await_last_reply()
+
+    async def _say(self, clip: SpeechClip) -> bool:
+        """Play one answer; False if the connection went away under it."""
+        utterance = self._peer.microphone.say(clip)
+        self._utterances.append(utterance)
+        # The sender stops pulling packets if the server closes the connection.
+        await asyncio.wait([utterance.done], timeout=clip.clip.duration_s + SAY_MARGIN_S)
+        if not utterance.done.done() or utterance.done.cancelled():
+            return False
+        self._progress("answered", self.plan.index, clip.name)
+        return True
 
     async def _await_last_reply(self) -> None:
         """Give the reply to the last answer `settle_s` to be heard."""
@@ -208,8 +220,9 @@ class Candidate:
         if last is not None and last.voiced_end_at is not None:
             await self.ear.wait_onset_after(last.voiced_end_at, self.plan.settle_s)
 
-    async def _drop_and_rejoin(self) -> None:
-        """The network drops: close the peer with no goodbye, then offer anew."""
+    async def _drop_and_rejoin(self) -> int:
+        """The network drops: close the peer with no goodbye, then offer anew.
+        Returns the index of the new connection's first event."""
         await self._peer.close()
         self._progress("dropped", self.plan.index, "")
         since = len(self.log.events)
@@ -217,6 +230,7 @@ class Candidate:
         self.result.rejoin_busy_retries = self._peer.busy_retries
         found = await self.log.wait_for(_welcome_back, since=since, timeout=WELCOME_BACK_TIMEOUT_S)
         self.result.welcome_back = found is not None
+        return since
 
     async def _leave(self) -> None:
         peer = self._peer
@@ -253,6 +267,8 @@ class Candidate:
         r.audio_packets_sent = sum(p.microphone.packets_sent for p in self._peers)
         r.video_packets_sent = sum(p.camera.packets_sent for p in self._peers)
         r.interviewer_frames = self.ear.frames
+        r.packets_sent_late = sum(p.microphone.packets_late + p.camera.packets_late
+                                  for p in self._peers)
         r.max_send_lag_s = max((max(p.microphone.max_lag_s, p.camera.max_lag_s)
                                 for p in self._peers), default=0.0)
 

@@ -26,7 +26,7 @@ from loadtest.prepare import DEFAULT_CACHE, ensure_media
 from loadtest.report import summary_markdown, write_plots, write_result
 from loadtest.runner import ServerTarget, StepSettings, run_step
 from loadtest.scenarios import SCENARIOS
-from loadtest.serverproc import spawn_server
+from loadtest.serverproc import redact, spawn_server
 from loadtest.warmup import warm_up
 from loadtest.worker import is_loopback
 
@@ -168,17 +168,17 @@ def _finish(config: LoadTestConfig, document: dict[str, Any]) -> int:
         write_plots(config.out, document["runs"], config.slo.p95_turn_latency_s)
     print(summary)
     print(f"results in {config.out}")
-    last = document["runs"][-1] if document["runs"] else None
-    for check in [] if last is None else [c for c in last["slo"]["checks"] if not c["ok"]]:
-        print(f"SLO broken at {last['sessions']} session(s): {check['name']} {check['target']}: "
-              f"measured {check['value']} {check['note']}".rstrip(), file=sys.stderr)
+    for run in document["runs"][-1:]:
+        for check in (c for c in run["slo"]["checks"] if not c["ok"]):
+            print(f"SLO broken at {run['sessions']} session(s): {check['name']} {check['target']}: "
+                  f"measured {check['value']} {check['note']}".rstrip(), file=sys.stderr)
     return 0 if document["passed"] else 1
 
 
 async def _run(config: LoadTestConfig) -> dict[str, Any]:
     loop = asyncio.get_running_loop()
     manifest = await loop.run_in_executor(None, ensure_media, config.media)
-    started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    started = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     timeout = aiohttp.ClientTimeout(total=30)
     async with _target(config) as (target, server_info), aiohttp.ClientSession(timeout=timeout) as http:
         await _check_health(http, target.url)
@@ -225,7 +225,7 @@ async def _target(config: LoadTestConfig) -> AsyncIterator[tuple[ServerTarget, d
                             extra_env=config.server_env) as proc:
         info = {"url": proc.url, "mode": "spawned", "pid": proc.pid, "env": dict(proc.env),
                 "log": str(config.out / "server.log")}
-        yield ServerTarget(proc.url, config.api_key, proc.pid, proc.data_dir), info
+        yield ServerTarget(proc.url, config.api_key, proc.pid, proc.data_dir, proc.exit_code), info
 
 
 async def _check_health(http: aiohttp.ClientSession, url: str) -> None:
@@ -238,4 +238,4 @@ def _settings(config: LoadTestConfig) -> dict[str, Any]:
     settings = asdict(config)
     settings.pop("api_key")
     return {**settings, "out": str(config.out), "media": str(config.media),
-            "slo": asdict(config.slo)}
+            "slo": asdict(config.slo), "server_env": redact(config.server_env)}

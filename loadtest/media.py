@@ -15,6 +15,8 @@ import av
 
 __all__ = ["EncodedClip", "MediaLibrary", "SpeechClip"]
 
+AUDIO_FRAME_S = 0.02
+
 
 @dataclass(frozen=True)
 class EncodedClip:
@@ -75,15 +77,19 @@ class MediaLibrary:
 def _demux(path: Path, kind: str) -> EncodedClip:
     with av.open(str(path)) as container:
         stream = container.streams.video[0] if kind == "video" else container.streams.audio[0]
-        rate = stream.average_rate if kind == "video" else None
-        payloads, keyframes = [], []
-        for packet in container.demux(stream):
-            if packet.size:
-                payloads.append(bytes(packet))
-                keyframes.append(bool(packet.is_keyframe))
+        rate = container.streams.video[0].average_rate if kind == "video" else None
+        packets = [p for p in container.demux(stream) if p.size]
+        payloads = tuple(bytes(p) for p in packets)
+        keyframes = tuple(bool(p.is_keyframe) for p in packets)
     if not payloads:
         raise ValueError(f"{path} holds no {kind} packets")
-    frame_s = 1 / float(rate) if rate else 0.02
-    if kind == "video" and not keyframes[0]:
-        raise ValueError(f"{path} does not start with a keyframe")
-    return EncodedClip(tuple(payloads), tuple(keyframes), frame_s)
+    if kind == "video":
+        if not keyframes[0] or not rate:
+            raise ValueError(f"{path} does not start with a keyframe at a known frame rate")
+        return EncodedClip(payloads, keyframes, 1 / float(rate))
+    first = packets[0]
+    frame_s = float((first.duration or 0) * first.time_base) if first.time_base else 0.0
+    if abs(frame_s - AUDIO_FRAME_S) > 1e-6:
+        # One packet per 20 ms RTP frame is what the tracks pace by.
+        raise ValueError(f"{path}: expected 20 ms Opus packets, found {frame_s * 1000:g} ms")
+    return EncodedClip(payloads, keyframes, AUDIO_FRAME_S)

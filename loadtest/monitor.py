@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
-import psutil
+import psutil  # type: ignore[import-untyped]
 from prometheus_client.parser import text_string_to_metric_families
 
 __all__ = ["HistogramSummary", "MetricsSnapshot", "ServerMonitor", "ServerSample"]
@@ -65,7 +65,7 @@ class HistogramSummary:
         def delta(metric: str) -> float:
             before = start.value(metric) if start else None
             return (end.value(metric) or 0.0) - (before or 0.0)
-        count = int(round(delta(f"{name}_count")))
+        count = round(delta(f"{name}_count"))
         before = dict(start.buckets(name)) if start else {}
         buckets = [(le, c - before.get(le, 0.0)) for le, c in end.buckets(name)]
         mean = delta(f"{name}_sum") / count if count else None
@@ -164,7 +164,7 @@ class ServerMonitor:
                     self.metrics_available = False
                     return None
                 snapshot = MetricsSnapshot.parse(await resp.text())
-        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError):
+        except (TimeoutError, aiohttp.ClientError, ValueError):
             return None
         self.metrics_available, self.last_metrics = True, snapshot
         return snapshot
@@ -213,7 +213,7 @@ class ServerMonitor:
         try:
             async with self.http.get(f"{self.url}/healthz") as resp:
                 return float((await resp.json())["live_sessions"]) if resp.status == 200 else None
-        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError, KeyError):
+        except (TimeoutError, aiohttp.ClientError, ValueError, KeyError):
             return None
 
 

@@ -160,6 +160,9 @@ class CandidatePeer:
         for task in list(self._tasks):
             task.cancel()
         await self.pc.close()
+        # Ours to stop: aiortc's senders leave their tracks running.
+        self.microphone.stop()
+        self.camera.stop()
         for task in list(self._tasks):
             with contextlib.suppress(asyncio.CancelledError):
                 await task

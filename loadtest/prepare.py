@@ -20,6 +20,7 @@ the manifest already matches the sources.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import hashlib
 import json
 import math
@@ -88,6 +89,14 @@ class SpeechInfo:
 
 def ensure_media(cache: Path = DEFAULT_CACHE, sources: MediaSources = MediaSources()) -> Path:
     """The manifest of an up-to-date cache, building what is missing."""
+    cache.mkdir(parents=True, exist_ok=True)
+    # Two runs starting at once (a test and a benchmark) build it once.
+    with open(cache / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _ensure_locked(cache, sources)
+
+
+def _ensure_locked(cache: Path, sources: MediaSources) -> Path:
     manifest_path = cache / "manifest.json"
     fingerprint = _fingerprint(sources)
     if manifest_path.is_file():

@@ -29,6 +29,10 @@ def _fmt(value: Any, unit: str = "", digits: int = 2) -> str:
     return f"{value}{unit}"
 
 
+def _percent(ratio: float | None) -> str:
+    return "–" if ratio is None else f"{100 * ratio:.2f}%"
+
+
 def _pair(stat: dict[str, Any]) -> str:
     text = f"{_fmt(stat['p50'])} / {_fmt(stat['p95'])}"
     return text + (f" ({stat['missing']} none)" if stat.get("missing") else "")
@@ -45,22 +49,25 @@ def _row(run: dict[str, Any]) -> str:
     return (f"| {run['sessions']} | {_fmt(run['connect_s']['p95'])} | {_pair(run['transcript_latency_s'])} "
             f"| {_pair(run['turn_latency_s'])} | {_fmt(w['live_mean'])} / {_fmt(w['stored_mean'])} "
             f"| {a['detected']}/{a['expected']} ({a['unexpected']}) | {r['completed']}/{r['expected']} "
-            f"| {_fmt(f.get('analysed_ratio'), digits=3) if f['available'] else 'n/a'} "
+            f"| {_percent(f.get('analysed_ratio')) if f['available'] else 'n/a'} "
             f"| {_fmt(cpu['mean'], digits=0)} / {_fmt(cpu['max'], digits=0)} | {_fmt(rss['max'], digits=0)} "
             f"| {_fmt(run['client']['cpu_per_peer_pct'])} | {'pass' if run['slo']['passed'] else 'FAIL'} |")
 
 
 def summary_markdown(document: dict[str, Any]) -> str:
     settings, runs = document["settings"], document["runs"]
+    server = document["server"]
+    env = " ".join(f"{k}={v}" for k, v in server.get("env", {}).items()
+                   if k not in ("DATA_DIR", "PORT", "PYTHONUNBUFFERED"))
     lines = [f"# Load test {document['started_at']}", "",
-             f"- server: {document['server']['url']} ({document['server']['mode']})",
-             f"- scenario: {settings['scenario']}; ramp {settings['ramp_s']:g} s; "
-             f"duration {settings['duration_s']:g} s per candidate; "
-             f"{', '.join(str(r['client']['workers']) for r in runs)} client worker process(es)",
-             f"- warm-up, offer to greeting heard (models loading): "
-             f"{_fmt(document['server'].get('warmup_s'))} s",
+             f"- server: {server['url']} ({server['mode']}{'; ' + env if env else ''})",
+             (f"- scenario: {settings['scenario']}; ramp {settings['ramp_s']:g} s; "
+              f"duration {settings['duration_s']:g} s per candidate; "
+              f"{', '.join(str(r['client']['workers']) for r in runs)} client worker process(es)"),
+             (f"- warm-up, offer to greeting heard (models loading): "
+              f"{_fmt(document['server'].get('warmup_s'))} s"),
              "", _HEADER, _separator(),
-             *(_row(run) for run in runs), "", *_server_table(runs)]
+             *(_row(run) for run in runs), "", _TURN_NOTE, "", *_server_table(runs)]
     final = runs[-1] if runs else None
     if document.get("capacity") is not None:
         cap = document["capacity"]
@@ -99,6 +106,13 @@ def _server_table(runs: list[dict[str, Any]]) -> list[str]:
     return lines + [""]
 
 
+_TURN_NOTE = (
+    "Turn latency is the candidate's last voiced packet sent → the interviewer's voice heard. "
+    "It includes the silence the server waits for by design before it answers (END_OF_TURN_S, "
+    "1.2 s by default, plus a grace for answers under 8 words or without final punctuation); "
+    "result.json has it per clip (`turn_latency_by_clip_s`).")
+
+
 def _separator() -> str:
     return "|" + "---|" * (_HEADER.count("|") - 1)
 
@@ -107,7 +121,7 @@ def _slo_table(run: dict[str, Any]) -> list[str]:
     lines = [f"SLO checks at {run['sessions']} session(s):", "",
              "| check | target | measured | verdict | note |", "|---|---|---|---|---|"]
     for c in run["slo"]["checks"]:
-        lines.append(f"| {c['name']} | {c['target']} | {_fmt(c['value'], digits=3)} "
+        lines.append(f"| {c['name']} | {c['target']} | {_fmt(c['value'], digits=4)} "
                      f"| {'ok' if c['ok'] else 'BROKEN'} | {c['note']} |")
     return lines + [""]
 
@@ -115,8 +129,9 @@ def _slo_table(run: dict[str, Any]) -> list[str]:
 def _notes(run: dict[str, Any]) -> list[str]:
     notes = []
     if run["client"]["overloaded"]:
-        notes.append(f"- the clients fell behind (send lag up to {run['client']['max_send_lag_s']} s): "
-                     "use more workers or another machine; latencies include client delay")
+        notes.append(f"- the clients fell behind ({100 * run['client']['late_packets']:.1f}% of packets "
+                     f"sent over 40 ms late, up to {run['client']['max_send_lag_s']} s): use more "
+                     "workers or another machine; latencies include client delay")
     if not run["frames"]["available"]:
         notes.append("- the server has no /metrics: frame counters and server histograms not measured")
     notes += [f"- error: {e}" for e in run["errors"][:10]]

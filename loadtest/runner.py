@@ -40,6 +40,7 @@ class ServerTarget:
     api_key: str | None = field(default=None, repr=False)
     pid: int | None = None  # known when spawned here: psutil can watch it
     data_dir: Path | None = None
+    exit_code: Callable[[], int | None] | None = None  # spawned: None while it runs
 
 
 @dataclass(frozen=True)
@@ -59,7 +60,7 @@ class StepData:
     wall_s: float = 0.0
     session_ids: dict[int, str] = field(default_factory=dict)  # candidate index -> session id
     workers: list[WorkerResult] = field(default_factory=list)
-    worker_errors: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)  # the run's own, not a candidate's
     rows: dict[str, dict[str, Any] | None] = field(default_factory=dict)
     samples: list[ServerSample] = field(default_factory=list)
     metrics_before: MetricsSnapshot | None = None
@@ -96,8 +97,12 @@ async def run_step(settings: StepSettings, target: ServerTarget, http: aiohttp.C
     await monitor.start()
     started = time.monotonic()
     try:
-        await _run_workers(settings, target, data, ProgressDisplay(settings.sessions, label))
+        display = ProgressDisplay(settings.sessions, settings.ramp_s + settings.duration_s, label)
+        await _run_workers(settings, target, data, display)
         data.wall_s = time.monotonic() - started
+        code = target.exit_code() if target.exit_code is not None else None
+        if code is not None:
+            data.errors.append(f"the server exited during the run (exit code {code}); see its log")
         await _read_rows(http, target, data)
     finally:
         await monitor.stop()
@@ -129,6 +134,7 @@ async def _run_workers(settings: StepSettings, target: ServerTarget, data: StepD
         await asyncio.wait_for(ready.wait(), READY_TIMEOUT_S)
         start_at.value = time.time() + START_MARGIN_S
         go.set()
+        display.start()
         loop = asyncio.get_running_loop()
         await asyncio.gather(*(loop.run_in_executor(None, p.join) for p in procs))
     finally:
@@ -137,7 +143,7 @@ async def _run_workers(settings: StepSettings, target: ServerTarget, data: StepD
             if proc.is_alive():
                 proc.terminate()
         await inbox.close()
-        display.close()
+        await display.close()
     _note_exits(procs, data)
 
 
@@ -145,7 +151,7 @@ def _note_exits(procs: list[Any], data: StepData) -> None:
     returned = {w.worker for w in data.workers}
     for number, proc in enumerate(procs):
         if number not in returned:
-            data.worker_errors.append(f"worker {number} exited with code {proc.exitcode} "
+            data.errors.append(f"worker {number} exited with code {proc.exitcode} "
                                       f"and no results")
 
 
@@ -219,7 +225,7 @@ async def _final_row(http: aiohttp.ClientSession, target: ServerTarget,
         try:
             async with http.get(f"{target.url}/sessions/{session_id}", headers=headers) as resp:
                 row = await resp.json() if resp.status == 200 else row
-        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError):
+        except (TimeoutError, aiohttp.ClientError, ValueError):
             pass
         if row is not None and row.get("status") != "in_progress":
             return row

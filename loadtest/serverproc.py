@@ -21,7 +21,7 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["ServerProcess", "spawn_server"]
+__all__ = ["ServerProcess", "redact", "spawn_server"]
 
 REPO = Path(__file__).resolve().parents[1]
 START_TIMEOUT_S = 90.0
@@ -31,12 +31,23 @@ _SCRUBBED = ("DATABASE_URL", "SUPABASE_DB_URL", "API_KEY", "GEMINI_API_KEY", "GO
              "PUBLIC_URL", "HOST", "PORT", "DATA_DIR")
 
 
+def redact(env: Mapping[str, str]) -> dict[str, str]:
+    """`env` fit for a report: secrets masked."""
+    secret = ("KEY", "TOKEN", "SECRET", "PASSWORD", "DATABASE_URL", "DB_URL")
+    return {k: "***" if any(word in k.upper() for word in secret) else v for k, v in env.items()}
+
+
 @dataclass(frozen=True)
 class ServerProcess:
     url: str
     pid: int
     data_dir: Path
     env: Mapping[str, str]  # what was set on top of the inherited environment
+    process: asyncio.subprocess.Process
+
+    def exit_code(self) -> int | None:
+        """None while the server runs."""
+        return self.process.returncode
 
 
 @contextlib.asynccontextmanager
@@ -50,7 +61,7 @@ async def spawn_server(
     env = {k: v for k, v in os.environ.items() if k not in _SCRUBBED}
     env.update(settings)
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "ab") as log:
+    with await asyncio.to_thread(open, log_path, "ab") as log:
         proc = await asyncio.create_subprocess_exec(
             sys.executable, str(REPO / "server.py"), cwd=REPO, env=env,
             stdout=asyncio.subprocess.PIPE, stderr=log,
@@ -59,8 +70,7 @@ async def spawn_server(
     try:
         url = await asyncio.wait_for(_serving_url(proc, log_path), START_TIMEOUT_S)
         drain = asyncio.get_running_loop().create_task(_drain(proc), name="server-stdout")
-        shown = {k: ("***" if k == "API_KEY" else v) for k, v in settings.items()}
-        yield ServerProcess(url, proc.pid, data_dir, shown)
+        yield ServerProcess(url, proc.pid, data_dir, redact(settings), proc)
     finally:
         await _stop(proc)
         if drain is not None:
@@ -91,6 +101,6 @@ async def _stop(proc: asyncio.subprocess.Process) -> None:
     proc.send_signal(signal.SIGTERM)
     try:
         await asyncio.wait_for(proc.wait(), STOP_TIMEOUT_S)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         proc.kill()
         await proc.wait()

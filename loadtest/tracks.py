@@ -19,6 +19,7 @@ import fractions
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Any
 
 import av
 import numpy as np
@@ -30,6 +31,7 @@ __all__ = ["CameraTrack", "InterviewerEar", "MicrophoneTrack", "Utterance"]
 
 AUDIO_CLOCK = 48_000
 VIDEO_CLOCK = 90_000
+LATE_S = 0.04  # a packet sent this late means the client itself is behind
 
 
 class _PacedTrack(MediaStreamTrack):
@@ -43,6 +45,7 @@ class _PacedTrack(MediaStreamTrack):
         self._start: float | None = None
         self._n = 0
         self.packets_sent = 0
+        self.packets_late = 0
         self.max_lag_s = 0.0
 
     async def _next_slot(self) -> int:
@@ -56,12 +59,13 @@ class _PacedTrack(MediaStreamTrack):
             await asyncio.sleep(due - now)
         else:
             self.max_lag_s = max(self.max_lag_s, now - due)
+            self.packets_late += now - due > LATE_S
         n = self._n
         self._n += 1
         self.packets_sent += 1
         return n
 
-    def _packet(self, payload: bytes, n: int) -> av.Packet:
+    def _packet(self, payload: bytes, n: int) -> av.Packet[Any]:
         packet = av.Packet(payload)
         packet.pts = n * self._ticks
         packet.time_base = self._time_base
@@ -100,7 +104,7 @@ class MicrophoneTrack(_PacedTrack):
     def speaking(self) -> bool:
         return bool(self._queue)
 
-    async def recv(self) -> av.Packet:
+    async def recv(self) -> av.Packet[Any]:
         n = await self._next_slot()
         if not self._queue:
             return self._packet(self._silence.payloads[n % len(self._silence.payloads)], n)
@@ -148,7 +152,7 @@ class CameraTrack(_PacedTrack):
     def show(self, clip: EncodedClip) -> None:
         self._next = clip
 
-    async def recv(self) -> av.Packet:
+    async def recv(self) -> av.Packet[Any]:
         n = await self._next_slot()
         if self._next is not None:
             self._clip, self._index, self._next = self._next, 0, None
@@ -178,7 +182,7 @@ class InterviewerEar:
                 frame = await track.recv()
             except MediaStreamError:
                 return
-            if self._feed(frame, time.monotonic()):
+            if isinstance(frame, av.AudioFrame) and self._feed(frame, time.monotonic()):
                 async with self._heard:
                     self._heard.notify_all()
 
@@ -203,6 +207,6 @@ class InterviewerEar:
                 await self._heard.wait_for(lambda: self.onset_after(t) is not None)
         try:
             await asyncio.wait_for(heard(), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
         return self.onset_after(t)

@@ -45,6 +45,7 @@ class WorkerResult:
     wall_s: float = 0.0
     max_rss_mb: float = 0.0
     peer_s: float = 0.0  # connected peer-seconds
+    loop_errors: list[str] = field(default_factory=list)  # unhandled task errors: bugs
 
     @property
     def cpu_per_peer_pct(self) -> float | None:
@@ -72,6 +73,9 @@ async def _run(worker: int, plans: tuple[CandidatePlan, ...], library: MediaLibr
     def progress(kind: str, index: int, detail: str) -> None:
         queue.put((kind, worker, index, detail))
 
+    loop_errors: list[str] = []
+    asyncio.get_running_loop().set_exception_handler(
+        lambda _loop, context: loop_errors.append(str(context.get("exception") or context["message"])))
     cpu0, wall0 = time.process_time(), time.monotonic()
     timeout = aiohttp.ClientTimeout(total=60)
     async with aiohttp.ClientSession(timeout=timeout) as http:
@@ -84,6 +88,7 @@ async def _run(worker: int, plans: tuple[CandidatePlan, ...], library: MediaLibr
         wall_s=time.monotonic() - wall0,
         max_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         peer_s=sum(r.active_s for r in results),
+        loop_errors=loop_errors[:20],
     )
 
 

@@ -240,6 +240,7 @@ class LiveMedia:
         metrics = self._runtime.metrics
         if turn.first_audio_at is not None:
             metrics.turn_latency.observe(turn.first_audio_at - turn.last_voiced_at)
+            metrics.reply_seconds.observe(turn.first_audio_at - turn.end_of_turn_at)
         if turn.first_sentence_at is not None:
             metrics.llm_first_sentence.observe(turn.first_sentence_at - turn.end_of_turn_at)
 

@@ -63,6 +63,11 @@ class MediaMetrics:
             "interview_turn_latency_seconds",
             "Candidate's last voiced frame -> first interviewer audio frame sent",
             buckets=_LATENCY_BUCKETS, registry=r)
+        self.reply_seconds = Histogram(
+            "interview_reply_seconds",
+            "End of the candidate's turn decided -> first interviewer audio frame sent "
+            "(the turn latency without the designed end-of-turn silence)",
+            buckets=_LATENCY_BUCKETS, registry=r)
         self.anomalies = Counter("interview_anomalies", "Anomaly episodes recorded", ["type"],
                                  registry=r)
         self.closed = FrameTotals()

@@ -1,0 +1,156 @@
+"""The load generator: its pieces on their own, then one small real run.
+
+The real run spawns the server, plays two scripted candidates (mixed: one
+answering, one joined on camera by a second person) as aiortc peers on
+loopback, and checks the result document. Heavy runs are benchmarks
+(`python -m loadtest --find-capacity ...`), not tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
+
+from loadtest.analysis import stats
+from loadtest.media import EncodedClip, SpeechClip
+from loadtest.monitor import HistogramSummary, MetricsSnapshot
+from loadtest.prepare import PHOTOS_DIR
+from loadtest.scenarios import MIXED_ORDER, scenario_for
+from loadtest.tracks import CameraTrack, MicrophoneTrack
+from tests.conftest import REPO
+
+needs_photos = pytest.mark.skipif(
+    not PHOTOS_DIR.is_dir(), reason=f"real photos not found at {PHOTOS_DIR}"
+)
+
+
+def test_percentiles_count_a_missing_reply_as_the_latest():
+    late = stats([0.5, 1.0, 2.0, None], missing_is_late=True)
+    assert late["max"] is None and late["p95"] is None  # the missing one ranks last
+    assert late["p50"] == 1.0 and late["mean"] == pytest.approx(3.5 / 3, abs=1e-3)
+    s = stats([1.0, None])
+    assert (s["n"], s["missing"], s["p95"]) == (2, 1, 1.0)
+    ranked = stats([float(i) for i in range(1, 101)], missing_is_late=True)
+    assert (ranked["p50"], ranked["p95"], ranked["mean"]) == (50.0, 95.0, 50.5)
+    assert stats([])["p95"] is None
+
+
+def test_histograms_from_two_scrapes():
+    registry = CollectorRegistry()
+    latency = Histogram("interview_turn_latency_seconds", "", buckets=(0.5, 1.0, 2.0),
+                        registry=registry)
+    latency.observe(5.0)  # before the run: not counted
+    before = MetricsSnapshot.parse(generate_latest(registry).decode())
+    for value in (0.2, 0.7, 0.8, 1.5):
+        latency.observe(value)
+    after = MetricsSnapshot.parse(generate_latest(registry).decode())
+    summary = HistogramSummary.between(before, after, "interview_turn_latency_seconds")
+    assert summary.count == 4 and summary.mean == pytest.approx(0.8)
+    assert summary.p50 == pytest.approx(0.75)  # rank 2 of 4, halfway through (0.5, 1.0]
+    assert 1.0 < summary.p95 <= 2.0
+    assert after.value("interview_turn_latency_seconds_count") == 5
+
+
+def test_mixed_deals_scenarios_round_robin():
+    names = [scenario_for("mixed", i).name for i in range(len(MIXED_ORDER) + 1)]
+    assert names == [*MIXED_ORDER, MIXED_ORDER[0]]
+    assert scenario_for("phone", 3).expected_anomalies == {"devices_detected"}
+
+
+def _clip(count: int, tag: bytes) -> EncodedClip:
+    return EncodedClip(tuple(tag + bytes([i]) for i in range(count)), (True,) * count, 0.02)
+
+
+async def test_microphone_sends_silence_until_told_then_the_clip_on_time(loop_errors: list):
+    silence = _clip(2, b"s")
+    speech = SpeechClip("clip", "hello there", _clip(5, b"v"), 0.0, 0.07)
+    microphone = MicrophoneTrack(silence)
+    sent = [bytes(await microphone.recv()) for _ in range(3)]
+    utterance = microphone.say(speech)
+    packets = [await microphone.recv() for _ in range(6)]
+    sent += [bytes(p) for p in packets]
+    assert sent == [b"s\x00", b"s\x01", b"s\x00", *(b"v" + bytes([i]) for i in range(5)), b"s\x00"]
+    assert [p.pts for p in packets] == [960 * n for n in range(3, 9)]  # RTP time never resets
+    assert utterance.done.done() and utterance.started_at is not None
+    assert utterance.started_at < utterance.voiced_end_at <= utterance.ended_at  # type: ignore[operator]
+    microphone.stop()
+
+
+async def test_camera_switches_photo_at_the_new_clips_keyframe(loop_errors: list):
+    camera = CameraTrack(_clip(3, b"a"))
+    first = [bytes(await camera.recv()) for _ in range(2)]
+    camera.show(_clip(3, b"b"))
+    after = [bytes(await camera.recv()) for _ in range(4)]
+    assert first == [b"a\x00", b"a\x01"]
+    assert after == [b"b\x00", b"b\x01", b"b\x02", b"b\x00"]
+    assert len(camera.switched_at) == 1
+    camera.stop()
+
+
+def test_bad_arguments_exit_2():
+    for argv in (["--spawn-server", "--sessions", "0"],
+                 ["--server", "http://127.0.0.1:1", "--server-env", "A=1"],
+                 ["--server", "ftp://x"]):
+        proc = subprocess.run([sys.executable, "-m", "loadtest", *argv], cwd=REPO, check=False,
+                              capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 2, (argv, proc.stderr)
+
+
+@needs_photos
+@pytest.mark.timeout(150)
+async def test_small_mixed_run_against_a_spawned_server(tmp_path: Path):
+    out = tmp_path / "out"
+    argv = [sys.executable, "-m", "loadtest", "--spawn-server", "--sessions", "2",
+            "--duration", "24", "--scenario", "mixed", "--settle", "8", "--out", str(out),
+            "--no-plots", "--server-env", "INTERVIEWER_GREETING=Hello, I'm Serin."]
+    proc = await asyncio.create_subprocess_exec(*argv, cwd=REPO, stdout=asyncio.subprocess.PIPE,
+                                                stderr=asyncio.subprocess.STDOUT)
+    output = (await asyncio.wait_for(proc.communicate(), 140))[0].decode()
+    assert proc.returncode in (0, 1), output  # 1: an SLO broke (this machine is shared)
+    # Unhandled errors in the client workers' event loops are bugs.
+    assert "Traceback" not in output and "never retrieved" not in output, output
+    document = json.loads((out / "result.json").read_text())
+    assert (proc.returncode == 0) == document["passed"]
+    (run,) = document["runs"]
+    assert run["sessions"] == 2 and run["scenarios"] == {"answers": 1, "second_person": 1}
+    assert run["errors"] == [], run["errors"]
+    assert run["rows"] == {"expected": 2, "found": 2, "completed": 2, "lost": 0,
+                           "not_completed": {}, "with_report": 2}
+    _assert_conversation(run)
+    assert run["anomalies"]["expected"] == 1 and run["anomalies"]["detected"] == 1
+    assert run["anomalies"]["unexpected"] == 0
+    _assert_measurements(run)
+    summary = (out / "summary.md").read_text()
+    assert "| sessions |" in summary and "SLO checks" in summary
+
+
+def _assert_conversation(run: dict) -> None:
+    for candidate in run["candidates"]:
+        assert candidate["connect_s"] is not None and candidate["answers"], candidate
+        for answer in candidate["answers"]:
+            assert answer["transcript"] and answer["wer"] <= 0.35, answer
+    assert run["wer"]["answers_without_transcript"] == 0
+    assert run["transcript_latency_s"]["n"] >= 2 and run["transcript_latency_s"]["p50"] > 0
+    turn = run["turn_latency_s"]
+    assert turn["n"] >= 2 and 0.5 < turn["p50"] < 15
+
+
+def _assert_measurements(run: dict) -> None:
+    assert 0 < run["connect_s"]["max"] < 10
+    client = run["client"]
+    assert client["workers"] == 2 and 0 < client["cpu_per_peer_pct"] < 50
+    server = run["server"]
+    assert len(server["samples"]) >= 10 and server["rss_mb"]["max"] > 50
+    assert server["cpu_pct"]["max"] > 0 and server["live_sessions_max"] == 2
+    frames = run["frames"]
+    assert frames["audio_packets_sent"] > 1000 and frames["video_packets_sent"] > 200
+    if frames["available"]:
+        assert frames["received"]["video"] > 0 and frames["video_samples"]["analysed"] > 0
+    assert [c["name"] for c in run["slo"]["checks"]] == [
+        "p95 turn latency", "video samples analysed", "lost rows", "client errors"]
