@@ -25,6 +25,7 @@ from aiohttp import BodyPartReader, web
 from prometheus_client import CONTENT_TYPE_LATEST, ProcessCollector, generate_latest
 
 from config import Config, ConfigError
+from engine.aio import cancel_and_wait
 from engine.registry import SessionRegistry
 from engine.resume import extract_resume_text
 from engine.session import InterviewSession, SessionRow, SessionStatus, pinned_session_id
@@ -737,9 +738,22 @@ async def serve(config: Config) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    orphan_watch = None
+    if config.worker_index is not None:
+        orphan_watch = asyncio.create_task(_stop_when_orphaned(stop), name="orphan-watch")
     await stop.wait()
     log.info("shutting down: ending %d live session(s)", len(runner.app[REGISTRY]))
     await runner.cleanup()
+    await cancel_and_wait(orphan_watch)
+
+
+async def _stop_when_orphaned(stop: asyncio.Event) -> None:
+    """A worker whose supervisor died (even by SIGKILL) shuts down cleanly too."""
+    parent = os.getppid()
+    while os.getppid() == parent:
+        await asyncio.sleep(1.0)
+    log.warning("the supervisor is gone; shutting this worker down")
+    stop.set()
 
 
 def main() -> None:

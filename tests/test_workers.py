@@ -7,6 +7,7 @@ import signal
 import uuid
 
 import aiohttp
+import asyncpg
 
 from engine.session import worker_of
 from media.ice import use_loopback_only
@@ -59,3 +60,25 @@ async def test_two_workers_share_the_sessions(tmp_path, database_url: str):
                 assert (await resp.json())["status"] == "completed"
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(proc.wait(), 60) == 0
+
+
+async def test_workers_stop_when_the_supervisor_is_killed(tmp_path, database_url: str):
+    import psutil
+
+    env = {"DATA_DIR": str(tmp_path / "data"), "DATABASE_URL": database_url, "WORKERS": "2"}
+    async with server_process(env) as (proc, url), aiohttp.ClientSession() as http:
+        async with http.post(f"{url}/sessions", json={"job_role": "QA"}) as resp:
+            session_id = (await resp.json())["session_id"]
+        workers = psutil.Process(proc.pid).children()
+        assert len(workers) == 2
+        proc.kill()  # no chance to stop its workers itself
+        await proc.wait()
+        gone, alive = await asyncio.to_thread(psutil.wait_procs, workers, 30)
+        assert not alive and len(gone) == 2
+    conn = await asyncpg.connect(database_url)
+    try:  # the orphaned worker ended and saved its live session on the way out
+        status = await conn.fetchval("SELECT status FROM interview_sessions WHERE session_id = $1",
+                                     uuid.UUID(session_id))
+    finally:
+        await conn.close()
+    assert status == "completed"
