@@ -144,12 +144,17 @@ class SessionRegistry:
         for session_id in list(self._parked):
             self._parked.pop(session_id)[1].cancel()
             self._forget(session_id)
-        results = await asyncio.gather(
-            *(self.end(s.session_id) for s in self), return_exceptions=True
-        )
+        for session in self:
+            self.end_soon(session.session_id)
+        # Sessions already ending (an "end" just before the signal) are waited
+        # for too: the shared clients and executors close after this.
+        results = await asyncio.gather(*self._ending.values(), return_exceptions=True)
         for result in results:
             if isinstance(result, BaseException):
                 log.error("ending a session at shutdown failed: %r", result)
+        for session_id in list(self._parked):  # parked by the endings just awaited
+            self._parked.pop(session_id)[1].cancel()
+            self._forget(session_id)
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._checkpoint_loop(), name="checkpointer")

@@ -1,13 +1,16 @@
 """Benchmark one live session against a real server process on this machine.
 
 The server runs as `.venv/bin/python server.py` (PORT=0, a fresh DATA_DIR,
-ICE_LOOPBACK_ONLY=1, the embedded PostgreSQL, no API key); the candidate is a
-real aiortc peer in this process (`tests/media_client.py`). It sends:
+ICE_LOOPBACK_ONLY=1, the embedded PostgreSQL, no API key; INTERVIEWER=0 for
+the pure media figures, or on with `--interviewer`). The session is created
+from a 24-question job template inserted in that database, so an interviewer
+never runs out of questions. The candidate is a real aiortc peer in this
+process (`tests/media_client.py`) and sends:
 
-* audio: the recorded LibriVox answers in `tests/data/speech/` (nine answers,
-  63.5 s of speech, each followed by a pause), paced in real time;
-* video: a real photo at 10 fps, one person; at known times it switches to a
-  photo of two persons for a few seconds, then back.
+* audio: recorded LibriVox answers from `tests/data/speech/` (nine answers,
+  63.5 s of recordings, each followed by a 2.5 s pause), paced in real time;
+* video: a real photo of one person at 10 fps; 12, 40 and 68 s in, a photo
+  of two persons for 6 s, then the first photo again.
 
 Prints, per run:
 
@@ -16,15 +19,20 @@ Prints, per run:
   when the transcript of that answer's last piece arrived on the data
   channel), and the server's own `interview_transcript_latency_seconds`;
 * detector time per sampled frame from `interview_detect_seconds`;
-* photo switch (first two-person frame sent) -> `anomaly` message received;
+* first two-person frame sent -> `anomaly` message received, per episode;
 * CPU over the run: the server process (`process_cpu_seconds_total`), the
-  sums of the ASR, detection and TTS histograms (executor wall time, an
-  upper bound of their CPU), the embedded PostgreSQL and this client;
-* the server's RSS (psutil): idle, after the models loaded, end, peak.
+  sums of the ASR, detection and TTS histograms (wall time of those jobs,
+  waiting for a core included), the embedded PostgreSQL and this client;
+* the server's RSS (psutil): idle, with the models loaded, at the end, the
+  peak, and its course over the run;
+* candidate `end` -> final row stored, and SIGTERM -> exit.
 
 By default the session runs twice, RECORDING=0 then RECORDING=1, and the
 difference is reported as the cost of recording. Figures only: nothing is
-asserted. The machine is whatever runs this; the client shares its CPU.
+asserted. The client shares the machine's CPU with the server.
+
+The shared harness (server process, /metrics, timed tracks, candidate) lives
+here too; `bench_turns.py` imports it.
 
 Usage: HF_HUB_OFFLINE=1 .venv/bin/python scripts/bench_media.py
        [--recording both|0|1] [--interviewer] [--pause 2.5]
@@ -35,6 +43,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import logging
 import math
 import os
@@ -49,6 +58,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import asyncpg
 import av
 import numpy as np
 import psutil  # type: ignore[import-untyped]
@@ -62,7 +72,9 @@ from tests.media_client import Candidate, PhotoTrack, ScriptedSpeech, read_wav
 from tests.wer import word_errors
 
 __all__ = [
+    "JOB_ROLE",
     "ONE_PERSON",
+    "QUESTIONS",
     "Answer",
     "BenchCandidate",
     "Histogram",
@@ -72,6 +84,8 @@ __all__ = [
     "ServerProcess",
     "TimedPhotos",
     "TimedSpeech",
+    "create_template",
+    "finish",
     "join",
     "load_answer",
     "percentile",
@@ -90,6 +104,34 @@ TWO_PERSON_AT_S = (12.0, 40.0, 68.0)  # after the first answer starts
 TWO_PERSON_FOR_S = 6.0
 VOICED_FRACTION = 0.05  # of the loudest 20 ms window, for clips without a .lab
 AUDIBLE = 500  # int16 peak of a received frame that counts as interviewer speech
+JOB_ROLE = "Backend engineer"
+# A job template long enough that the interviewer never runs out of questions.
+QUESTIONS = (
+    "Tell me about the last system you designed.",
+    "How do you handle a disagreement in your team?",
+    "What is a technical decision you regret?",
+    "How do you test a new service before launch?",
+    "Describe a production incident you handled.",
+    "How do you keep a large codebase maintainable?",
+    "What does a good code review look like to you?",
+    "How do you estimate a project's effort?",
+    "Tell me about a time you mentored someone.",
+    "How do you decide between building and buying?",
+    "What metrics do you watch for a web service?",
+    "How do you approach a slow database query?",
+    "Describe a project you are proud of.",
+    "How do you handle changing requirements?",
+    "What is your approach to documentation?",
+    "How do you learn a new technology quickly?",
+    "Tell me about a difficult bug you fixed.",
+    "How do you balance speed and quality?",
+    "What makes a team work well together?",
+    "How do you handle on-call duty?",
+    "Describe how you would design a rate limiter.",
+    "What would you improve in your last team?",
+    "How do you give feedback to a peer?",
+    "Where do you want to grow in the next year?",
+)
 
 log = logging.getLogger("bench")
 
@@ -305,12 +347,12 @@ def cpu_seconds(process: psutil.Process | None, *, with_children: bool = False) 
 
 @dataclass
 class RssSampler:
-    """The server's resident memory, sampled every `period_s`."""
+    """The server's resident memory, sampled every `period_s` until stopped."""
 
     pid: int
     period_s: float = 0.25
-    samples: list[int] = field(default_factory=list)
-    marks: dict[str, int] = field(default_factory=dict)
+    samples: list[tuple[float, int]] = field(default_factory=list)  # (monotonic, bytes)
+    marks: dict[str, tuple[float, int]] = field(default_factory=dict)
     _task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -318,7 +360,7 @@ class RssSampler:
 
     def mark(self, label: str) -> None:
         with contextlib.suppress(psutil.Error):
-            self.marks[label] = psutil.Process(self.pid).memory_info().rss
+            self.marks[label] = (time.monotonic(), psutil.Process(self.pid).memory_info().rss)
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -330,15 +372,29 @@ class RssSampler:
         process = psutil.Process(self.pid)
         with contextlib.suppress(psutil.Error):
             while True:
-                self.samples.append(process.memory_info().rss)
+                self.samples.append((time.monotonic(), process.memory_info().rss))
                 await asyncio.sleep(self.period_s)
 
+    def peak(self, until: float = math.inf) -> int:
+        return max((rss for t, rss in self.samples if t <= until), default=0)
+
+    def session_peak(self) -> int:
+        """The peak up to the last mark (before shutdown)."""
+        return self.peak(max((t for t, _ in self.marks.values()), default=math.inf))
+
     def describe(self) -> str:
+        """The marks, the peak up to the last mark and including shutdown, and
+        RSS at each fifth of the time between the first two marks and the last."""
         mib = 1 / (1024 * 1024)
-        parts = [f"{label} {value * mib:.0f} MiB" for label, value in self.marks.items()]
-        if self.samples:
-            parts.append(f"peak {max(self.samples) * mib:.0f} MiB")
-        return ", ".join(parts)
+        parts = [f"{label} {rss * mib:.0f}" for label, (_, rss) in self.marks.items()]
+        parts.append(f"peak {self.session_peak() * mib:.0f} (with shutdown {self.peak() * mib:.0f}) MiB")
+        times = sorted(t for t, _ in self.marks.values())
+        if len(times) >= 3 and self.samples:
+            begin, finish = times[1], times[-1]
+            steps = [begin + (finish - begin) * i / 5 for i in range(6)]
+            trend = [next((rss for t, rss in self.samples if t >= step), self.samples[-1][1]) for step in steps]
+            parts.append("during the run " + " -> ".join(f"{rss * mib:.0f}" for rss in trend) + " MiB")
+        return "; ".join(parts)
 
 
 # -- the candidate --------------------------------------------------------------------
@@ -353,10 +409,6 @@ class Answer:
     duration_s: float
     voiced_end_s: float
     reference: str
-
-    @property
-    def words(self) -> int:
-        return len(self.reference.split())
 
 
 def load_answer(key: str) -> Answer:
@@ -499,6 +551,22 @@ class BenchCandidate(Candidate):
                 self.audible_at.append(time.monotonic())
 
 
+async def create_template(data_dir: Path) -> str:
+    """Insert the job template into the server's embedded PostgreSQL; its id."""
+    # postmaster.pid: pid, data dir, start time, port, socket directory, ...
+    lines = (data_dir / "postgres" / "postmaster.pid").read_text().splitlines()
+    conn = await asyncpg.connect(host=lines[4].strip(), port=int(lines[3]), user="postgres",
+                                 database="postgres")
+    try:
+        template_id = await conn.fetchval(
+            "INSERT INTO job_templates (job_role, questions) VALUES ($1, $2) RETURNING template_id",
+            JOB_ROLE, json.dumps(QUESTIONS),
+        )
+    finally:
+        await conn.close()
+    return str(template_id)
+
+
 async def join(http: aiohttp.ClientSession, candidate: Candidate, body: dict[str, Any]) -> str:
     """Create a session with `body` and connect `candidate` to it; the session id."""
     async with http.post("/sessions", json=body) as resp:
@@ -506,6 +574,24 @@ async def join(http: aiohttp.ClientSession, candidate: Candidate, body: dict[str
         session_id: str = (await resp.json())["session_id"]
     await candidate.join(http, session_id)  # type: ignore[arg-type]  # same post() as TestClient
     return session_id
+
+
+async def finish(http: aiohttp.ClientSession, candidate: Candidate, session_id: str) -> float:
+    """Say `end` as the candidate, then wait until the final row is stored.
+
+    Seconds from `end` to a stored row that is no longer `in_progress` (the
+    report, and with Gemini its evaluation, come first); NaN after 60 s.
+    Waiting matters: a SIGTERM while a session is still ending cuts it short.
+    """
+    started = time.monotonic()
+    if candidate.channel.readyState == "open":
+        candidate.send({"type": "end"})
+    while time.monotonic() < started + 60:
+        async with http.get(f"/sessions/{session_id}") as resp:
+            if resp.status == 200 and (await resp.json())["status"] != "in_progress":
+                return time.monotonic() - started
+        await asyncio.sleep(0.25)
+    return math.nan
 
 
 # -- one media session ------------------------------------------------------------------
@@ -526,6 +612,7 @@ class MediaRun:
     rss: RssSampler
     startup_s: float
     join_s: float
+    ended_s: float
     shutdown_s: float
     word_errors: tuple[int, int]
     problems: list[str]
@@ -616,7 +703,9 @@ async def media_session(args: argparse.Namespace, recording: bool) -> MediaRun:
         try:
             async with aiohttp.ClientSession(base_url=server.url) as http:
                 joined = time.monotonic()
-                await join(http, candidate, {"job_role": "Backend engineer"})
+                # With the interviewer on, a long plan: it must not close the interview.
+                template_id = await create_template(server.data_dir)
+                session_id = await join(http, candidate, {"template_id": template_id})
                 join_s = time.monotonic() - joined
                 rss.mark("models loaded")
                 before = await scrape(http)
@@ -637,8 +726,7 @@ async def media_session(args: argparse.Namespace, recording: bool) -> MediaRun:
                 cpu1, pg1 = cpu_seconds(psutil.Process(server.pid)), cpu_seconds(server.postgres(), with_children=True)
                 client_cpu = time.process_time() - client0
                 rss.mark("end")
-                candidate.send({"type": "end"})
-                await asyncio.sleep(0.5)
+                ended_s = await finish(http, candidate, session_id)
         finally:
             await candidate.close()
             shutdown_s = await server.stop()
@@ -660,6 +748,7 @@ async def media_session(args: argparse.Namespace, recording: bool) -> MediaRun:
             rss=rss,
             startup_s=server.started_in_s,
             join_s=join_s,
+            ended_s=ended_s,
             shutdown_s=shutdown_s,
             word_errors=word_errors_of(grouped, clips),
             problems=server.problems(),
@@ -674,7 +763,8 @@ def print_run(run: MediaRun) -> None:
     speech = sum(c.answer.voiced_end_s for c in run.clips)
     print(f"\n== one session, {run.label} ==")
     print(f"server ready in {run.startup_s:.1f}s; offer -> connected (models load here) {run.join_s:.1f}s; "
-          f"measured {run.wall_s:.1f}s; SIGTERM -> exit {run.shutdown_s:.1f}s")
+          f"measured {run.wall_s:.1f}s;\n"
+          f"'end' -> final row stored {run.ended_s:.1f}s; SIGTERM -> exit {run.shutdown_s:.1f}s")
     print(f"audio: {len(run.clips)} answers, {speech:.1f}s of speech; video 640x480 at 10 fps")
     print("last voiced frame -> final transcript")
     print(f"  client, per answer:              {spread(run.transcript_latency)}")
@@ -692,17 +782,20 @@ def print_run(run: MediaRun) -> None:
         print(f"  other anomalies: {', '.join(run.unexpected_anomalies)}")
     asr, tts = d.histogram("interview_asr_seconds").total, d.histogram("interview_tts_seconds").total
     print(f"CPU over {run.wall_s:.1f}s ({cores} cores; % of one core):")
+    rest = run.server_cpu_s - asr - detect.total - tts
     rows = [
-        ("server process", run.server_cpu_s),
-        ("  ASR (asr_seconds sum)", asr),
-        ("  detection (detect_seconds sum)", detect.total),
-        ("  TTS (tts_seconds sum)", tts),
-        ("  rest: RTP/decode, VAD, recording, loop", run.server_cpu_s - asr - detect.total - tts),
+        ("server process (process_cpu_seconds_total)", run.server_cpu_s),
+        ("  ASR jobs (asr_seconds sum, wall)", asr),
+        ("  detection jobs (detect_seconds sum, wall)", detect.total),
+        ("  TTS jobs (tts_seconds sum, wall)", tts),
+        ("  the rest: RTP, decoding, VAD, recording, loop", rest),
         ("embedded PostgreSQL", run.postgres_cpu_s),
         ("benchmark client (this process)", run.client_cpu_s),
     ]
     for name, seconds in rows:
-        print(f"  {name:42} {seconds:7.2f}s  {100 * seconds / run.wall_s:6.1f}%")
+        print(f"  {name:47} {seconds:7.2f}s  {100 * seconds / run.wall_s:6.1f}%")
+    if rest < 0:
+        print("  (the job sums exceed the process: they are wall time, waiting for a core included)")
     print(f"server RSS: {run.rss.describe()}")
     frames_in = d.value("interview_frames_received_total", kind="audio")
     print(f"frames: audio in {frames_in:.0f}, dropped {d.value('interview_frames_dropped_total', kind='audio'):.0f}; "
@@ -720,7 +813,7 @@ def print_problems(problems: list[str]) -> None:
 def print_recording_cost(off: MediaRun, on: MediaRun) -> None:
     rate_off, rate_on = off.server_cpu_s / off.wall_s, on.server_cpu_s / on.wall_s
     mib = 1 / (1024 * 1024)
-    peak_off, peak_on = max(off.rss.samples, default=0), max(on.rss.samples, default=0)
+    peak_off, peak_on = off.rss.session_peak(), on.rss.session_peak()
     print("\n== recording: RECORDING=1 minus RECORDING=0 (two separate runs; noisy machine) ==")
     print(f"server CPU: {100 * rate_off:.1f}% -> {100 * rate_on:.1f}% of one core "
           f"= {100 * (rate_on - rate_off):+.1f} points")

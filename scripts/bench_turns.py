@@ -16,16 +16,16 @@ words every `--chunk-ms` (default 40).
 
 Per turn, from the client's side (monotonic clock of this process; the
 data channel's own delay is printed, ~1 ms on loopback):
-  end of turn  last voiced frame sent -> `state: thinking` received
-  transcript   last voiced frame sent -> the answer's last transcript received
-               (includes the VAD's 600 ms end silence; overlaps end of turn)
-  engine+tts   `thinking` -> `speaking` received; the server sends `speaking`
-               when the reply's first audio frame goes to aiortc, so this is
-               the engine wording the first sentence, its synthesis, and the
-               wait for the next 20 ms slot of the outgoing track
-  to ear       `speaking` -> first audible interviewer frame received (RTP,
-               jitter buffer, Opus, and the voice's own leading silence)
-  total        last voiced frame sent -> first audible interviewer frame received
+  eot     last voiced frame sent -> `state: thinking` received (end of turn)
+  text    last voiced frame sent -> the answer's last transcript received
+          (includes the VAD's 600 ms end silence; overlaps eot)
+  reply   `thinking` -> `speaking` received; the server sends `speaking` when
+          the reply's first audio frame goes to aiortc, so this is the engine
+          wording the first sentence, its synthesis, and the wait for the
+          next 20 ms slot of the outgoing track
+  to ear  `speaking` -> first audible interviewer frame received (RTP,
+          jitter buffer, Opus, and the voice's own leading silence)
+  total   last voiced frame sent -> first audible interviewer frame received
 The engine alone is only visible on the server: its histograms over the same
 turns are printed too: interview_turn_latency_seconds (last voiced frame's
 arrival -> first reply frame sent), interview_llm_first_sentence_seconds,
@@ -42,7 +42,6 @@ import argparse
 import asyncio
 import functools
 import itertools
-import json
 import logging
 import math
 import os
@@ -52,10 +51,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
-import asyncpg
 import psutil  # type: ignore[import-untyped]
 from bench_media import (
     ONE_PERSON,
+    QUESTIONS,
     Answer,
     BenchCandidate,
     PlayedClip,
@@ -64,6 +63,8 @@ from bench_media import (
     ServerProcess,
     TimedPhotos,
     TimedSpeech,
+    create_template,
+    finish,
     join,
     load_answer,
     print_problems,
@@ -74,34 +75,7 @@ from bench_media import (
 # Importable because bench_media put the repository on sys.path.
 from tests.gemini_stub import Chunk, GeminiStub, Reply
 
-JOB_ROLE = "Backend engineer"
 GREETING = "Hello, I'm Serin, and I'll be your interviewer today. Let's begin."
-QUESTIONS = (
-    "Tell me about the last system you designed.",
-    "How do you handle a disagreement in your team?",
-    "What is a technical decision you regret?",
-    "How do you test a new service before launch?",
-    "Describe a production incident you handled.",
-    "How do you keep a large codebase maintainable?",
-    "What does a good code review look like to you?",
-    "How do you estimate a project's effort?",
-    "Tell me about a time you mentored someone.",
-    "How do you decide between building and buying?",
-    "What metrics do you watch for a web service?",
-    "How do you approach a slow database query?",
-    "Describe a project you are proud of.",
-    "How do you handle changing requirements?",
-    "What is your approach to documentation?",
-    "How do you learn a new technology quickly?",
-    "Tell me about a difficult bug you fixed.",
-    "How do you balance speed and quality?",
-    "What makes a team work well together?",
-    "How do you handle on-call duty?",
-    "Describe how you would design a rate limiter.",
-    "What would you improve in your last team?",
-    "How do you give feedback to a peer?",
-    "Where do you want to grow in the next year?",
-)
 ACKS = ("Thanks, that's helpful.", "I see, thank you.", "Got it, thanks.",
         "Thank you for walking me through that.")
 # 13, 7 (a follow-up from the offline engine), 19 and 22 words.
@@ -128,25 +102,6 @@ def gemini_replies(count: int, first_token_s: float, chunk_s: float) -> list[Rep
     texts = [f"{GREETING} {QUESTIONS[0]}"]
     texts += [f"{ACKS[i % len(ACKS)]} {QUESTIONS[i % len(QUESTIONS)]}" for i in range(1, count)]
     return [streamed(text, first_token_s, chunk_s) for text in texts]
-
-
-# -- the database ------------------------------------------------------------------------
-
-
-async def create_template(data_dir: Path) -> str:
-    """Insert the job template into the server's embedded PostgreSQL; its id."""
-    # postmaster.pid: pid, data dir, start time, port, socket directory, ...
-    lines = (data_dir / "postgres" / "postmaster.pid").read_text().splitlines()
-    conn = await asyncpg.connect(host=lines[4].strip(), port=int(lines[3]), user="postgres",
-                                 database="postgres")
-    try:
-        template_id = await conn.fetchval(
-            "INSERT INTO job_templates (job_role, questions) VALUES ($1, $2) RETURNING template_id",
-            JOB_ROLE, json.dumps(QUESTIONS),
-        )
-    finally:
-        await conn.close()
-    return str(template_id)
 
 
 # -- turns ---------------------------------------------------------------------------------
@@ -232,6 +187,7 @@ class TurnRun:
     wall_s: float
     server_cpu_s: float
     rss: RssSampler
+    ended_s: float
     problems: list[str]
     stub: GeminiStub | None
 
@@ -260,19 +216,20 @@ async def interview(args: argparse.Namespace) -> TurnRun:
             try:
                 async with aiohttp.ClientSession(base_url=server.url) as http:
                     template_id = await create_template(server.data_dir)
-                    await join(http, candidate, {"template_id": template_id})
+                    session_id = await join(http, candidate, {"template_id": template_id})
+                    rss.mark("connected")
                     turns, pings, before = await converse(candidate, voice, http, args.turns)
                     after = await scrape(http)
                     rss.mark("end")
-                    candidate.send({"type": "end"})
-                    await asyncio.sleep(0.5)
+                    ended_s = await finish(http, candidate, session_id)
             finally:
                 await candidate.close()
                 await server.stop()
                 await rss.stop()
             delta = after.since(before)
             return TurnRun(label, turns, pings, delta, after.at - before.at,
-                           delta.value("process_cpu_seconds_total"), rss, server.problems(), stub)
+                           delta.value("process_cpu_seconds_total"), rss, ended_s,
+                           server.problems(), stub)
     finally:
         if stub is not None:
             await stub.close()
@@ -311,6 +268,7 @@ def print_turns(run: TurnRun) -> None:
     cores = psutil.cpu_count() or 1
     print(f"server CPU {run.server_cpu_s:.1f}s over {run.wall_s:.1f}s = "
           f"{100 * run.server_cpu_s / run.wall_s:.1f}% of one core ({cores} cores); RSS {run.rss.describe()}")
+    print(f"candidate 'end' -> final row stored: {run.ended_s:.1f}s")
     if run.stub is not None:
         print(f"Gemini stub: {len(run.stub.requests)} requests, {run.stub.unscripted} unscripted")
     print_problems(run.problems)
