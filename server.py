@@ -32,7 +32,7 @@ from engine.session import InterviewSession, SessionRow, SessionStatus, pinned_s
 from media.ice import use_loopback_only
 from media.live import evidence_path
 from media.metrics import MediaMetrics
-from media.peer import SignalingError
+from media.peer import SignalingError, check_offer
 from media.service import AlreadyConnected, MediaService
 from storage.embedded import start_embedded, stop_embedded
 from storage.outbox import Outbox
@@ -489,20 +489,23 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def post_offer(request: web.Request) -> web.Response:
     """`{"sdp", "type": "offer"}` → `{"sdp", "type": "answer"}`."""
-    session = await _candidate_session(request, rejoin=True)
+    parse_session_id(request)
     if request.content_type != "application/json":
         raise json_error(web.HTTPUnsupportedMediaType, "send the offer as application/json")
     body = await _read_json_body(request, limit=MAX_SDP_BYTES)
     sdp, kind = body.get("sdp"), body.get("type")
     if kind != "offer" or not isinstance(sdp, str) or not sdp.strip():
         raise json_error(web.HTTPBadRequest, 'expected {"sdp": "<offer SDP>", "type": "offer"}')
+    # Only a well-formed offer may reopen a session whose connection dropped.
+    _check_sdp(sdp)
+    session = await _candidate_session(request, rejoin=True)
     answer = await _connect(request, session, sdp)
     return web.json_response({"sdp": answer, "type": "answer"})
 
 
 async def post_whip(request: web.Request) -> web.Response:
     """WHIP (RFC 9725): an SDP offer in, `201` with the answer and a `Location`."""
-    session = await _candidate_session(request, rejoin=True)
+    parse_session_id(request)
     if request.content_type != "application/sdp":
         raise json_error(web.HTTPUnsupportedMediaType, "WHIP offers are application/sdp")
     raw = await _read_limited(request, MAX_SDP_BYTES, "SDP offer")
@@ -510,6 +513,8 @@ async def post_whip(request: web.Request) -> web.Response:
         sdp = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise json_error(web.HTTPBadRequest, "the SDP offer is not UTF-8 text") from None
+    _check_sdp(sdp)
+    session = await _candidate_session(request, rejoin=True)
     answer = await _connect(request, session, sdp)
     location = f"/whip/{session.session_id}/resource"
     return web.Response(
@@ -563,6 +568,13 @@ def require_api_key_or_token_unknown(request: web.Request) -> None:
         # A token cannot be checked against a session that is not live; answer
         # as the spec asks (404/409) without saying more than "not live".
         raise json_error(web.HTTPNotFound, "no live session with this id")
+
+
+def _check_sdp(sdp: str) -> None:
+    try:
+        check_offer(sdp)
+    except SignalingError as exc:
+        raise json_error(web.HTTPBadRequest, str(exc)) from None
 
 
 async def _connect(request: web.Request, session: InterviewSession, sdp: str) -> str:

@@ -36,10 +36,14 @@ class MetricsSnapshot:
 
     @classmethod
     def parse(cls, text: str) -> MetricsSnapshot:
-        samples = {}
+        """Samples by name and labels; a `WORKERS=N` server's per-worker samples
+        (label `worker`) are summed, so it reads like one process."""
+        samples: dict[Key, float] = {}
         for family in text_string_to_metric_families(text):
             for s in family.samples:
-                samples[(s.name, tuple(sorted(s.labels.items())))] = float(s.value)
+                labels = {k: v for k, v in s.labels.items() if k != "worker"}
+                key = (s.name, tuple(sorted(labels.items())))
+                samples[key] = samples.get(key, 0.0) + float(s.value)
         return cls(samples)
 
     def value(self, name: str, **labels: str) -> float | None:
@@ -179,7 +183,7 @@ class ServerMonitor:
         sample = ServerSample(self.mark(), None, None)
         snapshot = await self.scrape()
         if self._server is not None:
-            sample.cpu_pct, sample.rss_mb = self._server_cpu.read([self._server])
+            sample.cpu_pct, sample.rss_mb = self._server_cpu.read(_server_tree(self._server))
             sample.db_cpu_pct, sample.db_rss_mb = self._read_database()
         elif snapshot is not None:
             sample.cpu_pct, sample.rss_mb = self._from_metrics(snapshot)
@@ -215,6 +219,14 @@ class ServerMonitor:
                 return float((await resp.json())["live_sessions"]) if resp.status == 200 else None
         except (TimeoutError, aiohttp.ClientError, ValueError, KeyError):
             return None
+
+
+def _server_tree(server: psutil.Process) -> list[psutil.Process]:
+    """The server and its worker processes (`WORKERS=N`), not the database."""
+    with contextlib.suppress(psutil.Error):
+        children = server.children(recursive=True)
+        return [server, *(c for c in children if c.name() != "postgres")]
+    return [server]
 
 
 def _process(pid: int | None) -> psutil.Process | None:

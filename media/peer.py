@@ -21,7 +21,7 @@ from aiortc.mediastreams import MediaStreamTrack
 from engine.aio import cancel_and_wait
 from media.ice import rtc_configuration
 
-__all__ = ["InterviewPeer", "SignalingError"]
+__all__ = ["InterviewPeer", "SignalingError", "check_offer"]
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ class InterviewPeer:
 
     async def answer(self, sdp: str, kind: str = "offer") -> str:
         """Apply the remote offer and return the local answer SDP (ICE gathered)."""
-        _check_offer(sdp)
+        check_offer(sdp)
         try:
             await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type=kind))
             await self.pc.setLocalDescription(await self.pc.createAnswer())
@@ -148,7 +148,7 @@ class InterviewPeer:
                 return
 
 
-def _check_offer(sdp: str) -> None:
+def check_offer(sdp: str) -> None:
     """aiortc answers nearly anything, even text with no media: refuse that."""
     lines = sdp.replace("\r\n", "\n").split("\n")
     if not lines or lines[0].strip() != "v=0":
