@@ -92,8 +92,11 @@ class Move:
 
 
 class InterviewerEngine(Protocol):
-    provider: str
-    model: str
+    @property
+    def provider(self) -> str: ...
+
+    @property
+    def model(self) -> str: ...
 
     def decide(self, answer: str, *, time_left_s: float, nudges: int) -> Move: ...
 

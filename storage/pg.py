@@ -10,6 +10,7 @@ import asyncio
 import json
 import logging
 import uuid
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -95,13 +96,13 @@ class DatabaseUnavailable(Exception):
     """The database could not be reached; the operation may be retried."""
 
 
+@dataclass(frozen=True)
 class Template:
     """A row of `job_templates`."""
 
-    def __init__(self, template_id: uuid.UUID, job_role: str | None, questions: list[str]):
-        self.template_id = template_id
-        self.job_role = job_role
-        self.questions = questions
+    template_id: uuid.UUID
+    job_role: str | None
+    questions: list[str]
 
 
 class SessionStore:
