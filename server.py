@@ -26,6 +26,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, ProcessCollector, generate_la
 
 from config import Config, ConfigError
 from engine.aio import cancel_and_wait
+from engine.malloc import limit_arenas
 from engine.registry import SessionRegistry
 from engine.resume import extract_resume_text
 from engine.session import InterviewSession, SessionRow, SessionStatus, pinned_session_id
@@ -769,6 +770,7 @@ async def _stop_when_orphaned(stop: asyncio.Event) -> None:
 
 
 def main() -> None:
+    limit_arenas()  # before any thread starts; see engine/malloc.py
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
