@@ -645,9 +645,10 @@ async def storage_ctx(app: web.Application) -> AsyncIterator[None]:
     app[FILE_IO] = ThreadPoolExecutor(max_workers=2, thread_name_prefix="file-io")
     app[INSTANCE] = await loop.run_in_executor(app[FILE_IO], Instance, config.data_dir)
     embedded = None
-    dsn = config.database_url
-    if dsn is None:
+    if config.database_url is None:
         embedded, dsn = await loop.run_in_executor(app[FILE_IO], start_embedded, config.data_dir)
+    else:
+        dsn = config.database_url
     store = app[STORE] = SessionStore(dsn)
     await store.open()
     outbox = await loop.run_in_executor(app[FILE_IO], Outbox, config.data_dir / "outbox")

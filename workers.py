@@ -49,7 +49,7 @@ _HOP_BY_HOP = frozenset({
     "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailers",
     "transfer-encoding", "upgrade", "content-length",
 })  # Host passes through: workers build join/resume URLs from it
-FRONT = web.AppKey("front", "Front")
+FRONT: web.AppKey[Front] = web.AppKey("front")
 
 
 class Front:
@@ -199,9 +199,11 @@ async def _relay(stream: asyncio.StreamReader) -> None:
 async def supervise(config: Config) -> None:
     """Run the workers and the front until SIGTERM/SIGINT; then stop them all."""
     loop = asyncio.get_running_loop()
-    embedded, dsn = None, config.database_url
-    if dsn is None:
+    embedded = None
+    if config.database_url is None:
         embedded, dsn = await asyncio.to_thread(start_embedded, config.data_dir)
+    else:
+        dsn = config.database_url
     procs: list[asyncio.subprocess.Process] = []
     try:
         spawned = [await _spawn(config, i, dsn) for i in range(config.workers)]

@@ -125,7 +125,7 @@ class Conversation:
         session: InterviewSession,
         *,
         settings: TurnSettings,
-        notify: Callable[[dict[str, Any]], None],
+        notify: Callable[[dict[str, Any]], object],
         on_finished: Callable[[], None],
         on_turn: Callable[[TurnMetrics], None] | None = None,
     ) -> None:

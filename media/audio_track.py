@@ -21,8 +21,10 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
+from typing import cast
 
 import av
+import numpy as np
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from engine.transcriber import Transcriber
@@ -33,6 +35,7 @@ from engine.vad import (
     VadState,
     VoiceActivityDetector,
 )
+from media.queues import QueueLoad, StampedQueue
 
 __all__ = ["AudioStats", "AudioTranscriber", "Transcript"]
 
@@ -92,11 +95,9 @@ class AudioTranscriber:
         self._on_voice = on_voice
         self._voiced = False
         self._resampler = av.AudioResampler(format="s16", layout="mono", rate=16000)
-        self._frames: asyncio.Queue[tuple[av.AudioFrame, float] | None] = asyncio.Queue(max_frames)
+        self._frames: StampedQueue[tuple[av.AudioFrame, float] | None] = StampedQueue(max_frames)
         # Each piece travels with the loop time its last voiced frame arrived.
-        self._pieces: asyncio.Queue[tuple[SpeechSegment, float] | None] = asyncio.Queue(
-            max_pieces
-        )
+        self._pieces: StampedQueue[tuple[SpeechSegment, float] | None] = StampedQueue(max_pieces)
         # (stream seconds at the end of a frame, loop time that frame arrived)
         self._arrivals: deque[tuple[float, float]] = deque(maxlen=_MAX_ARRIVALS)
         self.stats = AudioStats()
@@ -105,6 +106,10 @@ class AudioTranscriber:
             asyncio.create_task(self._vad_worker(), name=f"{name}-audio-vad"),
             asyncio.create_task(self._asr_worker(), name=f"{name}-audio-asr"),
         ]
+
+    def queue_loads(self) -> dict[str, QueueLoad]:
+        """Decoded frames waiting for the VAD, speech pieces waiting for Whisper."""
+        return {"audio_frames": self._frames.load(), "speech_pieces": self._pieces.load()}
 
     async def close(self, drain_timeout_s: float = 10.0) -> None:
         """Stop receiving, transcribe what was already heard (bounded), stop.
@@ -133,7 +138,7 @@ class AudioTranscriber:
         loop = asyncio.get_running_loop()
         while True:
             try:
-                frame = await self._track.recv()
+                frame = cast(av.AudioFrame, await self._track.recv())  # decoded: a frame
             except MediaStreamError:
                 self._put_end_marker()
                 return
@@ -188,7 +193,8 @@ class AudioTranscriber:
         frame_ends: list[float] = []
         for frame in frames:
             for out in self._resampler.resample(frame):
-                events += self._vad.feed(out.to_ndarray().reshape(-1))
+                pcm: np.ndarray = out.to_ndarray()
+                events += self._vad.feed(pcm.reshape(-1))
             frame_ends.append(self._vad.stream_time)
         if flush:
             events += self._vad.flush()

@@ -14,7 +14,7 @@ import asyncio
 import logging
 import uuid
 from collections.abc import Callable
-from concurrent.futures import Executor, ThreadPoolExecutor
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +36,7 @@ from engine.vad import SileroVadModel, VadSettings, VoiceActivityDetector
 from media.audio_track import AudioTranscriber, Transcript
 from media.metrics import FrameTotals, MediaMetrics
 from media.peer import InterviewPeer
+from media.queues import MeteredExecutor, QueueLoad, executor_load
 from media.recorder import SessionRecorder
 from media.video_track import VideoAnalyzer
 from media.voice_track import InterviewerTrack, InterviewerVoice
@@ -46,7 +47,7 @@ log = logging.getLogger(__name__)
 
 
 def _single(name: str) -> Callable[[], Executor]:
-    return lambda: ThreadPoolExecutor(1, thread_name_prefix=name)
+    return lambda: MeteredExecutor(1, name)
 
 
 @dataclass(frozen=True)
@@ -78,9 +79,16 @@ class MediaRuntime:
     tts_executor: Executor = field(default_factory=_single("tts"))
     file_executor: Executor = field(default_factory=_single("media-files"))
 
+    def executors(self) -> dict[str, Executor]:
+        return {"asr": self.asr_executor, "detect": self.detect_executor,
+                "vad": self.vad_executor, "tts": self.tts_executor, "files": self.file_executor}
+
+    def job_loads(self) -> dict[str, QueueLoad]:
+        """Jobs waiting for each executor's threads (`<name>_jobs`)."""
+        return {f"{name}_jobs": executor_load(ex) for name, ex in self.executors().items()}
+
     def shutdown(self) -> None:
-        for executor in (self.detect_executor, self.asr_executor, self.vad_executor,
-                         self.tts_executor, self.file_executor):
+        for executor in self.executors().values():
             executor.shutdown(wait=False, cancel_futures=True)
 
 
@@ -147,6 +155,9 @@ class LiveMedia:
         self._commit_user_turn()
         if self._writes:
             await asyncio.wait(self._writes, timeout=10)
+
+    def queue_loads(self) -> dict[str, QueueLoad]:
+        return {} if self.audio is None else self.audio.queue_loads()
 
     def frame_totals(self) -> FrameTotals:
         totals = FrameTotals()
@@ -283,7 +294,8 @@ class LiveMedia:
         evaluation = None
         llm = getattr(engine, "llm", None)
         if llm is not None and any(t.role == "user" for t in self.session.conversation_history):
-            history = [ChatTurn(t.role, t.content) for t in self.session.conversation_history]
+            history = [ChatTurn("assistant" if t.role == "assistant" else "user", t.content)
+                       for t in self.session.conversation_history]
             evaluation = await evaluate(llm, self.session.job_role, history)
         self.session.interview_report = build_report(
             answers,

@@ -9,12 +9,14 @@ nothing for them.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+
+from media.queues import QueueLoad
 
 __all__ = ["FrameTotals", "MediaMetrics"]
 
@@ -33,6 +35,7 @@ class FrameTotals:
     video_analysed: int = 0
     video_dropped: int = 0
     pieces_dropped: int = 0
+    recording_dropped: int = 0
 
     def add(self, other: FrameTotals) -> None:
         for name in vars(self):
@@ -85,6 +88,10 @@ class MediaMetrics:
         """Export frame counters summed over live pipelines and closed ones."""
         self.registry.register(_FrameCollector(self, live))
 
+    def queue_loads(self, read: Callable[[], Mapping[str, QueueLoad]]) -> None:
+        """Export each queue's depth and oldest item's age, read at scrape time."""
+        self.registry.register(_QueueCollector(read))
+
 
 class _FrameCollector(Collector):
     def __init__(self, metrics: MediaMetrics, live: Callable[[], Iterable[FrameTotals]]) -> None:
@@ -111,7 +118,26 @@ class _FrameCollector(Collector):
         pieces = CounterMetricFamily("interview_speech_pieces_dropped",
                                      "Speech pieces dropped because transcription was behind")
         pieces.add_metric([], total.pieces_dropped)
-        yield from (received, dropped, samples, pieces)
+        recording = CounterMetricFamily("interview_recording_frames_dropped",
+                                        "Frames left out of the recording: its writer was behind")
+        recording.add_metric([], total.recording_dropped)
+        yield from (received, dropped, samples, pieces, recording)
+
+
+class _QueueCollector(Collector):
+    def __init__(self, read: Callable[[], Mapping[str, QueueLoad]]) -> None:
+        self._read = read
+
+    def collect(self) -> Iterator[Metric]:
+        depth = GaugeMetricFamily("interview_queue_depth",
+                                  "Items waiting in a queue (summed over sessions)",
+                                  labels=["queue"])
+        oldest = GaugeMetricFamily("interview_queue_oldest_seconds",
+                                   "Age of the oldest item waiting in a queue", labels=["queue"])
+        for name, load in sorted(self._read().items()):
+            depth.add_metric([name], load.depth)
+            oldest.add_metric([name], load.oldest_s)
+        yield from (depth, oldest)
 
 
 class _FunctionCounter(Collector):

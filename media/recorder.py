@@ -42,6 +42,7 @@ import os
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
@@ -54,6 +55,8 @@ import numpy.typing as npt
 from av.audio.stream import AudioStream
 from av.container import OutputContainer
 from av.video.stream import VideoStream
+
+from media.queues import QueueLoad
 
 __all__ = ["RecorderSettings", "RecorderStats", "SessionRecorder"]
 
@@ -165,6 +168,9 @@ class SessionRecorder:
         # Unbounded underneath, bounded by `_offer` (the loop is the only producer),
         # so the stop marker always fits.
         self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
+        # When each waiting item was put (the loop appends, the writer pops;
+        # deque's append and popleft are atomic).
+        self._put_at: deque[float] = deque()
         self._t0: float | None = None
         self._next_video = -math.inf
         self._closing: asyncio.Task[None] | None = None
@@ -182,6 +188,17 @@ class SessionRecorder:
     def started_at(self) -> float | None:
         """`time.monotonic()` of second 0 of the recording (the first frame's arrival)."""
         return self._t0
+
+    def queue_load(self) -> QueueLoad:
+        """Frames waiting for the writer thread and the age of the oldest."""
+        try:
+            return QueueLoad(len(self._put_at), time.monotonic() - self._put_at[0])
+        except IndexError:  # empty (or emptied by the writer just now)
+            return QueueLoad()
+
+    @property
+    def frames_dropped(self) -> int:
+        return self.stats.dropped_audio + self.stats.dropped_video
 
     def add_candidate_audio(self, frame: av.AudioFrame, at: float | None = None) -> None:
         """Queue a decoded frame of the candidate's audio (any format and rate)."""
@@ -241,6 +258,7 @@ class SessionRecorder:
         depth = self._queue.qsize()
         if depth >= self._settings.max_queue:
             return False
+        self._put_at.append(time.monotonic())
         self._queue.put(_Item(kind, frame, now - self._t0))
         self.stats.queue_peak = max(self.stats.queue_peak, depth + 1)
         return True
@@ -249,6 +267,7 @@ class SessionRecorder:
         """Writer thread: the only code that touches the converters and the container."""
         writer = _Writer(self._path, self._settings, self.stats, self._name)
         while (item := self._queue.get()) is not None:
+            self._put_at.popleft()
             writer.handle(item)
         self._output = writer.finish()
 

@@ -12,7 +12,6 @@ import asyncio
 import logging
 import uuid
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from config import Config
@@ -34,6 +33,7 @@ from engine.tts import load_synthesizer
 from engine.vad import SileroVadModel
 from media.live import LiveMedia, MediaModels, MediaRuntime
 from media.metrics import FrameTotals, MediaMetrics
+from media.queues import MeteredExecutor, QueueLoad
 from media.recorder import RecorderSettings, SessionRecorder
 
 __all__ = ["AlreadyConnected", "MediaService", "load_models"]
@@ -72,6 +72,7 @@ class MediaService:
         self._config = config
         self.metrics = metrics
         metrics.frame_counters(self._frame_totals)
+        metrics.queue_loads(self._queue_loads)
         self._registry = registry
         self._evidence_url = evidence_url
         self._recording_url = recording_url
@@ -144,7 +145,20 @@ class MediaService:
             await self._llm.aclose()
 
     def _frame_totals(self) -> list[FrameTotals]:
-        return [media.frame_totals() for media in self._live.values() if media is not None]
+        totals = [media.frame_totals() for media in self._live.values() if media is not None]
+        totals += [FrameTotals(recording_dropped=r.frames_dropped) for r in self._recorders.values()]
+        return totals
+
+    def _queue_loads(self) -> dict[str, QueueLoad]:
+        per_kind: dict[str, list[QueueLoad]] = {"audio_frames": [], "speech_pieces": []}
+        for media in self._live.values():
+            for name, load in ({} if media is None else media.queue_loads()).items():
+                per_kind[name].append(load)
+        per_kind["recording_frames"] = [r.queue_load() for r in self._recorders.values()]
+        loads = {name: QueueLoad.combine(found) for name, found in per_kind.items()}
+        if self._runtime is not None:
+            loads.update(self._runtime.job_loads())
+        return loads
 
     def recording_path(self, session_id: uuid.UUID) -> Path:
         return self._config.data_dir / "recordings" / f"{session_id}.webm"
@@ -166,6 +180,7 @@ class MediaService:
         self._rules.pop(session_id, None)
         recorder = self._recorders.pop(session_id, None)
         if recorder is not None:
+            self.metrics.closed.recording_dropped += recorder.frames_dropped
             task = asyncio.get_running_loop().create_task(
                 recorder.close(), name=f"finish-recording-{session_id}"
             )
@@ -209,10 +224,8 @@ class MediaService:
                     detect_fps=c.detect_fps,
                     keepalive_timeout_s=c.keepalive_timeout_s,
                     metrics=self.metrics,
-                    asr_executor=ThreadPoolExecutor(c.asr_workers, thread_name_prefix="asr"),
-                    detect_executor=ThreadPoolExecutor(
-                        c.detect_workers, thread_name_prefix="detect"
-                    ),
+                    asr_executor=MeteredExecutor(c.asr_workers, "asr"),
+                    detect_executor=MeteredExecutor(c.detect_workers, "detect"),
                     turn_settings=TurnSettings(
                         end_of_turn_s=c.end_of_turn_s,
                         nudge_s=c.nudge_s,

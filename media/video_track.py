@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
+from typing import cast
 
 import av
 import numpy as np
@@ -78,7 +79,7 @@ class VideoAnalyzer:
     async def _pump(self) -> None:
         while True:
             try:
-                frame = await self._track.recv()
+                frame = cast(av.VideoFrame, await self._track.recv())  # decoded: a frame
             except MediaStreamError:
                 self._ended = True
                 self._fresh.set()
@@ -126,7 +127,7 @@ class VideoAnalyzer:
 def _detect(detector: Detector, frame: av.VideoFrame) -> tuple[np.ndarray, list[Detection]]:
     """Worker thread: convert the frame and run the detector."""
     t0 = time.perf_counter()
-    rgb = frame.to_ndarray(format="rgb24")
+    rgb: np.ndarray = frame.to_ndarray(format="rgb24")
     detections = detector.detect(rgb)
     log.debug("detected %d objects in %.1f ms", len(detections), (time.perf_counter() - t0) * 1e3)
     return rgb, detections

@@ -67,9 +67,10 @@ class InterviewerTrack(MediaStreamTrack):
         """Drop everything still queued; pending sentences resolve as not played."""
         while self._chunks:
             chunk = self._chunks.popleft()
-            for future in (chunk.started, chunk.done):
-                if future is not None and not future.done():
-                    future.set_result(False if future is chunk.done else -1.0)
+            if chunk.started is not None and not chunk.started.done():
+                chunk.started.set_result(-1.0)
+            if chunk.done is not None and not chunk.done.done():
+                chunk.done.set_result(False)
 
     @property
     def pending_s(self) -> float:
