@@ -78,6 +78,9 @@ class Reply:
 
     chunks: tuple[Chunk, ...]
     finish_reason: str | None = "STOP"
+    # The finish reason alone in one more chunk, its content without parts: how
+    # Gemini often ends a stream (seen in pydantic/pydantic-ai#2631's logs).
+    finish_apart: bool = False
 
 
 @dataclass(frozen=True)
@@ -223,11 +226,15 @@ class GeminiStub:
         response.enable_chunked_encoding()
         await response.prepare(request)
         finish = behaviour.finish_reason if isinstance(behaviour, Reply) else None
+        apart = isinstance(behaviour, Reply) and behaviour.finish_apart
         for index, chunk in enumerate(behaviour.chunks):
             await self._pause(chunk.delay_s)
-            last = index == len(behaviour.chunks) - 1
+            last = index == len(behaviour.chunks) - 1 and not apart
             await response.write(_sse_frame(_response_json(chunk.text, finish if last else None)))
             self.sent.append(chunk.text)
+        if apart:
+            candidate = {"content": {"role": "model"}, "finishReason": finish, "index": 0}
+            await response.write(_sse_frame({"candidates": [candidate], "modelVersion": "stub"}))
         if isinstance(behaviour, Drop):
             self._cut(request)
             return response

@@ -107,6 +107,13 @@ async def test_stream_yields_deltas_in_order(llm: GeminiLlm, stub: GeminiStub) -
     assert received == ["Hello", ", I am", " your interviewer", "."]
 
 
+async def test_finish_reason_in_a_last_chunk_without_text(llm: GeminiLlm, stub: GeminiStub) -> None:
+    stub.script(Reply(chunks("Thanks.", " Next question?"), finish_apart=True))
+    received, error = await collect(llm, request())
+    assert error is None
+    assert received == ["Thanks.", " Next question?"]
+
+
 async def test_first_sentence_arrives_before_the_stream_ends(
     llm: GeminiLlm, stub: GeminiStub
 ) -> None:
