@@ -1,8 +1,7 @@
 """Keep glibc's malloc from growing an arena per thread.
 
-glibc gives each new thread that meets lock contention its own malloc arena,
-up to 8 per core, and an arena's freed memory is seldom returned to the
-system. A media server starts threads all day (peer connections, recorders,
+glibc gives a new thread's first allocation a fresh malloc arena until there
+are 8 per core, and an arena's freed memory is seldom returned to the system. A media server starts threads all day (peer connections, recorders,
 executors), so without a limit its RSS climbs in steps for the first quarter
 of an hour of load and then stays at the higher level (BENCHMARKS.md, soak).
 Two arenas keep it flat at no measurable cost on this workload.
@@ -25,13 +24,14 @@ DEFAULT_ARENAS = 2
 def limit_arenas(env: Mapping[str, str] | None = None, arenas: int = DEFAULT_ARENAS) -> bool:
     """Cap glibc's malloc arenas at `arenas` for threads started from now on.
 
-    Call it first thing in the process, before any thread starts. An explicit
-    `MALLOC_ARENA_MAX` in the environment wins (glibc has already read it);
-    so does a non-glibc C library, where there is nothing to do. Returns
-    whether the limit was set here.
+    Call it first thing in the process, before threads start (glibc fixes its
+    limit once more than 8 arenas exist). An explicit `MALLOC_ARENA_MAX` or
+    `glibc.malloc.arena_max` tunable in the environment wins (glibc has
+    already read it); so does a non-glibc C library, where there is nothing
+    to do. Returns whether the limit was set here.
     """
     env = os.environ if env is None else env
-    if env.get("MALLOC_ARENA_MAX", "").strip():
+    if env.get("MALLOC_ARENA_MAX", "").strip() or "arena_max" in env.get("GLIBC_TUNABLES", ""):
         return False
     name = ctypes.util.find_library("c")
     if name is None:

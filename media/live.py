@@ -85,7 +85,8 @@ class MediaRuntime:
 
     def job_loads(self) -> dict[str, QueueLoad]:
         """Jobs waiting for each executor's threads (`<name>_jobs`)."""
-        return {f"{name}_jobs": executor_load(ex) for name, ex in self.executors().items()}
+        loads = {f"{name}_jobs": executor_load(ex) for name, ex in self.executors().items()}
+        return {name: load for name, load in loads.items() if load is not None}
 
     def shutdown(self) -> None:
         for executor in self.executors().values():
@@ -106,6 +107,7 @@ class LiveMedia:
     ) -> None:
         self.session = session
         self._runtime = runtime
+        self.totals_closed = False
         self._interview = interview
         self._recorder = recorder
         self._rules = rules
@@ -149,6 +151,7 @@ class LiveMedia:
         if self.audio is not None:
             await self.audio.close()  # the last transcripts reach the conversation
         self._runtime.metrics.closed.add(self.frame_totals())
+        self.totals_closed = True  # counted in `closed` from now on, not as live
         if self.conversation is not None:
             await self.conversation.close()
             await self._write_report(self.conversation)

@@ -79,7 +79,11 @@ class MeteredExecutor(Executor):
             self._started(token)
             return fn(*args, **kwargs)
 
-        future = self._pool.submit(run)
+        try:
+            future = self._pool.submit(run)
+        except BaseException:  # shut down: the job will never run
+            self._started(token)
+            raise
         # A job cancelled before it started never runs: stop counting it too.
         future.add_done_callback(lambda _: self._started(token))
         return future
@@ -99,7 +103,7 @@ class MeteredExecutor(Executor):
             self._waiting.pop(token, None)
 
 
-def executor_load(executor: Executor) -> QueueLoad:
-    """The load of `executor` if it is metered, else nothing known (empty)."""
-    return executor.load() if isinstance(executor, MeteredExecutor) else QueueLoad()
+def executor_load(executor: Executor) -> QueueLoad | None:
+    """The load of `executor` if it is metered, else None (not known)."""
+    return executor.load() if isinstance(executor, MeteredExecutor) else None
 

@@ -84,6 +84,9 @@ class MediaService:
         self._recorders: dict[uuid.UUID, SessionRecorder] = {}
         self._rules: dict[uuid.UUID, AnomalyRules] = {}
         self._finishing: set[asyncio.Task[object]] = set()
+        # Closing: still draining queued audio, or finishing a recording file.
+        self._draining: set[LiveMedia] = set()
+        self._finishing_recorders: set[SessionRecorder] = set()
         registry.on_forget.append(self._forget)
         self._llm: InterviewerLlm | None = None
         if config.interviewer and config.gemini_api_key:
@@ -145,16 +148,20 @@ class MediaService:
             await self._llm.aclose()
 
     def _frame_totals(self) -> list[FrameTotals]:
-        totals = [media.frame_totals() for media in self._live.values() if media is not None]
+        # Closing sessions too, until their counts have moved to the closed totals:
+        # a counter must never go down.
+        totals = [media.frame_totals() for media in [*self._live.values(), *self._draining]
+                  if media is not None and not media.totals_closed]
         totals += [FrameTotals(recording_dropped=r.frames_dropped) for r in self._recorders.values()]
         return totals
 
     def _queue_loads(self) -> dict[str, QueueLoad]:
         per_kind: dict[str, list[QueueLoad]] = {"audio_frames": [], "speech_pieces": []}
-        for media in self._live.values():
+        for media in [*self._live.values(), *self._draining]:
             for name, load in ({} if media is None else media.queue_loads()).items():
                 per_kind[name].append(load)
-        per_kind["recording_frames"] = [r.queue_load() for r in self._recorders.values()]
+        recorders = [*self._recorders.values(), *self._finishing_recorders]
+        per_kind["recording_frames"] = [r.queue_load() for r in recorders]
         loads = {name: QueueLoad.combine(found) for name, found in per_kind.items()}
         if self._runtime is not None:
             loads.update(self._runtime.job_loads())
@@ -185,7 +192,9 @@ class MediaService:
                 recorder.close(), name=f"finish-recording-{session_id}"
             )
             self._finishing.add(task)
+            self._finishing_recorders.add(recorder)
             task.add_done_callback(self._finishing.discard)
+            task.add_done_callback(lambda _: self._finishing_recorders.discard(recorder))
 
     def _interview(self, session: InterviewSession) -> InterviewMemory:
         memory = self._interviews.get(session.session_id)
@@ -241,4 +250,8 @@ class MediaService:
     async def _close(self, session_id: uuid.UUID) -> None:
         media = self._live.pop(session_id, None)
         if media is not None:
-            await media.close()
+            self._draining.add(media)  # its backlog still counts in /metrics
+            try:
+                await media.close()
+            finally:
+                self._draining.discard(media)

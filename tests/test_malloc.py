@@ -59,4 +59,5 @@ def test_limit_keeps_threads_to_two_arenas() -> None:
 
 def test_explicit_malloc_arena_max_wins() -> None:
     assert limit_arenas({"MALLOC_ARENA_MAX": "4"}) is False
+    assert limit_arenas({"GLIBC_TUNABLES": "glibc.malloc.arena_max=4"}) is False
 
