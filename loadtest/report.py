@@ -94,7 +94,7 @@ def _server_table(runs: list[dict[str, Any]]) -> list[str]:
     if not any(run["server_histograms"] for run in runs):
         return []
     header = ("| sessions | " + " | ".join(f"{title} p50/p95 s" for _, title in _SERVER_COLUMNS)
-              + " | audio frames dropped | speech pieces dropped | longest wait in a queue |")
+              + " | audio frames dropped | speech pieces dropped | longest wait seen in a queue (1 s samples) |")
     lines = ["Server side, from /metrics:", "", header, "|---" * (len(_SERVER_COLUMNS) + 4) + "|"]
     for run in runs:
         h, f = run["server_histograms"], run["frames"]
@@ -108,10 +108,15 @@ def _server_table(runs: list[dict[str, Any]]) -> list[str]:
 
 
 def _longest_wait(queues: dict[str, dict[str, float]]) -> str:
-    """The queue whose oldest item waited longest during the run (the slowest stage)."""
+    """The queue whose oldest item waited longest during the run (the slowest stage).
+
+    Sampled once a second, so a lower bound; waits shorter than that are mostly missed.
+    """
     if not queues:
         return "–"
     name, peak = max(queues.items(), key=lambda item: item[1]["oldest_s_max"])
+    if peak["oldest_s_max"] <= 0:
+        return "none seen"
     return f"{peak['oldest_s_max']:.2f} s ({name}, up to {peak['depth_max']:.0f} waiting)"
 
 
