@@ -221,8 +221,20 @@ def _server(samples: list[ServerSample]) -> dict[str, Any]:
         "db_cpu_pct": {"mean": _mean(db_cpu), "max": _max(db_cpu)},
         "db_rss_mb": {"max": _max(db_rss)},
         "live_sessions_max": max((s.live_sessions or 0 for s in samples), default=0),
+        "queues": _queues(samples),
         "samples": [asdict(s) for s in samples],
     }
+
+
+def _queues(samples: list[ServerSample]) -> dict[str, dict[str, float]]:
+    """Per queue, the most items ever seen waiting and the oldest one's greatest age."""
+    peaks: dict[str, dict[str, float]] = {}
+    for s in samples:
+        for name, depth in s.queue_depth.items():
+            peak = peaks.setdefault(name, {"depth_max": 0.0, "oldest_s_max": 0.0})
+            peak["depth_max"] = max(peak["depth_max"], depth)
+            peak["oldest_s_max"] = max(peak["oldest_s_max"], round(s.queue_oldest_s.get(name, 0.0), 3))
+    return peaks
 
 
 def _mean(values: list[float]) -> float | None:

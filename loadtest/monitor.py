@@ -26,6 +26,7 @@ __all__ = ["HistogramSummary", "MetricsSnapshot", "ServerMonitor", "ServerSample
 
 Key = tuple[str, tuple[tuple[str, str], ...]]
 _DB_LOOKUPS = 10
+_GREATEST_OF_WORKERS = frozenset({"interview_queue_oldest_seconds"})
 
 
 @dataclass(frozen=True)
@@ -37,17 +38,24 @@ class MetricsSnapshot:
     @classmethod
     def parse(cls, text: str) -> MetricsSnapshot:
         """Samples by name and labels; a `WORKERS=N` server's per-worker samples
-        (label `worker`) are summed, so it reads like one process."""
+        (label `worker`) are summed, so it reads like one process (ages: the
+        greatest)."""
         samples: dict[Key, float] = {}
         for family in text_string_to_metric_families(text):
+            merge = max if family.name in _GREATEST_OF_WORKERS else sum
             for s in family.samples:
                 labels = {k: v for k, v in s.labels.items() if k != "worker"}
                 key = (s.name, tuple(sorted(labels.items())))
-                samples[key] = samples.get(key, 0.0) + float(s.value)
+                samples[key] = merge((samples[key], float(s.value))) if key in samples else float(s.value)
         return cls(samples)
 
     def value(self, name: str, **labels: str) -> float | None:
         return self.samples.get((name, tuple(sorted(labels.items()))))
+
+    def by_label(self, name: str, label: str) -> dict[str, float]:
+        """The samples of `name` that have just the label `label`, by its value."""
+        return {labels[0][1]: v for (n, labels), v in self.samples.items()
+                if n == name and len(labels) == 1 and labels[0][0] == label}
 
     def buckets(self, name: str) -> list[tuple[float, float]]:
         """(upper bound, cumulative count) of a histogram, in bound order."""
@@ -100,6 +108,9 @@ class ServerSample:
     db_cpu_pct: float | None = None  # embedded PostgreSQL, when spawned here
     db_rss_mb: float | None = None
     live_sessions: int | None = None
+    # From /metrics: items waiting and the oldest one's age, by queue name.
+    queue_depth: dict[str, float] = field(default_factory=dict)
+    queue_oldest_s: dict[str, float] = field(default_factory=dict)
 
 
 class _CpuMeter:
@@ -187,6 +198,9 @@ class ServerMonitor:
             sample.db_cpu_pct, sample.db_rss_mb = self._read_database()
         elif snapshot is not None:
             sample.cpu_pct, sample.rss_mb = self._from_metrics(snapshot)
+        if snapshot is not None:
+            sample.queue_depth = snapshot.by_label("interview_queue_depth", "queue")
+            sample.queue_oldest_s = snapshot.by_label("interview_queue_oldest_seconds", "queue")
         live = snapshot.value("interview_live_sessions") if snapshot else await self._health_live()
         sample.live_sessions = None if live is None else int(live)
         return sample

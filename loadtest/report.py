@@ -94,16 +94,30 @@ def _server_table(runs: list[dict[str, Any]]) -> list[str]:
     if not any(run["server_histograms"] for run in runs):
         return []
     header = ("| sessions | " + " | ".join(f"{title} p50/p95 s" for _, title in _SERVER_COLUMNS)
-              + " | audio frames dropped | speech pieces dropped |")
-    lines = ["Server side, from /metrics:", "", header, "|---" * (len(_SERVER_COLUMNS) + 3) + "|"]
+              + " | audio frames dropped | speech pieces dropped | longest wait seen in a queue (1 s samples) |")
+    lines = ["Server side, from /metrics:", "", header, "|---" * (len(_SERVER_COLUMNS) + 4) + "|"]
     for run in runs:
         h, f = run["server_histograms"], run["frames"]
         cells = [f"{_fmt(h[name]['p50'])} / {_fmt(h[name]['p95'])}" if name in h else "–"
                  for name, _ in _SERVER_COLUMNS]
         dropped = f.get("dropped", {}).get("audio")
         lines.append(f"| {run['sessions']} | " + " | ".join(cells)
-                     + f" | {_fmt(dropped, digits=0)} | {_fmt(f.get('speech_pieces_dropped'), digits=0)} |")
+                     + f" | {_fmt(dropped, digits=0)} | {_fmt(f.get('speech_pieces_dropped'), digits=0)} "
+                     + f"| {_longest_wait(run['server'].get('queues', {}))} |")
     return lines + [""]
+
+
+def _longest_wait(queues: dict[str, dict[str, float]]) -> str:
+    """The queue whose oldest item waited longest during the run (the slowest stage).
+
+    Sampled once a second, so a lower bound; waits shorter than that are mostly missed.
+    """
+    if not queues:
+        return "–"
+    name, peak = max(queues.items(), key=lambda item: item[1]["oldest_s_max"])
+    if peak["oldest_s_max"] <= 0:
+        return "none seen"
+    return f"{peak['oldest_s_max']:.2f} s ({name}, up to {peak['depth_max']:.0f} waiting)"
 
 
 _TURN_NOTE = (

@@ -57,6 +57,19 @@ def test_histograms_from_two_scrapes():
     assert after.value("interview_turn_latency_seconds_count") == 5
 
 
+def test_queue_gauges_by_name():
+    text = ('interview_queue_depth{queue="asr_jobs"} 2.0\n'
+            'interview_queue_depth{queue="detect_jobs",worker="0"} 1.0\n'
+            'interview_queue_depth{queue="detect_jobs",worker="1"} 3.0\n'
+            'interview_queue_oldest_seconds{queue="detect_jobs",worker="0"} 0.5\n'
+            'interview_queue_oldest_seconds{queue="detect_jobs",worker="1"} 0.25\n'
+            'interview_frames_received_total{kind="audio"} 9.0\n')
+    snapshot = MetricsSnapshot.parse(text)
+    assert snapshot.by_label("interview_queue_depth", "queue") == {"asr_jobs": 2.0, "detect_jobs": 4.0}
+    assert snapshot.by_label("interview_queue_depth", "kind") == {}
+    assert snapshot.by_label("interview_queue_oldest_seconds", "queue") == {"detect_jobs": 0.5}
+
+
 def test_mixed_deals_scenarios_round_robin():
     names = [scenario_for("mixed", i).name for i in range(len(MIXED_ORDER) + 1)]
     assert names == [*MIXED_ORDER, MIXED_ORDER[0]]
@@ -152,5 +165,8 @@ def _assert_measurements(run: dict) -> None:
     assert frames["audio_packets_sent"] > 1000 and frames["video_packets_sent"] > 200
     if frames["available"]:
         assert frames["received"]["video"] > 0 and frames["video_samples"]["analysed"] > 0
+        queues = server["queues"]
+        assert {"audio_frames", "speech_pieces", "asr_jobs", "detect_jobs"} <= set(queues)
+        assert queues["detect_jobs"]["oldest_s_max"] >= 0 and queues["audio_frames"]["depth_max"] >= 0
     assert [c["name"] for c in run["slo"]["checks"]] == [
         "p95 turn latency", "video samples analysed", "lost rows", "client errors"]
