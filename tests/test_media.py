@@ -88,6 +88,10 @@ async def test_speech_and_two_people_make_a_transcript_and_an_anomaly(
         row = await stored_row(db, sid)
     finally:
         await candidate.close()
+    # Counters survive the session's end (they move to the closed totals).
+    after = await (await client.get("/metrics")).text()
+    assert _sample(after, 'interview_frames_received_total{kind="audio"}') >= _sample(
+        metrics, 'interview_frames_received_total{kind="audio"}') > 0
     assert row["status"] == "completed" and row["end_time"] is not None
     info = json.loads(row["session_information"])
     assert info["asr_model"] == "tiny.en"
@@ -263,3 +267,9 @@ async def test_a_dropped_candidate_rejoins_the_same_session(
     resp = await client.post(f"/sessions/{sid}/offer", json={"sdp": await late.offer(), "type": "offer"})
     assert resp.status == 409
     await late.close()
+
+
+def _sample(metrics: str, name: str) -> float:
+    """The value of one sample line of a Prometheus text exposition."""
+    (line,) = [line for line in metrics.splitlines() if line.startswith(name + " ")]
+    return float(line.rsplit(" ", 1)[1])
