@@ -1,7 +1,8 @@
 """Keep glibc's malloc from growing an arena per thread.
 
 glibc gives a new thread's first allocation a fresh malloc arena until there
-are 8 per core, and an arena's freed memory is seldom returned to the system. A media server starts threads all day (peer connections, recorders,
+are 8 per core, and an arena's freed memory is seldom returned to the system.
+A media server starts threads all day (peer connections, recorders,
 executors), so without a limit its RSS climbs in steps for the first quarter
 of an hour of load and then stays at the higher level (BENCHMARKS.md, soak).
 Two arenas keep it flat at no measurable cost on this workload.

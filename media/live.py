@@ -36,7 +36,7 @@ from engine.vad import SileroVadModel, VadSettings, VoiceActivityDetector
 from media.audio_track import AudioTranscriber, Transcript
 from media.metrics import FrameTotals, MediaMetrics
 from media.peer import InterviewPeer
-from media.queues import MeteredExecutor, QueueLoad, executor_load
+from media.queues import MeteredExecutor, QueueLoad
 from media.recorder import SessionRecorder
 from media.video_track import VideoAnalyzer
 from media.voice_track import InterviewerTrack, InterviewerVoice
@@ -85,8 +85,8 @@ class MediaRuntime:
 
     def job_loads(self) -> dict[str, QueueLoad]:
         """Jobs waiting for each executor's threads (`<name>_jobs`)."""
-        loads = {f"{name}_jobs": executor_load(ex) for name, ex in self.executors().items()}
-        return {name: load for name, load in loads.items() if load is not None}
+        return {f"{name}_jobs": ex.load() for name, ex in self.executors().items()
+                if isinstance(ex, MeteredExecutor)}
 
     def shutdown(self) -> None:
         for executor in self.executors().values():

@@ -17,7 +17,7 @@ from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import ParamSpec, TypeVar
 
-__all__ = ["MeteredExecutor", "QueueLoad", "StampedQueue", "executor_load"]
+__all__ = ["MeteredExecutor", "QueueLoad", "StampedQueue"]
 
 T = TypeVar("T")
 P = ParamSpec("P")
@@ -101,9 +101,3 @@ class MeteredExecutor(Executor):
     def _started(self, token: int) -> None:
         with self._lock:
             self._waiting.pop(token, None)
-
-
-def executor_load(executor: Executor) -> QueueLoad | None:
-    """The load of `executor` if it is metered, else None (not known)."""
-    return executor.load() if isinstance(executor, MeteredExecutor) else None
-
