@@ -1,0 +1,83 @@
+"""Where things live: every path under `DATA_DIR` and every public URL.
+
+Nothing else builds a path inside the data directory or a URL a row or a
+client is given; they ask `DataLayout` and `PublicUrls`.
+
+    DATA_DIR/
+      .lock                 one server process per data directory
+      instance_id           this data directory's stable server id
+      postgres/             the embedded PostgreSQL cluster (no DATABASE_URL)
+      outbox/               rows the database could not take yet
+      models/               ASR models faster-whisper may download by name
+      resumes/<id>.pdf      uploaded resumes
+      recordings/<id>.webm  finished recordings (`.webm.part` while recording)
+      evidence/<id>/<name>  anomaly evidence pictures
+      worker-<i>/           each worker's own layout, with WORKERS=N
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["DataLayout", "PublicUrls"]
+
+
+@dataclass(frozen=True)
+class DataLayout:
+    root: Path
+
+    @property
+    def lock_file(self) -> Path:
+        return self.root / ".lock"
+
+    @property
+    def instance_id_file(self) -> Path:
+        return self.root / "instance_id"
+
+    @property
+    def postgres(self) -> Path:
+        return self.root / "postgres"
+
+    @property
+    def outbox(self) -> Path:
+        return self.root / "outbox"
+
+    @property
+    def models(self) -> Path:
+        return self.root / "models"
+
+    def resume(self, session_id: uuid.UUID) -> Path:
+        return self.root / "resumes" / f"{session_id}.pdf"
+
+    def recording(self, session_id: uuid.UUID) -> Path:
+        return self.root / "recordings" / f"{session_id}.webm"
+
+    def evidence(self, session_id: uuid.UUID, name: str) -> Path:
+        return self.root / "evidence" / str(session_id) / name
+
+    def worker(self, index: int) -> DataLayout:
+        return DataLayout(self.root / f"worker-{index}")
+
+
+@dataclass(frozen=True)
+class PublicUrls:
+    """URLs under `base` ("" gives paths relative to the server)."""
+
+    base: str = ""
+
+    def join(self, session_id: uuid.UUID, token: str) -> str:
+        return f"{self.base}/?session={session_id}&token={token}"
+
+    def resume(self, session_id: uuid.UUID) -> str:
+        return f"{self.base}/sessions/{session_id}/resume"
+
+    def recording(self, session_id: uuid.UUID) -> str:
+        return f"{self.base}/sessions/{session_id}/recording"
+
+    def evidence(self, session_id: uuid.UUID, name: str) -> str:
+        return f"{self.base}/sessions/{session_id}/evidence/{name}"
+
+    def whip_resource(self, session_id: uuid.UUID) -> str:
+        return f"{self.base}/whip/{session_id}/resource"
