@@ -27,14 +27,16 @@ from prometheus_client import CONTENT_TYPE_LATEST, ProcessCollector, generate_la
 from config import Config, ConfigError
 from engine.aio import cancel_and_wait
 from engine.malloc import limit_arenas
-from engine.registry import SessionRegistry
+from engine.anomaly import AnomalySettings
+from engine.registry import InterviewTable
 from engine.resume import extract_resume_text
 from engine.session import InterviewSession, SessionRow, SessionStatus, pinned_session_id
 from media.ice import use_loopback_only
-from media.live import evidence_path
 from media.metrics import MediaMetrics
 from media.peer import SignalingError, check_offer
+from media.runtime import MediaModels
 from media.service import AlreadyConnected, MediaService
+from layout import DataLayout
 from storage.embedded import start_embedded, stop_embedded
 from storage.outbox import Outbox
 from storage.pg import DatabaseUnavailable, SessionStore
@@ -45,10 +47,11 @@ log = logging.getLogger("server")
 CONFIG = web.AppKey("config", Config)
 STORE = web.AppKey("store", SessionStore)
 WRITER = web.AppKey("writer", SessionWriter)
-REGISTRY = web.AppKey("registry", SessionRegistry)
+REGISTRY = web.AppKey("registry", InterviewTable)
 FILE_IO = web.AppKey("file_io", ThreadPoolExecutor)
 MEDIA = web.AppKey("media", MediaService)
 METRICS = web.AppKey("metrics", MediaMetrics)
+MODELS: web.AppKey[MediaModels | None] = web.AppKey("models")
 
 MAX_JSON_BYTES = 1024 * 1024
 MAX_RESUME_BYTES = 5 * 1024 * 1024
@@ -591,7 +594,7 @@ async def get_evidence(request: web.Request) -> web.StreamResponse:
     require_api_key(request)
     session_id = parse_session_id(request)
     name = request.match_info["name"]
-    path = evidence_path(request.app[CONFIG].data_dir, session_id, name)
+    path = DataLayout(request.app[CONFIG].data_dir).evidence(session_id, name)
     if not await asyncio.get_running_loop().run_in_executor(None, path.is_file):
         raise json_error(web.HTTPNotFound, f"no evidence {name}")
     return web.FileResponse(path, headers={"Content-Type": "image/jpeg"})
@@ -601,15 +604,10 @@ async def get_recording(request: web.Request) -> web.StreamResponse:
     """The session's recording (WebM), once it is finished."""
     require_api_key(request)
     session_id = parse_session_id(request)
-    path = request.app[MEDIA].recording_path(session_id)
+    path = DataLayout(request.app[CONFIG].data_dir).recording(session_id)
     if not await asyncio.get_running_loop().run_in_executor(None, path.is_file):
         raise json_error(web.HTTPNotFound, f"no finished recording for session {session_id}")
     return web.FileResponse(path, headers={"Content-Type": "video/webm"})
-
-
-def evidence_url(app: web.Application, session_id: uuid.UUID, name: str) -> str:
-    base = app[CONFIG].public_url or ""
-    return f"{base}/sessions/{session_id}/evidence/{name}"
 
 
 # -- application wiring ------------------------------------------------------
@@ -673,11 +671,12 @@ async def storage_ctx(app: web.Application) -> AsyncIterator[None]:
 
 async def registry_ctx(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
-    registry = app[REGISTRY] = SessionRegistry(
+    registry = app[REGISTRY] = InterviewTable(
         app[WRITER],
         checkpoint_s=config.checkpoint_s,
         heartbeat_s=config.stale_after_s / 3,
         rejoin_grace_s=config.rejoin_grace_s,
+        anomaly_settings=AnomalySettings(device_labels=config.device_labels),
     )
     metrics = app[METRICS] = MediaMetrics()
     ProcessCollector(registry=metrics.registry)  # CPU seconds and RSS of this process
@@ -687,13 +686,7 @@ async def registry_ctx(app: web.Application) -> AsyncIterator[None]:
                   lambda: writer.outbox_size)
     metrics.counter("interview_db_write_failures", "Row writes the database refused or missed",
                     lambda: writer.write_failures)
-    app[MEDIA] = MediaService(
-        config,
-        registry,
-        lambda session_id, name: evidence_url(app, session_id, name),
-        lambda session_id: f"{config.public_url or ''}/sessions/{session_id}/recording",
-        metrics,
-    )
+    app[MEDIA] = MediaService(config, registry, metrics, models=app[MODELS])
     await registry.start()
     try:
         yield
@@ -705,11 +698,13 @@ async def registry_ctx(app: web.Application) -> AsyncIterator[None]:
         await registry.close()
 
 
-def make_app(config: Config) -> web.Application:
+def make_app(config: Config, models: MediaModels | None = None) -> web.Application:
+    """The app; `models` replaces the models loaded on the first call (tests)."""
     app = web.Application(
         middlewares=[cors_middleware, error_middleware], client_max_size=MAX_RESUME_BYTES + 65536
     )
     app[CONFIG] = config
+    app[MODELS] = models
     if config.ice_loopback_only:
         use_loopback_only()
     app.cleanup_ctx.append(storage_ctx)

@@ -18,16 +18,19 @@ import logging
 import re
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from engine.aio import cancel_and_wait
+from engine.events import ErrorEvent, Event, InterviewerEvent, StateEvent
 from engine.interviewer import InterviewerEngine, Move, MoveKind
 from engine.llm import ChatTurn
-from engine.session import InterviewSession
+
+if TYPE_CHECKING:
+    from engine.interview import Interview
 
 __all__ = [
     "Conversation",
-    "InterviewMemory",
+    "ConversationState",
     "QuestionLog",
     "Spoken",
     "TurnMetrics",
@@ -104,8 +107,9 @@ class QuestionLog:
 
 
 @dataclass
-class InterviewMemory:
-    """What outlives one connection: a candidate who rejoins continues the interview."""
+class ConversationState:
+    """The conversation so far, kept by the `Interview` across calls: a
+    candidate who rejoins continues where they were."""
 
     engine: InterviewerEngine
     questions: dict[int, QuestionLog] = field(default_factory=dict)
@@ -120,19 +124,20 @@ _WORD = re.compile(r"[a-z']+")
 class Conversation:
     def __init__(
         self,
-        memory: InterviewMemory,
+        interview: Interview,
         voice: Voice,
-        session: InterviewSession,
         *,
         settings: TurnSettings,
-        notify: Callable[[dict[str, Any]], object],
+        notify: Callable[[Event], object],
         on_finished: Callable[[], None],
         on_turn: Callable[[TurnMetrics], None] | None = None,
     ) -> None:
-        self._memory = memory
+        if interview.conversation is None:
+            raise ValueError("the interview has no conversation state (no interviewer)")
+        memory = self._memory = interview.conversation
         self._engine = memory.engine
         self._voice = voice
-        self._session = session
+        self._session = interview.record
         self._settings = settings
         self._notify = notify
         self._on_finished = on_finished
@@ -223,7 +228,7 @@ class Conversation:
                 nudges = nudges + 1 if move.kind is MoveKind.NUDGE else 0
         except Exception:
             log.exception("session %s: the interviewer failed", self._session.session_id)
-            self._notify({"type": "error", "message": "the interviewer failed; recording goes on"})
+            self._notify(ErrorEvent("the interviewer failed; recording goes on"))
             return
         finally:
             self._set_state("ended")
@@ -265,7 +270,7 @@ class Conversation:
     def _started_saying(self, sentence: str) -> None:
         """Captions follow the voice: sent as each sentence starts playing."""
         self._set_state("speaking")
-        self._notify({"type": "interviewer", "text": sentence})
+        self._notify(InterviewerEvent(sentence))
 
     async def _play(self, sentences: AsyncIterator[str]) -> Spoken:
         self._speaking = True
@@ -348,4 +353,4 @@ class Conversation:
     def _set_state(self, state: str) -> None:
         if state != self.state:
             self.state = state
-            self._notify({"type": "state", "state": state})
+            self._notify(StateEvent(state))

@@ -1,36 +1,36 @@
-"""The live sessions of this process, their checkpoints and their ending.
+"""The interview table: every interview of this process, its checkpoints, its ending.
 
-The registry owns every live `InterviewSession`. It saves through a
-`RowSaver` (the storage layer's writer), checkpoints changed sessions every
-`checkpoint_s`, and ends a session exactly once however many paths (REST call,
-track close, keepalive timeout, shutdown) race to end it.
+The table holds one `Interview` per session id, from invitation until it is
+saved for good (the only map keyed by session id). It saves through a
+`RowSaver` (the storage layer's writer), checkpoints changed live interviews
+every `checkpoint_s`, and ends an interview exactly once however many paths
+(REST call, call dropped, keepalive timeout, shutdown) race to end it.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator
 from typing import Protocol
 
 from engine.aio import cancel_and_wait
-from engine.session import InterviewSession, SessionRow, SessionStatus, utc_now
+from engine.anomaly import AnomalyRules, AnomalySettings
+from engine.interview import Interview, InterviewState
+from engine.session import InterviewSession, SessionRow, SessionStatus
 
-__all__ = ["RowSaver", "SessionRegistry"]
+__all__ = ["InterviewTable", "RowSaver"]
 
 log = logging.getLogger(__name__)
-
-Closer = Callable[[], Awaitable[None]]
 
 
 class RowSaver(Protocol):
     async def save(self, row: SessionRow) -> str: ...
 
 
-class SessionRegistry:
+class InterviewTable:
     def __init__(
         self,
         saver: RowSaver,
@@ -38,90 +38,85 @@ class SessionRegistry:
         checkpoint_s: float,
         heartbeat_s: float,
         rejoin_grace_s: float = 0.0,
+        anomaly_settings: AnomalySettings | None = None,
     ) -> None:
         self._saver = saver
-        self._rejoin_grace_s = rejoin_grace_s
-        # Sessions whose candidate dropped: saved as ended, but a new offer within
-        # the grace window reopens them (same row, same interview).
-        self._parked: dict[uuid.UUID, tuple[InterviewSession, asyncio.TimerHandle]] = {}
-        self.on_forget: list[Callable[[uuid.UUID], None]] = []
         self._checkpoint_s = checkpoint_s
         self._heartbeat_s = heartbeat_s
-        self._live: dict[uuid.UUID, InterviewSession] = {}
-        self._saved_version: dict[uuid.UUID, int] = {}
-        self._saved_at: dict[uuid.UUID, float] = {}
-        self._closers: dict[uuid.UUID, list[Closer]] = {}
-        self._ending: dict[uuid.UUID, asyncio.Task[str]] = {}
+        self._rejoin_grace_s = rejoin_grace_s
+        self._anomaly_settings = anomaly_settings or AnomalySettings()
+        self._interviews: dict[uuid.UUID, Interview] = {}
+        # Called once an interview is gone for good (saved, not rejoinable).
+        self.on_forget: list[Callable[[Interview], None]] = []
         self._task: asyncio.Task[None] | None = None
         self.checkpoints = 0
 
     def __len__(self) -> int:
-        return len(self._live)
+        return sum(1 for _ in self.live())
 
     def __iter__(self) -> Iterator[InterviewSession]:
-        return iter(list(self._live.values()))
+        return iter([interview.record for interview in self.live()])
+
+    def live(self) -> list[Interview]:
+        """Interviews waiting for or holding a call."""
+        return [i for i in self._interviews.values() if i.is_live]
+
+    def all(self) -> list[Interview]:
+        """Every interview still in the table, whatever its state."""
+        return list(self._interviews.values())
+
+    def interview(self, session_id: uuid.UUID) -> Interview | None:
+        return self._interviews.get(session_id)
 
     def get(self, session_id: uuid.UUID) -> InterviewSession | None:
-        return self._live.get(session_id)
+        """The record of a live interview."""
+        interview = self._interviews.get(session_id)
+        return interview.record if interview is not None and interview.is_live else None
 
     async def add(self, session: InterviewSession) -> str:
-        """Make `session` live and store its first row."""
-        self._live[session.session_id] = session
-        return await self.save(session)
+        """A new interview, waiting for its candidate; its first row is stored."""
+        interview = Interview(session, AnomalyRules(self._anomaly_settings))
+        self._interviews[session.session_id] = interview
+        return await self._checkpoint(interview)
 
     async def wait_ended(self, session_id: uuid.UUID) -> None:
-        """If the session is being ended right now, wait until that is done."""
-        task = self._ending.get(session_id)
-        if task is not None:
-            await asyncio.wait({task})
+        """If the interview is being ended right now, wait until that is done."""
+        interview = self._interviews.get(session_id)
+        if interview is not None and interview.ending is not None:
+            await asyncio.wait({interview.ending})
 
     def parked(self, session_id: uuid.UUID) -> InterviewSession | None:
-        """A session that ended by a dropped connection and may still be rejoined."""
-        entry = self._parked.get(session_id)
-        return None if entry is None else entry[0]
+        """An interview whose call dropped and that may still be rejoined."""
+        interview = self._interviews.get(session_id)
+        parked = interview is not None and interview.state is InterviewState.PARKED
+        return interview.record if interview is not None and parked else None
 
     def rejoin(self, session_id: uuid.UUID) -> InterviewSession | None:
-        """Reopen a parked session: live again, the same row."""
-        entry = self._parked.pop(session_id, None)
-        if entry is None:
+        """Reopen a parked interview: live again, the same row."""
+        if self.parked(session_id) is None:
             return None
-        session, timer = entry
-        timer.cancel()
-        session.end_time = None
-        session.touch()
-        self._live[session_id] = session
+        interview = self._interviews[session_id]
+        interview.reopen()
         log.info("session %s rejoined", session_id)
-        return session
-
-    def add_closer(self, session_id: uuid.UUID, closer: Closer) -> None:
-        """Run `closer` (e.g. close the peer connection) when the session ends."""
-        self._closers.setdefault(session_id, []).append(closer)
-
-    def remove_closer(self, session_id: uuid.UUID, closer: Closer) -> None:
-        with contextlib.suppress(KeyError, ValueError):
-            self._closers[session_id].remove(closer)
+        return interview.record
 
     async def save(self, session: InterviewSession) -> str:
-        """Checkpoint a live session as `in_progress`."""
-        version = session.version
-        result = await self._saver.save(session.to_row(SessionStatus.IN_PROGRESS))
-        self._saved_version[session.session_id] = version
-        self._saved_at[session.session_id] = time.monotonic()
-        return str(result)
+        """Checkpoint a live interview as `in_progress`."""
+        return await self._checkpoint(self._interviews[session.session_id])
 
     async def end(
         self, session_id: uuid.UUID, status: SessionStatus = SessionStatus.COMPLETED
     ) -> str | None:
-        """End a live session once: close its media, save the final row.
+        """End a live interview once: close its call, save the final row.
 
-        Returns the save result, or None if the session was not live. Callers
-        racing to end the same session all wait for the one ending.
+        Returns the save result, or None if the interview was not live.
+        Callers racing to end the same interview all wait for the one ending.
         """
         self.end_soon(session_id, status)
-        task = self._ending.get(session_id)
-        if task is None:
+        interview = self._interviews.get(session_id)
+        if interview is None or interview.ending is None:
             return None
-        return await asyncio.shield(task)
+        return await asyncio.shield(interview.ending)
 
     def end_soon(
         self,
@@ -130,31 +125,32 @@ class SessionRegistry:
         *,
         rejoinable: bool = False,
     ) -> None:
-        """Start ending a live session without waiting (callbacks, watchdogs)."""
-        if session_id not in self._ending and session_id in self._live:
-            session = self._live[session_id]
-            task = asyncio.create_task(
-                self._end(session, status, rejoinable), name=f"end-{session_id}"
-            )
-            task.add_done_callback(_log_failure)
-            self._ending[session_id] = task
+        """Start ending a live interview without waiting (callbacks, watchdogs)."""
+        interview = self._interviews.get(session_id)
+        if interview is None or not interview.is_live:
+            return
+        # Not live from here on: no checkpoint may follow (and so overwrite)
+        # the final row.
+        interview.state = InterviewState.ENDING
+        task = asyncio.create_task(
+            self._end(interview, status, rejoinable), name=f"end-{session_id}"
+        )
+        task.add_done_callback(_log_failure)
+        interview.ending = task
 
     async def end_all(self) -> None:
-        """End every live session (shutdown); parked ones are already saved."""
-        for session_id in list(self._parked):
-            self._parked.pop(session_id)[1].cancel()
-            self._forget(session_id)
-        for session in self:
-            self.end_soon(session.session_id)
-        # Sessions already ending (an "end" just before the signal) are waited
-        # for too: the shared clients and executors close after this.
-        results = await asyncio.gather(*self._ending.values(), return_exceptions=True)
+        """End every live interview (shutdown); parked ones are already saved."""
+        self._forget_parked()
+        for interview in self.live():
+            self.end_soon(interview.session_id)
+        # Interviews already ending (an "end" just before the signal) are
+        # waited for too: the shared clients and executors close after this.
+        endings = [i.ending for i in self._interviews.values() if i.ending is not None]
+        results = await asyncio.gather(*endings, return_exceptions=True)
         for result in results:
             if isinstance(result, BaseException):
                 log.error("ending a session at shutdown failed: %r", result)
-        for session_id in list(self._parked):  # parked by the endings just awaited
-            self._parked.pop(session_id)[1].cancel()
-            self._forget(session_id)
+        self._forget_parked()  # parked by the endings just awaited
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._checkpoint_loop(), name="checkpointer")
@@ -163,61 +159,72 @@ class SessionRegistry:
         task, self._task = self._task, None
         await cancel_and_wait(task)
 
-    async def _end(self, session: InterviewSession, status: SessionStatus, rejoinable: bool) -> str:
-        session_id = session.session_id
-        # Out of the live set first: no checkpoint or live save may follow
-        # (and so overwrite) the final row.
-        self._live.pop(session_id, None)
+    async def _end(self, interview: Interview, status: SessionStatus, rejoinable: bool) -> str:
         try:
-            for closer in reversed(self._closers.pop(session_id, [])):
+            if interview.call is not None:
                 try:
-                    await closer()
+                    # Still attached while it drains, so its backlog stays visible.
+                    await interview.call.close()
                 except Exception:
-                    log.exception("session %s: closing media failed", session_id)
-            session.end_time = session.end_time or utc_now()
-            session.touch()
-            return str(await self._saver.save(session.to_row(status)))
+                    log.exception("session %s: closing media failed", interview.session_id)
+                interview.detach()
+            interview.close_record()
+            return str(await self._saver.save(interview.row(status)))
         finally:
-            self._saved_version.pop(session_id, None)
-            self._saved_at.pop(session_id, None)
-            self._ending.pop(session_id, None)
+            interview.ending = None
             if rejoinable and self._rejoin_grace_s > 0:
-                timer = asyncio.get_running_loop().call_later(
-                    self._rejoin_grace_s, self._expire, session_id
+                interview.state = InterviewState.PARKED
+                interview.rejoin_timer = asyncio.get_running_loop().call_later(
+                    self._rejoin_grace_s, self._expire, interview
                 )
-                self._parked[session_id] = (session, timer)
             else:
-                self._forget(session_id)
+                self._forget(interview)
 
-    def _expire(self, session_id: uuid.UUID) -> None:
-        if self._parked.pop(session_id, None) is not None:
-            log.info("session %s: rejoin window closed", session_id)
-            self._forget(session_id)
+    def _expire(self, interview: Interview) -> None:
+        if interview.state is InterviewState.PARKED:
+            log.info("session %s: rejoin window closed", interview.session_id)
+            self._forget(interview)
 
-    def _forget(self, session_id: uuid.UUID) -> None:
+    def _forget_parked(self) -> None:
+        for interview in self.all():
+            if interview.state is InterviewState.PARKED:
+                self._forget(interview)
+
+    def _forget(self, interview: Interview) -> None:
+        if interview.rejoin_timer is not None:
+            interview.rejoin_timer.cancel()
+            interview.rejoin_timer = None
+        interview.state = InterviewState.ENDED
+        self._interviews.pop(interview.session_id, None)
         for callback in self.on_forget:
-            callback(session_id)
+            callback(interview)
+
+    async def _checkpoint(self, interview: Interview) -> str:
+        version = interview.record.version
+        result = await self._saver.save(interview.row())
+        interview.saved_version = version
+        interview.saved_at = time.monotonic()
+        return str(result)
 
     async def _checkpoint_loop(self) -> None:
         while True:
             await asyncio.sleep(self._checkpoint_s)
-            for session in self:
-                if self._needs_checkpoint(session):
+            for interview in self.live():
+                if self._needs_checkpoint(interview):
                     try:
-                        await self.save(session)
+                        await self._checkpoint(interview)
                         self.checkpoints += 1
                     except Exception:
-                        log.exception("session %s: checkpoint failed", session.session_id)
+                        log.exception("session %s: checkpoint failed", interview.session_id)
 
-    def _needs_checkpoint(self, session: InterviewSession) -> bool:
-        sid = session.session_id
-        if sid not in self._live:
+    def _needs_checkpoint(self, interview: Interview) -> bool:
+        if not interview.is_live:
             return False  # ended while this round of checkpoints ran
-        if self._saved_version.get(sid) != session.version:
+        if interview.saved_version != interview.record.version:
             return True
         # Refresh unchanged rows too, so other instances never take a quiet
-        # live session for an abandoned one.
-        return time.monotonic() - self._saved_at.get(sid, 0.0) >= self._heartbeat_s
+        # live interview for an abandoned one.
+        return time.monotonic() - interview.saved_at >= self._heartbeat_s
 
 
 def _log_failure(task: asyncio.Task[str]) -> None:

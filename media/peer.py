@@ -9,7 +9,6 @@ the session. It never ends the session itself; it asks the owner to, through
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections import deque
 from collections.abc import Callable
@@ -19,13 +18,13 @@ from aiortc import RTCDataChannel, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamTrack
 
 from engine.aio import cancel_and_wait
+from engine.events import ClientMessage, ErrorEvent, Event, Ping, PongEvent
 from media.ice import rtc_configuration
+from media.wire import decode, encode
 
 __all__ = ["InterviewPeer", "SignalingError", "check_offer"]
 
 log = logging.getLogger(__name__)
-
-MAX_MESSAGE_BYTES = 16 * 1024
 
 
 class SignalingError(Exception):
@@ -42,7 +41,7 @@ class InterviewPeer:
         ice_servers: tuple[dict[str, Any], ...],
         keepalive_timeout_s: float,
         on_track: Callable[[MediaStreamTrack], None],
-        on_message: Callable[[dict[str, Any]], None],
+        on_message: Callable[[ClientMessage], None],
         on_gone: Callable[[str], None],
         on_connected: Callable[[], None] | None = None,
     ) -> None:
@@ -81,15 +80,15 @@ class InterviewPeer:
         self._watchdog = asyncio.create_task(self._watch(), name=f"{self.name}-keepalive")
         return self.pc.localDescription.sdp
 
-    def send(self, message: dict[str, Any]) -> bool:
-        """Send a JSON event on the `events` channel if it is open."""
+    def send(self, event: Event) -> bool:
+        """Send an event on the `events` channel if it is open."""
         channel = self._channel
         if channel is None or channel.readyState != "open":
             if len(self._early) == self._early.maxlen:
                 self.messages_dropped += 1
-            self._early.append(json.dumps(message))
+            self._early.append(encode(event))
             return False
-        channel.send(json.dumps(message))
+        channel.send(encode(event))
         return True
 
     async def close(self) -> None:
@@ -116,14 +115,13 @@ class InterviewPeer:
 
     def _handle_raw_message(self, raw: str | bytes) -> None:
         self.seen()
-        message = _parse_message(raw)
+        message = decode(raw)
         if isinstance(message, str):
-            self.send({"type": "error", "message": message})
-            return
-        if message["type"] == "ping":
-            self.send({"type": "pong"})
-            return
-        self._on_message(message)
+            self.send(ErrorEvent(message))
+        elif isinstance(message, Ping):
+            self.send(PongEvent())
+        else:
+            self._on_message(message)
 
     def _handle_track(self, track: MediaStreamTrack) -> None:
         log.info("%s: receiving %s", self.name, track.kind)
@@ -159,15 +157,3 @@ def check_offer(sdp: str) -> None:
     if not any(line.startswith("a=fingerprint:") for line in lines):
         raise SignalingError("the offer has no DTLS fingerprint")
 
-
-def _parse_message(raw: str | bytes) -> dict[str, Any] | str:
-    """The message as a dict with a string `type`, or an error text."""
-    if len(raw) > MAX_MESSAGE_BYTES:
-        return f"message larger than {MAX_MESSAGE_BYTES} bytes"
-    try:
-        message = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return "messages must be JSON objects"
-    if not isinstance(message, dict) or not isinstance(message.get("type"), str):
-        return "messages must be JSON objects with a string 'type'"
-    return message

@@ -1,9 +1,11 @@
-"""Live media for every session of this process: models, executors, peers.
+"""The media side of this process: calls attached to interviews, and their runtime.
 
-`MediaService.connect()` answers a session's offer with a new `LiveMedia`,
-at most one per session, and registers its closing with the session registry
-so that however the session ends, its media is closed first. Models load on
-the first connection, off the loop, and are shared by every session.
+`MediaService.connect()` answers an interview's offer with a new
+`WebRtcCall`, at most one per interview at a time, and attaches it to the
+`Interview`, so that however the interview ends, the table closes its call
+first. What outlives a call (conversation state, anomaly rules, the
+recording) lives on the `Interview`; this service creates it on the first
+call and finishes the recording once the interview is gone for good.
 """
 
 from __future__ import annotations
@@ -11,83 +13,48 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Callable
-from pathlib import Path
 
 from config import Config
-from engine.anomaly import AnomalyRules, AnomalySettings
-from engine.conversation import InterviewMemory, TurnSettings
-from engine.detector import load_detector
-from engine.interviewer import (
-    GeminiInterviewer,
-    InterviewerEngine,
-    InterviewPlan,
-    StructuredInterviewer,
-    default_plan,
-)
+from engine.interview import Interview, InterviewerSettings, new_conversation
 from engine.llm import GeminiLlm, InterviewerLlm
-from engine.registry import SessionRegistry
-from engine.session import InterviewSession, utc_now
-from engine.transcriber import WhisperSettings, WhisperTranscriber, resolve_asr_model
-from engine.tts import load_synthesizer
-from engine.vad import SileroVadModel
-from media.live import LiveMedia, MediaModels, MediaRuntime
+from engine.registry import InterviewTable
+from engine.session import InterviewSession
+from media.call import WebRtcCall
 from media.metrics import FrameTotals, MediaMetrics
-from media.queues import MeteredExecutor, QueueLoad
+from media.queues import QueueLoad
 from media.recorder import RecorderSettings, SessionRecorder
+from media.runtime import MediaModels, MediaRuntime, load_models
 
-__all__ = ["AlreadyConnected", "MediaService", "load_models"]
+__all__ = ["AlreadyConnected", "MediaService"]
 
 log = logging.getLogger(__name__)
 
 
 class AlreadyConnected(Exception):
-    """The session already has a live peer."""
-
-
-def load_models(config: Config) -> MediaModels:
-    """Load the detector, Whisper, the VAD and the voice (blocking: seconds)."""
-    model, label = resolve_asr_model(config.asr_model, config.data_dir / "models")
-    return MediaModels(
-        detector=load_detector(config.detector_kind, config.detector_model),
-        transcriber=WhisperTranscriber(
-            model,
-            WhisperSettings(cpu_threads=config.asr_threads, num_workers=config.asr_workers),
-        ),
-        vad_model=SileroVadModel(),
-        asr_model=label,
-        synthesizer=load_synthesizer(config.tts) if config.interviewer else None,
-    )
+    """The interview already has a call (or is no longer live)."""
 
 
 class MediaService:
     def __init__(
         self,
         config: Config,
-        registry: SessionRegistry,
-        evidence_url: Callable[[uuid.UUID, str], str],
-        recording_url: Callable[[uuid.UUID], str],
+        table: InterviewTable,
         metrics: MediaMetrics,
+        *,
+        models: MediaModels | None = None,
     ) -> None:
         self._config = config
         self.metrics = metrics
         metrics.frame_counters(self._frame_totals)
         metrics.queue_loads(self._queue_loads)
-        self._registry = registry
-        self._evidence_url = evidence_url
-        self._recording_url = recording_url
+        self._table = table
+        self._models = models
         self._runtime: MediaRuntime | None = None
         self._loading = asyncio.Lock()
-        self._live: dict[uuid.UUID, LiveMedia | None] = {}
-        # Per interview, across rejoins; forgotten when the session is gone for good.
-        self._interviews: dict[uuid.UUID, InterviewMemory] = {}
-        self._recorders: dict[uuid.UUID, SessionRecorder] = {}
-        self._rules: dict[uuid.UUID, AnomalyRules] = {}
         self._finishing: set[asyncio.Task[object]] = set()
-        # Closing: still draining queued audio, or finishing a recording file.
-        self._draining: set[LiveMedia] = set()
+        # Finishing a recording file after its interview was forgotten.
         self._finishing_recorders: set[SessionRecorder] = set()
-        registry.on_forget.append(self._forget)
+        table.on_forget.append(self._forget)
         self._llm: InterviewerLlm | None = None
         if config.interviewer and config.gemini_api_key:
             self._llm = GeminiLlm(
@@ -96,50 +63,54 @@ class MediaService:
                 base_url=config.gemini_base_url,
                 first_token_timeout_s=config.llm_timeout_s,
             )
+        self._interviewer = InterviewerSettings(
+            name=config.interviewer_name,
+            greeting=config.interviewer_greeting,
+            max_minutes=config.interview_max_minutes,
+        )
 
-    def live(self, session_id: uuid.UUID) -> LiveMedia | None:
-        return self._live.get(session_id)
+    def live(self, session_id: uuid.UUID) -> WebRtcCall | None:
+        """The interview's current call, if one is connected."""
+        interview = self._table.interview(session_id)
+        call = None if interview is None else interview.call
+        return call if isinstance(call, WebRtcCall) else None
 
     def __len__(self) -> int:
-        return len(self._live)
+        return sum(1 for i in self._table.all() if i.has_call)
 
     async def connect(self, session: InterviewSession, offer_sdp: str) -> str:
-        """Answer `session`'s offer; raise AlreadyConnected or SignalingError."""
-        session_id = session.session_id
-        if session_id in self._live:
-            raise AlreadyConnected(f"session {session_id} already has a live connection")
-        self._live[session_id] = None  # reserved while we load and answer
+        """Answer the interview's offer; raise AlreadyConnected or SignalingError."""
+        interview = self._table.interview(session.session_id)
+        if interview is None or not interview.is_live or interview.has_call:
+            raise AlreadyConnected(f"session {session.session_id} already has a live connection")
+        interview.connecting = True  # reserved while models load and we answer
+        call: WebRtcCall | None = None
         try:
             runtime = await self._ensure_runtime()
-            media = LiveMedia(
-                session,
+            self._prepare(interview)
+            call = WebRtcCall(
+                interview,
                 runtime,
-                interview=self._interview(session) if self._config.interviewer else None,
-                recorder=self._recorder(session) if self._config.recording else None,
-                # An episode in progress when the connection dropped is not recorded twice.
-                rules=self._rules.setdefault(
-                    session_id, AnomalyRules(AnomalySettings(device_labels=self._config.device_labels))
-                ),
-                on_gone=lambda reason, rejoinable: self._gone(session_id, reason, rejoinable),
-                evidence_url=lambda name: self._evidence_url(session_id, name),
+                recorder=self._recorder(interview, runtime),
+                on_gone=lambda reason, rejoinable: self._gone(interview, reason, rejoinable),
             )
-            self._live[session_id] = media
-            answer = await media.answer(offer_sdp)
+            answer = await call.answer(offer_sdp)
+            if not interview.is_live:
+                raise AlreadyConnected(f"session {session.session_id} ended while connecting")
         except BaseException:
-            media_or_none = self._live.pop(session_id, None)
-            if media_or_none is not None:
-                await media_or_none.close()
+            interview.connecting = False
+            if call is not None:
+                await call.close()
             raise
-        self._registry.add_closer(session_id, lambda: self._close(session_id))
-        session.start_time = session.start_time or utc_now()
-        session.touch()
+        interview.attach(call)
         return answer
 
     async def close(self) -> None:
-        for session_id in list(self._live):
-            await self._close(session_id)
-        for session_id in list(self._recorders):
-            self._forget(session_id)
+        for interview in self._table.all():  # none is left after a clean end_all()
+            if interview.call is not None:
+                await interview.call.close()
+                interview.detach()
+            self._forget(interview)
         if self._finishing:
             await asyncio.wait(self._finishing)
         if self._runtime is not None:
@@ -147,111 +118,74 @@ class MediaService:
         if isinstance(self._llm, GeminiLlm):
             await self._llm.aclose()
 
+    def _calls(self) -> list[WebRtcCall]:
+        # Closing calls too (their interview is ending): their backlog still counts.
+        return [i.call for i in self._table.all() if isinstance(i.call, WebRtcCall)]
+
     def _frame_totals(self) -> list[FrameTotals]:
-        # Closing sessions too, until their counts have moved to the closed totals:
+        # Closing calls too, until their counts have moved to the closed totals:
         # a counter must never go down.
-        totals = [media.frame_totals() for media in [*self._live.values(), *self._draining]
-                  if media is not None and not media.totals_closed]
-        totals += [FrameTotals(recording_dropped=r.frames_dropped) for r in self._recorders.values()]
+        totals = [call.frame_totals() for call in self._calls() if not call.totals_closed]
+        totals += [FrameTotals(recording_dropped=r.frames_dropped) for r in self._recorders()]
         return totals
+
+    def _recorders(self) -> list[SessionRecorder]:
+        return [i.recording for i in self._table.all() if isinstance(i.recording, SessionRecorder)]
 
     def _queue_loads(self) -> dict[str, QueueLoad]:
         per_kind: dict[str, list[QueueLoad]] = {"audio_frames": [], "speech_pieces": []}
-        for media in [*self._live.values(), *self._draining]:
-            for name, load in ({} if media is None else media.queue_loads()).items():
+        for call in self._calls():
+            for name, load in call.queue_loads().items():
                 per_kind[name].append(load)
-        recorders = [*self._recorders.values(), *self._finishing_recorders]
+        recorders = [*self._recorders(), *self._finishing_recorders]
         per_kind["recording_frames"] = [r.queue_load() for r in recorders]
         loads = {name: QueueLoad.combine(found) for name, found in per_kind.items()}
         if self._runtime is not None:
             loads.update(self._runtime.job_loads())
         return loads
 
-    def recording_path(self, session_id: uuid.UUID) -> Path:
-        return self._config.data_dir / "recordings" / f"{session_id}.webm"
+    def _prepare(self, interview: Interview) -> None:
+        """What outlives a call, made on the interview's first call."""
+        if self._config.interviewer and interview.conversation is None:
+            interview.conversation = new_conversation(interview.record, self._interviewer, self._llm)
 
-    def _recorder(self, session: InterviewSession) -> SessionRecorder:
+    def _recorder(self, interview: Interview, runtime: MediaRuntime) -> SessionRecorder | None:
         """One recording per interview, continued across rejoins."""
-        recorder = self._recorders.get(session.session_id)
-        if recorder is None:
-            path = self.recording_path(session.session_id)
+        if not self._config.recording:
+            return None
+        if not isinstance(interview.recording, SessionRecorder):
+            session_id = interview.session_id
             settings = RecorderSettings(max_fps=self._config.record_fps)
-            recorder = SessionRecorder(path, settings, name=f"rec-{str(session.session_id)[:8]}")
-            self._recorders[session.session_id] = recorder
-            session.recording_url = self._recording_url(session.session_id)
-        return recorder
-
-    def _forget(self, session_id: uuid.UUID) -> None:
-        """The session is gone for good: finish its recording in the background."""
-        self._interviews.pop(session_id, None)
-        self._rules.pop(session_id, None)
-        recorder = self._recorders.pop(session_id, None)
-        if recorder is not None:
-            self.metrics.closed.recording_dropped += recorder.frames_dropped
-            task = asyncio.get_running_loop().create_task(
-                recorder.close(), name=f"finish-recording-{session_id}"
+            interview.recording = SessionRecorder(
+                runtime.layout.recording(session_id), settings, name=f"rec-{str(session_id)[:8]}"
             )
-            self._finishing.add(task)
-            self._finishing_recorders.add(recorder)
-            task.add_done_callback(self._finishing.discard)
-            task.add_done_callback(lambda _: self._finishing_recorders.discard(recorder))
+            interview.record.recording_url = runtime.urls.recording(session_id)
+        return interview.recording
 
-    def _interview(self, session: InterviewSession) -> InterviewMemory:
-        memory = self._interviews.get(session.session_id)
-        if memory is None:
-            memory = InterviewMemory(self._engine(session))
-            self._interviews[session.session_id] = memory
-        return memory
-
-    def _engine(self, session: InterviewSession) -> InterviewerEngine:
-        config = self._config
-        options = {
-            "interviewer_name": config.interviewer_name,
-            "greeting": config.interviewer_greeting,
-            "max_minutes": config.interview_max_minutes,
-            "resume_text": session.resume_text,
-        }
-        if session.questions:
-            plan = InterviewPlan(session.job_role, tuple(session.questions), **options)  # type: ignore[arg-type]
-        else:
-            plan = default_plan(session.job_role, **options)
-        structured = StructuredInterviewer(plan)
-        if self._llm is None:
-            return structured
-        return GeminiInterviewer(structured, self._llm)
+    def _forget(self, interview: Interview) -> None:
+        """The interview is gone for good: finish its recording in the background."""
+        recorder, interview.recording = interview.recording, None
+        if not isinstance(recorder, SessionRecorder):
+            return
+        self.metrics.closed.recording_dropped += recorder.frames_dropped
+        task = asyncio.get_running_loop().create_task(
+            recorder.close(), name=f"finish-recording-{interview.session_id}"
+        )
+        self._finishing.add(task)
+        self._finishing_recorders.add(recorder)
+        task.add_done_callback(self._finishing.discard)
+        task.add_done_callback(lambda _: self._finishing_recorders.discard(recorder))
 
     async def _ensure_runtime(self) -> MediaRuntime:
         async with self._loading:
             if self._runtime is None:
-                c = self._config
-                loop = asyncio.get_running_loop()
-                models = await loop.run_in_executor(None, load_models, c)
-                self._runtime = MediaRuntime(
-                    models=models,
-                    data_dir=c.data_dir,
-                    ice_servers=c.ice_servers,
-                    detect_fps=c.detect_fps,
-                    keepalive_timeout_s=c.keepalive_timeout_s,
-                    metrics=self.metrics,
-                    asr_executor=MeteredExecutor(c.asr_workers, "asr"),
-                    detect_executor=MeteredExecutor(c.detect_workers, "detect"),
-                    turn_settings=TurnSettings(
-                        end_of_turn_s=c.end_of_turn_s,
-                        nudge_s=c.nudge_s,
-                        max_minutes=c.interview_max_minutes,
-                    ),
-                )
+                models = self._models
+                if models is None:
+                    loop = asyncio.get_running_loop()
+                    models = await loop.run_in_executor(None, load_models, self._config)
+                self._runtime = MediaRuntime.from_config(self._config, models, self.metrics)
             return self._runtime
 
-    def _gone(self, session_id: uuid.UUID, reason: str, rejoinable: bool) -> None:
-        log.info("session %s: %s; ending it", session_id, reason)
-        self._registry.end_soon(session_id, rejoinable=rejoinable)
-
-    async def _close(self, session_id: uuid.UUID) -> None:
-        media = self._live.pop(session_id, None)
-        if media is not None:
-            self._draining.add(media)  # its backlog still counts in /metrics
-            try:
-                await media.close()
-            finally:
-                self._draining.discard(media)
+    def _gone(self, interview: Interview, reason: str, rejoinable: bool) -> None:
+        log.info("session %s: %s; ending it", interview.session_id, reason)
+        self._table.end_soon(interview.session_id, rejoinable=rejoinable)

@@ -8,12 +8,15 @@ end-to-end test over a real peer with the real voice is in test_interview.py.
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
 
-from engine.conversation import Conversation, InterviewMemory, Spoken, TurnSettings
+from engine.anomaly import AnomalyRules, AnomalySettings
+from engine.conversation import Conversation, ConversationState, Spoken, TurnSettings
+from engine.interview import Interview
 from engine.interviewer import (
     InterviewerEngine,
     InterviewPlan,
@@ -22,6 +25,7 @@ from engine.interviewer import (
     default_plan,
 )
 from engine.session import InterviewSession
+from media.wire import encode
 
 FAST = TurnSettings(end_of_turn_s=0.3, short_answer_grace_s=0.1, mid_sentence_grace_s=0.1,
                     barge_in_s=0.6, vad_confirm_s=0.25, nudge_s=0.6, max_minutes=20)
@@ -67,9 +71,12 @@ class Harness:
         self.voice = StandInVoice()
         self.events: list[dict[str, Any]] = []
         self.finished = asyncio.Event()
+        interview = Interview(self.session, AnomalyRules(AnomalySettings()),
+                             conversation=ConversationState(engine or StructuredInterviewer(plan)))
         self.conversation = Conversation(
-            InterviewMemory(engine or StructuredInterviewer(plan)), self.voice, self.session, settings=settings,
-            notify=self.events.append, on_finished=self.finished.set,
+            interview, self.voice, settings=settings,
+            notify=lambda event: self.events.append(json.loads(encode(event))),
+            on_finished=self.finished.set,
         )
 
     async def state(self, state: str, timeout: float = 10) -> None:

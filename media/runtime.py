@@ -1,0 +1,107 @@
+"""What every call of this process shares: the models, their executors, settings.
+
+Models load once, on the first call, off the loop (`load_models`), or are
+handed in (`make_app(config, models=...)`): a test plugs its own detector or
+transcriber in at this seam instead of patching.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from typing import Any
+
+from config import Config
+from engine.conversation import TurnSettings
+from engine.detector import Detector, load_detector
+from engine.transcriber import Transcriber, WhisperSettings, WhisperTranscriber, resolve_asr_model
+from engine.tts import Synthesizer, load_synthesizer
+from engine.vad import SileroVadModel, VadSettings
+from layout import DataLayout, PublicUrls
+from media.metrics import MediaMetrics
+from media.queues import MeteredExecutor, QueueLoad
+
+__all__ = ["MediaModels", "MediaRuntime", "load_models"]
+
+
+def _single(name: str) -> Callable[[], Executor]:
+    return lambda: MeteredExecutor(1, name)
+
+
+@dataclass(frozen=True)
+class MediaModels:
+    """Loaded once per process and shared by every call."""
+
+    detector: Detector
+    transcriber: Transcriber
+    vad_model: SileroVadModel
+    asr_model: str  # the label recorded as `asr_model`
+    synthesizer: Synthesizer | None = None
+
+
+def load_models(config: Config) -> MediaModels:
+    """Load the detector, Whisper, the VAD and the voice (blocking: seconds)."""
+    model, label = resolve_asr_model(config.asr_model, DataLayout(config.data_dir).models)
+    return MediaModels(
+        detector=load_detector(config.detector_kind, config.detector_model),
+        transcriber=WhisperTranscriber(
+            model,
+            WhisperSettings(cpu_threads=config.asr_threads, num_workers=config.asr_workers),
+        ),
+        vad_model=SileroVadModel(),
+        asr_model=label,
+        synthesizer=load_synthesizer(config.tts) if config.interviewer else None,
+    )
+
+
+@dataclass
+class MediaRuntime:
+    """What every call shares: models, executors, settings, where files go."""
+
+    models: MediaModels
+    layout: DataLayout
+    urls: PublicUrls = field(default_factory=PublicUrls)
+    ice_servers: tuple[dict[str, Any], ...] = ()
+    detect_fps: float = 2.0
+    keepalive_timeout_s: float = 8.0
+    vad_settings: VadSettings = field(default_factory=VadSettings)
+    turn_settings: TurnSettings = field(default_factory=TurnSettings)
+    metrics: MediaMetrics = field(default_factory=MediaMetrics)
+    detect_executor: Executor = field(default_factory=_single("detect"))
+    asr_executor: Executor = field(default_factory=_single("asr"))
+    vad_executor: Executor = field(default_factory=_single("vad"))
+    tts_executor: Executor = field(default_factory=_single("tts"))
+    file_executor: Executor = field(default_factory=_single("media-files"))
+
+    @classmethod
+    def from_config(cls, config: Config, models: MediaModels, metrics: MediaMetrics) -> MediaRuntime:
+        return cls(
+            models=models,
+            layout=DataLayout(config.data_dir),
+            urls=PublicUrls(config.public_url or ""),
+            ice_servers=config.ice_servers,
+            detect_fps=config.detect_fps,
+            keepalive_timeout_s=config.keepalive_timeout_s,
+            metrics=metrics,
+            asr_executor=MeteredExecutor(config.asr_workers, "asr"),
+            detect_executor=MeteredExecutor(config.detect_workers, "detect"),
+            turn_settings=TurnSettings(
+                end_of_turn_s=config.end_of_turn_s,
+                nudge_s=config.nudge_s,
+                max_minutes=config.interview_max_minutes,
+            ),
+        )
+
+    def executors(self) -> dict[str, Executor]:
+        return {"asr": self.asr_executor, "detect": self.detect_executor,
+                "vad": self.vad_executor, "tts": self.tts_executor, "files": self.file_executor}
+
+    def job_loads(self) -> dict[str, QueueLoad]:
+        """Jobs waiting for each executor's threads (`<name>_jobs`)."""
+        return {f"{name}_jobs": ex.load() for name, ex in self.executors().items()
+                if isinstance(ex, MeteredExecutor)}
+
+    def shutdown(self) -> None:
+        for executor in self.executors().values():
+            executor.shutdown(wait=False, cancel_futures=True)
