@@ -15,14 +15,14 @@ import contextlib
 import enum
 import logging
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import Any, TypeVar
 
 import asyncpg
 
-from engine.aio import cancel_and_wait
+from engine.aio import KeyedLock, cancel_and_wait
 from engine.session import SessionRow, SessionStatus
 from storage.outbox import Outbox
 from storage.pg import DatabaseUnavailable, SessionStore
@@ -64,8 +64,7 @@ class SessionWriter:
         self._retry_min_s = retry_min_s
         self._retry_max_s = retry_max_s
         self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox-io")
-        self._locks: dict[uuid.UUID, asyncio.Lock] = {}
-        self._lock_users: dict[uuid.UUID, int] = {}
+        self._writing = KeyedLock()  # one session's writes, in order
         self._queued: set[uuid.UUID] = set()
         self._sweep_needed = True
         self._wake = asyncio.Event()
@@ -94,7 +93,7 @@ class SessionWriter:
 
     async def save(self, row: SessionRow) -> SaveResult:
         """Store `row` now, or durably queue it if the database cannot take it."""
-        async with self._lock(row.session_id):
+        async with self._writing.hold(row.session_id):
             try:
                 await self._write(row)
             except _IntervieweeGone:
@@ -162,7 +161,7 @@ class SessionWriter:
 
     async def _flush(self) -> None:
         for session_id in list(self._queued):
-            async with self._lock(session_id):
+            async with self._writing.hold(session_id):
                 if session_id not in self._queued:
                     continue  # a direct save superseded it meanwhile
                 row = await self._run_io(self._outbox.get, session_id)
@@ -187,19 +186,6 @@ class SessionWriter:
             if row is not None and row.status == SessionStatus.IN_PROGRESS.value:
                 self._outbox.put(row.with_status(SessionStatus.INTERRUPTED.value))
         return ids
-
-    @contextlib.asynccontextmanager
-    async def _lock(self, session_id: uuid.UUID) -> AsyncIterator[None]:
-        """Serialise the writes of one session; forget the lock once unused."""
-        lock = self._locks.setdefault(session_id, asyncio.Lock())
-        self._lock_users[session_id] = self._lock_users.get(session_id, 0) + 1
-        try:
-            async with lock:
-                yield
-        finally:
-            self._lock_users[session_id] -= 1
-            if not self._lock_users[session_id]:
-                del self._lock_users[session_id], self._locks[session_id]
 
     async def _run_io(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._io, fn, *args)
