@@ -1,0 +1,112 @@
+"""The interview table's life cycle: one ending, parking, rejoin, expiry, checkpoints."""
+
+from __future__ import annotations
+
+import asyncio
+
+from engine.interview import InterviewState
+from engine.registry import InterviewTable
+from engine.session import InterviewSession, SessionRow, SessionStatus
+
+
+class Rows:
+    """A row saver that keeps every row it was given, in order."""
+
+    def __init__(self) -> None:
+        self.rows: list[SessionRow] = []
+
+    async def save(self, row: SessionRow) -> str:
+        await asyncio.sleep(0)
+        self.rows.append(row)
+        return "saved"
+
+
+class SlowCall:
+    def __init__(self) -> None:
+        self.closed = 0
+
+    async def close(self) -> None:
+        await asyncio.sleep(0.05)
+        self.closed += 1
+
+
+def table(rows: Rows, **kwargs: float) -> InterviewTable:
+    options = {"checkpoint_s": 3600.0, "heartbeat_s": 3600.0, **kwargs}
+    return InterviewTable(rows, **options)  # type: ignore[arg-type]
+
+
+async def test_racing_ends_close_the_call_once_and_save_one_final_row():
+    rows, call = Rows(), SlowCall()
+    interviews = table(rows)
+    session = InterviewSession(job_role="Welder")
+    await interviews.add(session)
+    interview = interviews.interview(session.session_id)
+    assert interview is not None and interview.state is InterviewState.WAITING
+    interview.attach(call)
+    assert interview.state is InterviewState.LIVE and session.start_time is not None
+    results = await asyncio.gather(*(interviews.end(session.session_id) for _ in range(3)))
+    assert results == ["saved"] * 3
+    assert call.closed == 1
+    assert [r.status for r in rows.rows] == ["in_progress", "completed"]
+    assert interviews.interview(session.session_id) is None  # gone for good
+    assert interview.state is InterviewState.ENDED and interview.call is None
+
+
+async def test_a_dropped_call_parks_the_interview_until_rejoined_or_expired():
+    rows = Rows()
+    forgotten: list[object] = []
+    interviews = table(rows, rejoin_grace_s=0.2)
+    interviews.on_forget.append(forgotten.append)
+    first, second = InterviewSession(job_role="A"), InterviewSession(job_role="B")
+    for session in (first, second):
+        await interviews.add(session)
+        interviews.end_soon(session.session_id, rejoinable=True)
+        await interviews.wait_ended(session.session_id)
+        assert interviews.parked(session.session_id) is session
+        assert interviews.get(session.session_id) is None and len(interviews) == 0
+    assert rows.rows[-1].end_time is not None
+    assert interviews.rejoin(first.session_id) is first
+    assert interviews.get(first.session_id) is first and first.end_time is None
+    await asyncio.sleep(0.4)  # the second one's window closes
+    assert interviews.parked(second.session_id) is None
+    assert [i.record for i in forgotten] == [second]  # type: ignore[attr-defined]
+    assert interviews.get(first.session_id) is first  # the rejoined one is not expired
+
+
+async def test_checkpoints_save_changed_live_interviews_only():
+    rows = Rows()
+    interviews = table(rows, checkpoint_s=0.05)
+    live, ended = InterviewSession(job_role="A"), InterviewSession(job_role="B")
+    await interviews.add(live)
+    await interviews.add(ended)
+    await interviews.end(ended.session_id, SessionStatus.INTERRUPTED)
+    await interviews.start()
+    try:
+        saved = len(rows.rows)
+        await asyncio.sleep(0.2)
+        assert len(rows.rows) == saved  # nothing changed
+        live.add_turn("assistant", "Hello.")
+        await asyncio.sleep(0.2)
+    finally:
+        await interviews.close()
+    later = rows.rows[saved:]
+    assert [r.session_id for r in later] == [live.session_id]
+    assert later[0].status == "in_progress"
+    assert interviews.checkpoints == 1
+
+
+async def test_end_all_ends_live_and_forgets_parked_interviews():
+    rows, call = Rows(), SlowCall()
+    interviews = table(rows, rejoin_grace_s=60)
+    live, parked = InterviewSession(job_role="A"), InterviewSession(job_role="B")
+    for session in (live, parked):
+        await interviews.add(session)
+    interviews.interview(live.session_id).attach(call)  # type: ignore[union-attr]
+    interviews.end_soon(parked.session_id, rejoinable=True)
+    await interviews.wait_ended(parked.session_id)
+    await interviews.end_all()
+    assert call.closed == 1
+    assert interviews.all() == []
+    assert {r.session_id for r in rows.rows if r.status == "completed"} == {
+        live.session_id, parked.session_id,
+    }
