@@ -10,7 +10,7 @@ runs.
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +18,7 @@ from aiohttp import hdrs, web
 from aiohttp.typedefs import Handler
 
 __all__ = ["Access", "Route", "Static", "UndeclaredRoute", "add_routes", "access_of",
-           "check_declared"]
+           "declared", "check_declared"]
 
 
 class Access(enum.Enum):
@@ -76,18 +76,23 @@ def add_routes(app: web.Application, table: Iterable[Route | Static]) -> None:
             declared[app.router.add_route(method, entry.path, entry.handler)] = entry.access
 
 
+def declared(app: web.Application) -> Mapping[web.AbstractRoute, Access]:
+    """Every route added by `add_routes`, with its access."""
+    return app.get(_ACCESS, {})
+
+
 def access_of(request: web.Request) -> Access | None:
     """The declared access of the route a request matched (None: undeclared)."""
-    return request.app.get(_ACCESS, {}).get(request.match_info.route)
+    return declared(request.app).get(request.match_info.route)
 
 
 async def check_declared(app: web.Application) -> None:
     """An `on_startup` hook: refuse to start with an undeclared route."""
-    declared = app.get(_ACCESS, {})
+    known = declared(app)
     missing = [
         f"{route.method} {route.resource.canonical if route.resource else '?'}"
         for route in app.router.routes()
-        if route not in declared
+        if route not in known
     ]
     if missing:
         raise UndeclaredRoute(
