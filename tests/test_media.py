@@ -14,7 +14,7 @@ import av
 import pytest
 from aiohttp.test_utils import TestClient
 
-from server import MEDIA, REGISTRY
+from api.keys import MEDIA, REGISTRY
 from tests.conftest import SHARED, AppFactory
 from tests.media_client import CLIP, SPEECH, Candidate, PhotoTrack, SpeechTrack, transcript_of
 from tests.wer import wer

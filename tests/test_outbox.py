@@ -11,8 +11,9 @@ from typing import Any
 import asyncpg
 from aiohttp.test_utils import TestClient, TestServer
 
+from api.keys import REGISTRY, WRITER
 from config import Config
-from server import REGISTRY, WRITER, make_app
+from server import make_app
 from tests.conftest import start_pgserver
 
 

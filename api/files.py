@@ -1,0 +1,56 @@
+"""Files the server keeps and serves: resumes, recordings, evidence pictures,
+and the candidate page."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from aiohttp import web
+
+from api.errors import json_error
+from api.keys import LAYOUT
+from api.lookup import parse_session_id
+
+__all__ = ["STATIC_DIR", "EVIDENCE_NAME", "get_resume", "get_recording", "get_evidence", "index"]
+
+STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
+# The `{name}` pattern of evidence routes: a plain JPEG file name, no path.
+EVIDENCE_NAME = r"[A-Za-z0-9_.-]+\.jpg"
+
+
+async def get_resume(request: web.Request) -> web.StreamResponse:
+    session_id = parse_session_id(request)
+    path = request.app[LAYOUT].resume(session_id)
+    if not await _is_file(path):
+        raise json_error(web.HTTPNotFound, f"no resume for session {session_id}")
+    return web.FileResponse(path, headers={"Content-Type": "application/pdf"})
+
+
+async def get_recording(request: web.Request) -> web.StreamResponse:
+    """The session's recording (WebM), once it is finished."""
+    session_id = parse_session_id(request)
+    path = request.app[LAYOUT].recording(session_id)
+    if not await _is_file(path):
+        raise json_error(web.HTTPNotFound, f"no finished recording for session {session_id}")
+    return web.FileResponse(path, headers={"Content-Type": "video/webm"})
+
+
+async def get_evidence(request: web.Request) -> web.StreamResponse:
+    """An anomaly's evidence picture (JPEG)."""
+    session_id = parse_session_id(request)
+    name = request.match_info["name"]
+    path = request.app[LAYOUT].evidence(session_id, name)
+    if not await _is_file(path):
+        raise json_error(web.HTTPNotFound, f"no evidence {name}")
+    return web.FileResponse(path, headers={"Content-Type": "image/jpeg"})
+
+
+async def index(request: web.Request) -> web.StreamResponse:
+    """The candidate page (`join_url` points here)."""
+    return web.FileResponse(STATIC_DIR / "index.html")
+
+
+async def _is_file(path: Path) -> bool:
+    # A stat can block on a slow disk: off the loop.
+    return await asyncio.get_running_loop().run_in_executor(None, path.is_file)
