@@ -109,11 +109,16 @@ class InterviewTable:
     ) -> str | None:
         """End a live interview once: close its call, save the final row.
 
-        Returns the save result, or None if the interview was not live.
+        Returns the save result, or None if the interview was not live. A
+        parked interview's rejoin window closes: nobody may reopen an
+        interview that was ended (or deleted) while its candidate was away.
         Callers racing to end the same interview all wait for the one ending.
         """
-        self.end_soon(session_id, status)
         interview = self._interviews.get(session_id)
+        if interview is not None and interview.state is InterviewState.PARKED:
+            self._forget(interview)
+            return str(await self._saver.save(interview.row(status)))
+        self.end_soon(session_id, status)
         if interview is None or interview.ending is None:
             return None
         return await asyncio.shield(interview.ending)

@@ -110,3 +110,17 @@ async def test_end_all_ends_live_and_forgets_parked_interviews():
     assert {r.session_id for r in rows.rows if r.status == "completed"} == {
         live.session_id, parked.session_id,
     }
+
+
+async def test_ending_a_parked_interview_closes_its_rejoin_window():
+    rows = Rows()
+    interviews = table(rows, rejoin_grace_s=60)
+    session = InterviewSession(job_role="A")
+    await interviews.add(session)
+    interviews.end_soon(session.session_id, rejoinable=True)
+    await interviews.wait_ended(session.session_id)
+    assert interviews.parked(session.session_id) is session
+    assert await interviews.end(session.session_id) == "saved"
+    assert interviews.parked(session.session_id) is None
+    assert interviews.rejoin(session.session_id) is None
+    assert rows.rows[-1].status == "completed" and rows.rows[-1].end_time is not None
