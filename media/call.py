@@ -12,6 +12,7 @@ candidate leaves, ends, goes silent, or the interview is over.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import uuid
 from collections.abc import Callable
@@ -19,8 +20,9 @@ from pathlib import Path
 
 import av
 import numpy as np
-from aiortc.mediastreams import MediaStreamTrack
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
+from engine.aio import cancel_and_wait
 from engine.anomaly import Anomaly
 from engine.conversation import Conversation, TurnMetrics
 from engine.events import AnomalyEvent, ClientMessage, EndRequest, TranscriptEvent
@@ -73,6 +75,8 @@ class WebRtcCall:
         self.voice: InterviewerVoice | None = None
         self.conversation: Conversation | None = None
         self._pieces: list[str] = []
+        self._drains: list[asyncio.Task[None]] = []
+        self.extra_track_frames = 0
         self._writes: set[asyncio.Future[None]] = set()
         self._closed = False
         self.session.asr_model = runtime.models.asr_model
@@ -89,6 +93,7 @@ class WebRtcCall:
             return
         self._closed = True
         await self.peer.close()
+        await cancel_and_wait(*self._drains)
         if self.video is not None:
             await self.video.close()
         if self.audio is not None:
@@ -115,6 +120,10 @@ class WebRtcCall:
             v = self.video.stats
             totals.video_in, totals.video_analysed = v.frames_in, v.samples_analysed
             totals.video_dropped = v.samples_dropped
+            totals.video_refused = v.frames_refused
+        totals.extra_track_frames = self.extra_track_frames
+        totals.messages_refused = self.peer.messages_refused
+        totals.events_dropped = self.peer.messages_dropped
         return totals
 
     # -- tracks --------------------------------------------------------------------
@@ -125,7 +134,17 @@ class WebRtcCall:
         elif track.kind == "video" and self.video is None:
             self._start_video(track)
         else:
-            log.warning("%s: ignoring extra %s track", self._name, track.kind)
+            # Read and discard: aiortc queues a track's frames without bound
+            # until somebody reads them.
+            log.warning("%s: discarding extra %s track", self._name, track.kind)
+            self._drains.append(asyncio.create_task(
+                self._discard(track), name=f"{self._name}-discard-{track.kind}"))
+
+    async def _discard(self, track: MediaStreamTrack) -> None:
+        with contextlib.suppress(MediaStreamError):
+            while True:
+                await track.recv()
+                self.extra_track_frames += 1
 
     def _start_audio(self, track: MediaStreamTrack) -> None:
         runtime = self._runtime

@@ -36,6 +36,10 @@ class FrameTotals:
     video_dropped: int = 0
     pieces_dropped: int = 0
     recording_dropped: int = 0
+    video_refused: int = 0  # frames too large to analyse or record
+    extra_track_frames: int = 0  # frames of tracks beyond the first audio and video, discarded
+    messages_refused: int = 0  # data-channel messages beyond the candidate's rate
+    events_dropped: int = 0  # data-channel events the candidate did not read in time
 
     def add(self, other: FrameTotals) -> None:
         for name in vars(self):
@@ -121,7 +125,16 @@ class _FrameCollector(Collector):
         recording = CounterMetricFamily("interview_recording_frames_dropped",
                                         "Frames left out of the recording: its writer was behind")
         recording.add_metric([], total.recording_dropped)
-        yield from (received, dropped, samples, pieces, recording)
+        refused = CounterMetricFamily(
+            "interview_input_refused",
+            "Candidate input refused: oversized video frames, frames of extra tracks, "
+            "data-channel messages beyond the rate, events the candidate did not read",
+            labels=["kind"])
+        refused.add_metric(["video_frame_too_large"], total.video_refused)
+        refused.add_metric(["extra_track_frame"], total.extra_track_frames)
+        refused.add_metric(["message_rate"], total.messages_refused)
+        refused.add_metric(["event_unread"], total.events_dropped)
+        yield from (received, dropped, samples, pieces, recording, refused)
 
 
 class _QueueCollector(Collector):

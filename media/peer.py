@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from aiortc import RTCDataChannel, RTCPeerConnection, RTCSessionDescription
+from aiortc.exceptions import InvalidAccessError, InvalidStateError, OperationError
 from aiortc.mediastreams import MediaStreamTrack
 
 from engine.aio import cancel_and_wait
@@ -25,6 +26,16 @@ from media.wire import decode, encode
 __all__ = ["InterviewPeer", "SignalingError", "check_offer"]
 
 log = logging.getLogger(__name__)
+
+# What one candidate may make the server do over the data channel: messages
+# beyond the rate are dropped (counted), and events are dropped (counted)
+# rather than queued without bound when the candidate does not read them.
+MESSAGE_RATE = 20.0  # per second, sustained
+MESSAGE_BURST = 40
+MAX_BUFFERED_BYTES = 256 * 1024
+# One m= section of each kind at most: every section is a transport (sockets,
+# DTLS) and every extra track a decoder whose frames nobody needs.
+MAX_SECTIONS = {"audio": 1, "video": 1, "application": 1}
 
 
 class SignalingError(Exception):
@@ -59,7 +70,9 @@ class InterviewPeer:
         self._last_seen = asyncio.get_running_loop().time()
         self._closed = False
         self._watchdog: asyncio.Task[None] | None = None
-        self.messages_dropped = 0
+        self._allowance = _TokenBucket(MESSAGE_RATE, MESSAGE_BURST)
+        self.messages_dropped = 0  # events for the candidate we could not send
+        self.messages_refused = 0  # the candidate's messages beyond the rate
         self.pc.on("datachannel", self._handle_datachannel)
         self.pc.on("track", self._handle_track)
         self.pc.on("connectionstatechange", self._handle_state)
@@ -74,7 +87,8 @@ class InterviewPeer:
         try:
             await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type=kind))
             await self.pc.setLocalDescription(await self.pc.createAnswer())
-        except (ValueError, TypeError, AttributeError, IndexError, KeyError) as exc:
+        except (ValueError, TypeError, AttributeError, IndexError, KeyError,
+                InvalidAccessError, InvalidStateError, OperationError) as exc:
             raise SignalingError(f"cannot answer this offer: {exc}") from exc
         self.seen()
         self._watchdog = asyncio.create_task(self._watch(), name=f"{self.name}-keepalive")
@@ -87,6 +101,9 @@ class InterviewPeer:
             if len(self._early) == self._early.maxlen:
                 self.messages_dropped += 1
             self._early.append(encode(event))
+            return False
+        if channel.bufferedAmount > MAX_BUFFERED_BYTES:
+            self.messages_dropped += 1  # the candidate is not reading
             return False
         channel.send(encode(event))
         return True
@@ -115,6 +132,9 @@ class InterviewPeer:
 
     def _handle_raw_message(self, raw: str | bytes) -> None:
         self.seen()
+        if not self._allowance.take(asyncio.get_running_loop().time()):
+            self.messages_refused += 1
+            return
         message = decode(raw)
         if isinstance(message, str):
             self.send(ErrorEvent(message))
@@ -151,9 +171,33 @@ def check_offer(sdp: str) -> None:
     lines = sdp.replace("\r\n", "\n").split("\n")
     if not lines or lines[0].strip() != "v=0":
         raise SignalingError("not an SDP offer: it must start with 'v=0'")
-    media = [line for line in lines if line.startswith("m=")]
+    media = [line[2:].split(" ", 1)[0] for line in lines if line.startswith("m=")]
     if not media:
         raise SignalingError("the offer has no media sections (m= lines)")
+    for kind in sorted(set(media)):
+        allowed = MAX_SECTIONS.get(kind, 0)
+        if media.count(kind) > allowed:
+            raise SignalingError(
+                f"the offer has {media.count(kind)} {kind[:16]!r} sections; at most "
+                f"{allowed} allowed (one audio, one video, one data channel)"
+            )
     if not any(line.startswith("a=fingerprint:") for line in lines):
         raise SignalingError("the offer has no DTLS fingerprint")
 
+
+
+class _TokenBucket:
+    def __init__(self, rate: float, burst: int) -> None:
+        self._rate = rate
+        self._burst = float(burst)
+        self._tokens = float(burst)
+        self._at: float | None = None
+
+    def take(self, now: float) -> bool:
+        if self._at is not None:
+            self._tokens = min(self._burst, self._tokens + (now - self._at) * self._rate)
+        self._at = now
+        if self._tokens < 1.0:
+            return False
+        self._tokens -= 1.0
+        return True

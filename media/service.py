@@ -101,6 +101,10 @@ class MediaService:
             interview.connecting = False
             if call is not None:
                 await call.close()
+            if interview.is_live and interview.record.start_time is not None:
+                # A rejoin that failed: parked again (its window restarts),
+                # not left live without a peer.
+                self._table.end_soon(interview.session_id, rejoinable=True)
             raise
         interview.attach(call)
         return answer

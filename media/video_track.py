@@ -29,6 +29,13 @@ __all__ = ["VideoAnalyzer", "VideoStats"]
 
 log = logging.getLogger(__name__)
 
+# A VP8 frame may claim 16383 x 16383 pixels (an ~800 MB RGB array). Frames
+# over MAX_PIXELS are refused (counted, neither analysed nor recorded);
+# others are scaled to at most ANALYSE_SIDE pixels on their long side before
+# the RGB conversion: the detector's input is 416 px, evidence stays legible.
+MAX_PIXELS = 4096 * 2304
+ANALYSE_SIDE = 1280
+
 AnomalySink = Callable[[list[Anomaly], np.ndarray], None]
 
 
@@ -39,6 +46,7 @@ class VideoStats:
     samples_analysed: int = 0
     # Sample slots that passed while the detector was still busy.
     samples_dropped: int = 0
+    frames_refused: int = 0
     detect_seconds: float = 0.0
 
 
@@ -85,6 +93,9 @@ class VideoAnalyzer:
                 self._fresh.set()
                 return
             self.stats.frames_in += 1
+            if frame.width * frame.height > MAX_PIXELS:
+                self.stats.frames_refused += 1
+                continue
             self._latest = frame
             self._fresh.set()
             if self._on_frame is not None:
@@ -127,7 +138,16 @@ class VideoAnalyzer:
 def _detect(detector: Detector, frame: av.VideoFrame) -> tuple[np.ndarray, list[Detection]]:
     """Worker thread: convert the frame and run the detector."""
     t0 = time.perf_counter()
-    rgb: np.ndarray = frame.to_ndarray(format="rgb24")
+    rgb: np.ndarray = _scaled(frame).to_ndarray(format="rgb24")
     detections = detector.detect(rgb)
     log.debug("detected %d objects in %.1f ms", len(detections), (time.perf_counter() - t0) * 1e3)
     return rgb, detections
+
+
+def _scaled(frame: av.VideoFrame) -> av.VideoFrame:
+    long_side = max(frame.width, frame.height)
+    if long_side <= ANALYSE_SIDE:
+        return frame
+    scale = ANALYSE_SIDE / long_side
+    return frame.reformat(width=max(2, round(frame.width * scale)),
+                          height=max(2, round(frame.height * scale)))
