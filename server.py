@@ -29,12 +29,13 @@ from engine.aio import cancel_and_wait
 from engine.malloc import limit_arenas
 from engine.registry import SessionRegistry
 from engine.resume import extract_resume_text
-from engine.session import InterviewSession, SessionRow, SessionStatus, pinned_session_id
+from engine.session import InterviewSession, SessionRow, SessionStatus
 from media.ice import use_loopback_only
 from media.live import evidence_path
 from media.metrics import MediaMetrics
 from media.peer import SignalingError, check_offer
 from media.service import AlreadyConnected, MediaService
+from routing import new_session_id
 from storage.embedded import start_embedded, stop_embedded
 from storage.outbox import Outbox
 from storage.pg import DatabaseUnavailable, SessionStore
@@ -269,10 +270,7 @@ async def _new_session(request: web.Request, fields: dict[str, Any]) -> Intervie
         raise json_error(web.HTTPNotFound, f"no interviewee profile {interviewee_id}")
     instance = request.app[INSTANCE]
     config = request.app[CONFIG]
-    session_id = (
-        uuid.uuid4() if config.worker_index is None
-        else pinned_session_id(config.worker_index, config.workers)
-    )
+    session_id = new_session_id(config.worker_index)
     return InterviewSession(
         session_id=session_id,
         job_role=job_role,

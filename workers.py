@@ -7,7 +7,7 @@ directory `DATA_DIR/worker-<i>`) and serves the public address itself as a
 thin HTTP front:
 
 - `POST /sessions` goes to the worker with the fewest live sessions, which
-  creates a session id that maps to itself (`engine.session.worker_of`);
+  creates a session id that maps to itself (`routing.worker_of`);
 - every other call naming a session goes to the worker the id maps to, so
   any front, or several fronts behind a load balancer, route without shared
   state; media then flows straight between the candidate and that worker,
@@ -37,7 +37,7 @@ import aiohttp
 from aiohttp import web
 
 from config import Config
-from engine.session import worker_of
+from routing import worker_of
 from storage.embedded import start_embedded, stop_embedded
 
 __all__ = ["supervise"]

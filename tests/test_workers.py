@@ -9,7 +9,7 @@ import uuid
 import aiohttp
 import asyncpg
 
-from engine.session import worker_of
+from routing import worker_of
 from media.ice import use_loopback_only
 from tests.media_client import CLIP, Candidate, SpeechTrack, transcript_of
 from tests.test_process import server_process
