@@ -344,15 +344,15 @@ async def route(request: web.Request) -> web.StreamResponse:
     creating = request.method == "POST" and request.path == "/sessions"
     if creating and not keyed:
         return _unauthorized()  # before reading a byte of the (resume-sized) body
-    limit = MANAGEMENT_BODY_MAX if keyed else CANDIDATE_BODY_MAX
-    body = await _read_body(request, limit)
-    if body is None:
-        return _error(413, f"request body larger than {limit // 1024} KB")
     worker = front.owner(request)
     if worker is None:
         worker = await front.least_loaded() if creating else front.first_up()
     if worker is None or worker.state != "up":
         return unavailable(worker)
+    limit = MANAGEMENT_BODY_MAX if keyed else CANDIDATE_BODY_MAX
+    body = await _read_body(request, limit)
+    if body is None:
+        return _error(413, f"request body larger than {limit // 1024} KB")
     return await forward(request, front, worker, body)
 
 
@@ -500,9 +500,13 @@ async def supervise(config: Config) -> None:
     workers = [Worker(i, layout.worker(i).root, dsn) for i in range(config.workers)]
     keepers: list[asyncio.Task[None]] = []
     try:
-        ready = await asyncio.gather(*(w.start() for w in workers))
+        # Worker 0 first: it applies the schema, which two workers applying
+        # at once to a fresh database would race on.
+        if not await workers[0].start():
+            raise RuntimeError("worker 0 exited before serving")
+        ready = await asyncio.gather(*(w.start() for w in workers[1:]))
         if not all(ready):
-            failed = [w.index for w, ok in zip(workers, ready) if not ok]
+            failed = [w.index for w, ok in zip(workers[1:], ready) if not ok]
             raise RuntimeError(f"worker(s) {failed} exited before serving")
         keepers = [asyncio.create_task(w.keep_alive(), name=f"worker-{w.index}-keeper")
                    for w in workers]
