@@ -68,6 +68,7 @@ MIN_BACKOFF_S = 1.0
 MAX_BACKOFF_S = 30.0
 STABLE_S = 30.0  # a worker up this long before dying restarts without delay growth
 STARTING_RETRY_S = 2
+STARTUP_TIMEOUT_S = 120.0  # models load lazily: starting is imports and a database pool
 STOP_TIMEOUT_S = 60.0
 HEALTH_TIMEOUT = aiohttp.ClientTimeout(total=2.0)
 
@@ -206,8 +207,15 @@ class Worker:
         settings = WorkerSettings(self.index, self.data_dir, self._database_url,
                                   self.listener.fileno())
         self._link.write(settings.encode())
-        # The end of file instead of "ready": the worker died while starting.
-        if await reader.readline() != b"ready\n":
+        try:
+            async with asyncio.timeout(STARTUP_TIMEOUT_S):
+                # The end of file instead of "ready": the worker died while starting.
+                if await reader.readline() != b"ready\n":
+                    return False
+        except TimeoutError:
+            log.error("worker %d (pid %d) not ready after %.0f s; killing it",
+                      self.index, self.proc.pid, STARTUP_TIMEOUT_S)
+            self.proc.kill()
             return False
         self.state = "up"
         log.info("worker %d (pid %d) up on port %d", self.index, self.proc.pid, self.port)
@@ -231,7 +239,10 @@ class Worker:
             await asyncio.sleep(delay)
             delay = min(2 * delay, MAX_BACKOFF_S)
             self.restarts += 1
-            await self.start()
+            try:
+                await self.start()
+            except Exception:  # e.g. out of file descriptors: try again later
+                log.exception("worker %d could not be restarted", self.index)
 
     async def stop(self) -> None:
         """SIGTERM: the worker ends and saves its live sessions, then exits."""
@@ -471,11 +482,27 @@ async def _report(front: Front, worker: Worker) -> dict[str, Any]:
     }
 
 
-def front_app(workers: list[Worker], api_key: str | None) -> web.Application:
-    app = web.Application()
+def _cors(origins: tuple[str, ...]) -> Any:
+    """CORS on the front's own answers (401, 413, 503); a worker's carry theirs."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+        response: web.StreamResponse = await handler(request)
+        origin = request.headers.get("Origin")
+        # Forwarded answers are already sent (prepared), with the worker's CORS.
+        if origin is not None and ("*" in origins or origin in origins) and not response.prepared:
+            response.headers["Access-Control-Allow-Origin"] = origin
+            response.headers["Vary"] = "Origin"
+        return response
+
+    return middleware
+
+
+def front_app(workers: list[Worker], config: Config) -> web.Application:
+    app = web.Application(middlewares=[_cors(config.cors_origins)])
 
     async def session_ctx(app: web.Application) -> AsyncIterator[None]:
-        app[FRONT] = Front(workers, api_key)
+        app[FRONT] = Front(workers, config.api_key)
         yield
         await app[FRONT].http.close()
 
@@ -521,7 +548,7 @@ async def supervise(config: Config) -> None:
 
 
 async def _serve_front(config: Config, workers: list[Worker]) -> None:
-    runner = web.AppRunner(front_app(workers, config.api_key), access_log=None,
+    runner = web.AppRunner(front_app(workers, config), access_log=None,
                            handle_signals=False)
     await runner.setup()
     try:

@@ -193,7 +193,7 @@ async def _raw_status(url: str, head: str) -> int:
 
 async def test_the_front_checks_the_api_key_before_reading_a_body(tmp_path, database_url: str):
     env = {"DATA_DIR": str(tmp_path / "data"), "DATABASE_URL": database_url, "WORKERS": "2",
-           "API_KEY": KEY}
+           "API_KEY": KEY, "CORS_ORIGINS": "https://app.example"}
     huge = 100 * 1024 * 1024
     create = (f"POST /sessions HTTP/1.1\nHost: x\nContent-Type: multipart/form-data; "
               f"boundary=b\nContent-Length: {huge}\n")
@@ -206,8 +206,9 @@ async def test_the_front_checks_the_api_key_before_reading_a_body(tmp_path, data
                  f"Content-Type: application/json\nContent-Length: {128 * 1024}\n")
         assert await _raw_status(url, offer) == 413  # more than any candidate call sends
         async with aiohttp.ClientSession() as http:
-            async with http.get(f"{url}/metrics") as resp:
-                assert resp.status == 401
+            async with http.get(f"{url}/metrics", headers={"Origin": "https://app.example"}) as resp:
+                assert resp.status == 401  # the front's own answer, readable cross-origin
+                assert resp.headers["Access-Control-Allow-Origin"] == "https://app.example"
             async with http.get(f"{url}/metrics", headers=AUTH) as resp:
                 text = await resp.text()
                 assert 'interview_worker_up{worker="1"} 1' in text
