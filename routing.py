@@ -11,7 +11,7 @@ routes without shared state. The rule, for `N` workers:
   `N` grows, and ids minted with one worker spread evenly.
 
 Nothing else in the project knows this rule. A standard proxy reproduces it
-from the path alone; in HAProxy, for example:
+from the path alone; in HAProxy, for example (a sketch, not yet tried):
 
     http-request set-var(txn.worker) path,field(3,/),bytes(34,2),hex2i,mod(N)
     use_backend worker%[var(txn.worker)] if { path_reg ^/(sessions|whip)/[^/]{36} }

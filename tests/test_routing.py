@@ -6,6 +6,7 @@ import uuid
 
 import pytest
 
+from config import Config, ConfigError
 from routing import MAX_WORKERS, new_session_id, session_in_path, worker_of
 
 
@@ -41,3 +42,9 @@ def test_session_in_path():
     assert session_in_path("/sessions/not-a-uuid/offer") is None
     assert session_in_path("/sessions") is None
     assert session_in_path("/static/app.js") is None
+
+
+def test_config_refuses_more_workers_than_an_id_can_name():
+    assert Config.from_env({"WORKERS": str(MAX_WORKERS)}).workers == MAX_WORKERS
+    with pytest.raises(ConfigError, match="WORKERS must be at most 256"):
+        Config.from_env({"WORKERS": str(MAX_WORKERS + 1)})

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -15,10 +16,12 @@ import aiohttp
 import asyncpg
 
 from routing import worker_of
+from config import Config
 from media.ice import use_loopback_only
 from tests.media_client import CLIP, Candidate, SpeechTrack, transcript_of
 from tests.test_process import server_process
 from tests.wer import wer
+from workers import WorkerSettings, attach
 
 
 async def test_two_workers_share_the_sessions(tmp_path, database_url: str):
@@ -215,3 +218,28 @@ async def test_the_front_checks_the_api_key_before_reading_a_body(tmp_path, data
                 assert 'interview_live_sessions{worker="0"} 0.0' in text
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(proc.wait(), 60) == 0
+
+
+def test_a_worker_gets_its_settings_and_socket_over_its_link(tmp_path):
+    listener = socket.create_server(("127.0.0.1", 0))
+    parent, child = socket.socketpair()
+    # The worker's own descriptors, as a child process would get them.
+    settings = WorkerSettings(1, tmp_path / "worker-1", "postgresql://u:secret@db/x",
+                              os.dup(listener.fileno()))
+    assert "secret" not in repr(settings)
+    parent.sendall(settings.encode())
+    link = attach(["--worker-link", str(child.detach())])
+    try:
+        assert link is not None and link.settings == settings
+        assert link.listener.getsockname() == listener.getsockname()
+        config = link.config(Config(workers=2, api_key="k"))
+        assert (config.worker_index, config.data_dir) == (1, tmp_path / "worker-1")
+        assert config.api_key == "k"  # the rest comes from the worker's own environment
+        assert config.database_url == settings.database_url
+        assert attach([]) is None  # not started by a supervisor
+    finally:
+        parent.close()
+        if link is not None:
+            link.channel.close()
+            link.listener.close()
+        listener.close()
