@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import hmac
 import itertools
 import json
@@ -126,13 +127,16 @@ class WorkerLink:
         )
 
     async def announce_ready(self) -> None:
-        await asyncio.get_running_loop().sock_sendall(self.channel, b"ready\n")
+        # A supervisor already gone is noticed by `wait_supervisor_gone`.
+        with contextlib.suppress(OSError):
+            await asyncio.get_running_loop().sock_sendall(self.channel, b"ready\n")
 
     async def wait_supervisor_gone(self) -> None:
         """Return once the supervisor has died (even by SIGKILL) or let go."""
         loop = asyncio.get_running_loop()
-        while await loop.sock_recv(self.channel, 4096):
-            pass
+        with contextlib.suppress(OSError):  # a reset link: gone too
+            while await loop.sock_recv(self.channel, 4096):
+                pass
 
 
 def attach(argv: Sequence[str]) -> WorkerLink | None:
