@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from routing import MAX_WORKERS
+
 __all__ = ["Config", "ConfigError"]
 
 
@@ -46,7 +48,7 @@ class Config:
     device_labels: tuple[str, ...] = ("laptop", "cell phone", "tv", "keyboard", "mouse", "remote")
     max_framerate: int = 10
     workers: int = 1
-    worker_index: int | None = None  # set by the supervisor for its worker processes
+    worker_index: int | None = None  # this process mints ids that worker owns (routing.py)
     recording: bool = True
     record_fps: float = 5.0
     rejoin_grace_s: float = 30.0
@@ -96,7 +98,7 @@ class Config:
             detect_workers=_positive_int(env, "DETECT_WORKERS", 1),
             device_labels=_csv(env, "DEVICE_LABELS") or cls.device_labels,
             max_framerate=_positive_int(env, "MAX_FRAMERATE", 10),
-            workers=_positive_int(env, "WORKERS", 1),
+            workers=_workers(env),
             worker_index=_worker_index(env),
             recording=_flag(env, "RECORDING", default=True),
             record_fps=_positive_float(env, "RECORD_FPS", 5.0),
@@ -174,11 +176,20 @@ def _existing_file(env: Mapping[str, str], name: str) -> str | None:
     return raw
 
 
+def _workers(env: Mapping[str, str]) -> int:
+    workers = _positive_int(env, "WORKERS", 1)
+    if workers > MAX_WORKERS:
+        # One byte of a session id names its worker (routing.py).
+        raise ConfigError(f"WORKERS must be at most {MAX_WORKERS}, got {workers}")
+    return workers
+
+
 def _worker_index(env: Mapping[str, str]) -> int | None:
+    """Set by hand only: one of N servers behind a proxy that routes by id."""
     raw = _optional(env, "WORKER_INDEX")
     if raw is None:
         return None
-    workers = _positive_int(env, "WORKERS", 1)
+    workers = _workers(env)
     if not raw.isdigit() or int(raw) >= workers:
         raise ConfigError(f"WORKER_INDEX must be from 0 to WORKERS-1, got {raw!r}")
     return int(raw)

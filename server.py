@@ -29,6 +29,7 @@ from engine.malloc import limit_arenas
 from layout import DataLayout, PublicUrls
 from media.ice import use_loopback_only
 from media.runtime import MediaModels
+from workers import WorkerLink, attach, supervise
 
 log = logging.getLogger("server")
 
@@ -82,39 +83,50 @@ def make_app(config: Config, models: MediaModels | None = None) -> web.Applicati
     return app
 
 
-async def serve(config: Config) -> None:
-    """Run until SIGTERM or SIGINT, then end and save every live session."""
+async def serve(config: Config, link: WorkerLink | None = None) -> None:
+    """Run until SIGTERM or SIGINT, then end and save every live session.
+
+    With `link`, this is a `WORKERS=N` worker: it serves on the socket its
+    supervisor handed down, and stops too when the supervisor is gone.
+    """
     if config.local_mode:
         log.warning(
             "API_KEY is not set: local mode, no authentication; serving on %s only", config.host
         )
     runner = web.AppRunner(make_app(config), handle_signals=False, access_log=None)
     await runner.setup()
-    sock = socket.create_server((config.host, config.port), reuse_port=False)
+    if link is None:
+        sock = socket.create_server((config.host, config.port), reuse_port=False)
+    else:
+        sock = link.listener
     site = web.SockSite(runner, sock)
     await site.start()
     host, port = sock.getsockname()[:2]
-    print(f"Serving on http://{host}:{port}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    orphan_watch = None
-    if config.worker_index is not None:
-        orphan_watch = asyncio.create_task(_stop_when_orphaned(stop), name="orphan-watch")
+    supervisor_watch = None
+    if link is None:
+        print(f"Serving on http://{host}:{port}", flush=True)
+    else:
+        log.info("worker %d serving on http://%s:%d", link.settings.index, host, port)
+        await link.announce_ready()
+        supervisor_watch = asyncio.create_task(
+            _stop_when_orphaned(link, stop), name="supervisor-watch"
+        )
     await stop.wait()
     log.info("shutting down: ending %d live session(s)", len(runner.app[REGISTRY]))
     await runner.cleanup()
-    await cancel_and_wait(orphan_watch)
+    await cancel_and_wait(supervisor_watch)
 
 
-async def _stop_when_orphaned(stop: asyncio.Event) -> None:
+async def _stop_when_orphaned(link: WorkerLink, stop: asyncio.Event) -> None:
     """A worker whose supervisor died (even by SIGKILL) shuts down cleanly too."""
-    parent = os.getppid()
-    while os.getppid() == parent:
-        await asyncio.sleep(1.0)
-    log.warning("the supervisor is gone; shutting this worker down")
-    stop.set()
+    await link.wait_supervisor_gone()
+    if not stop.is_set():
+        log.warning("the supervisor is gone; shutting this worker down")
+        stop.set()
 
 
 def main() -> None:
@@ -125,9 +137,10 @@ def main() -> None:
     logging.getLogger("pgserver").setLevel(logging.WARNING)
     try:
         config = Config.from_env()
-        if config.workers > 1 and config.worker_index is None:
-            from workers import supervise
-
+        link = attach(sys.argv[1:])  # set when a WORKERS=N supervisor started us
+        if link is not None:
+            asyncio.run(serve(link.config(config), link))
+        elif config.workers > 1 and config.worker_index is None:
             asyncio.run(supervise(config))
         else:
             asyncio.run(serve(config))

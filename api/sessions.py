@@ -18,7 +18,8 @@ from api.errors import json_error
 from api.keys import CONFIG, FILE_IO, INSTANCE, LAYOUT, REGISTRY, STORE
 from api.lookup import not_live_error, parse_session_id, stored_row
 from engine.resume import extract_resume_text
-from engine.session import InterviewSession, SessionRow, SessionStatus, pinned_session_id
+from engine.session import InterviewSession, SessionRow, SessionStatus
+from routing import new_session_id
 from layout import PublicUrls
 
 __all__ = [
@@ -84,7 +85,7 @@ async def _new_session(request: web.Request, fields: dict[str, Any]) -> Intervie
         raise json_error(web.HTTPNotFound, f"no interviewee profile {interviewee_id}")
     instance = request.app[INSTANCE]
     return InterviewSession(
-        session_id=_new_session_id(request.app),
+        session_id=new_session_id(request.app[CONFIG].worker_index),
         job_role=job_role,
         template_id=template_id,
         interviewee_id=interviewee_id,
@@ -93,14 +94,6 @@ async def _new_session(request: web.Request, fields: dict[str, Any]) -> Intervie
         server_instance=instance.instance_id,
         server_run=instance.run_id,
     )
-
-
-def _new_session_id(app: web.Application) -> uuid.UUID:
-    """With WORKERS=N, an id that routes back to this worker."""
-    config = app[CONFIG]
-    if config.worker_index is None:
-        return uuid.uuid4()
-    return pinned_session_id(config.worker_index, config.workers)
 
 
 async def _store_resume(

@@ -17,8 +17,6 @@ from typing import Any
 
 __all__ = [
     "InterviewSession",
-    "pinned_session_id",
-    "worker_of",
     "SessionRow",
     "SessionStatus",
     "Turn",
@@ -28,23 +26,6 @@ __all__ = [
 
 def utc_now() -> datetime:
     return datetime.now(timezone.utc)
-
-
-def pinned_session_id(worker_index: int, workers: int) -> uuid.UUID:
-    """A random session id that `worker_of` maps to `worker_index`.
-
-    With several worker processes, a session lives in one of them; the id
-    itself says which, so any front (or load balancer) can route by it
-    without shared state.
-    """
-    while True:
-        session_id = uuid.uuid4()
-        if worker_of(session_id, workers) == worker_index:
-            return session_id
-
-
-def worker_of(session_id: uuid.UUID, workers: int) -> int:
-    return session_id.int % workers
 
 
 class SessionStatus(enum.StrEnum):
