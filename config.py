@@ -13,7 +13,28 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-__all__ = ["Config", "ConfigError"]
+__all__ = [
+    "DEFAULT_DEVICE_LABELS",
+    "DEFAULT_GEMINI_MODEL",
+    "DEFAULT_INTERVIEWER_NAME",
+    "DEFAULT_INTERVIEW_MINUTES",
+    "DEFAULT_LLM_TIMEOUT_S",
+    "Config",
+    "ConfigError",
+]
+
+# Defaults that the engine and the adapters share with the configuration:
+# defined here once, referred to there (`engine.anomaly.AnomalySettings`,
+# `engine.interviewer.InterviewPlan`, `adapters.gemini.GeminiLlm`).
+DEFAULT_DEVICE_LABELS: tuple[str, ...] = (
+    "laptop", "cell phone", "tv", "keyboard", "mouse", "remote",
+)
+DEFAULT_INTERVIEWER_NAME = "Serin"
+DEFAULT_INTERVIEW_MINUTES = 20.0
+DEFAULT_GEMINI_MODEL = "gemini-2.5-flash"
+# How long the interviewer waits for the model's first words before it
+# falls back to its own wording.
+DEFAULT_LLM_TIMEOUT_S = 5.0
 
 
 class ConfigError(ValueError):
@@ -43,7 +64,7 @@ class Config:
     asr_threads: int = 1
     asr_workers: int = 1
     detect_workers: int = 1
-    device_labels: tuple[str, ...] = ("laptop", "cell phone", "tv", "keyboard", "mouse", "remote")
+    device_labels: tuple[str, ...] = DEFAULT_DEVICE_LABELS
     max_framerate: int = 10
     workers: int = 1
     worker_index: int | None = None  # set by the supervisor for its worker processes
@@ -51,16 +72,16 @@ class Config:
     record_fps: float = 5.0
     rejoin_grace_s: float = 30.0
     interviewer: bool = True
-    interviewer_name: str = "Serin"
+    interviewer_name: str = DEFAULT_INTERVIEWER_NAME
     interviewer_greeting: str | None = None
-    interview_max_minutes: float = 20.0
+    interview_max_minutes: float = DEFAULT_INTERVIEW_MINUTES
     nudge_s: float = 20.0
     end_of_turn_s: float = 1.2
     tts: str = "auto"
     gemini_api_key: str | None = field(default=None, repr=False)
-    gemini_model: str = "gemini-2.5-flash"
+    gemini_model: str = DEFAULT_GEMINI_MODEL
     gemini_base_url: str | None = None
-    llm_timeout_s: float = 5.0
+    llm_timeout_s: float = DEFAULT_LLM_TIMEOUT_S
 
     @property
     def local_mode(self) -> bool:
@@ -104,14 +125,14 @@ class Config:
             interviewer=_flag(env, "INTERVIEWER", default=True),
             interviewer_name=_optional(env, "INTERVIEWER_NAME") or cls.interviewer_name,
             interviewer_greeting=_optional(env, "INTERVIEWER_GREETING"),
-            interview_max_minutes=_positive_float(env, "INTERVIEW_MAX_MINUTES", 20.0),
+            interview_max_minutes=_positive_float(env, "INTERVIEW_MAX_MINUTES", cls.interview_max_minutes),
             nudge_s=_positive_float(env, "NUDGE_S", 20.0),
             end_of_turn_s=_positive_float(env, "END_OF_TURN_S", 1.2),
             tts=_choice(env, "TTS", ("auto", "piper", "espeak"), "auto"),
             gemini_api_key=_optional(env, "GEMINI_API_KEY") or _optional(env, "GOOGLE_API_KEY"),
             gemini_model=_optional(env, "GEMINI_MODEL") or cls.gemini_model,
             gemini_base_url=_optional(env, "GEMINI_BASE_URL"),
-            llm_timeout_s=_positive_float(env, "LLM_TIMEOUT_S", 5.0),
+            llm_timeout_s=_positive_float(env, "LLM_TIMEOUT_S", cls.llm_timeout_s),
         )
 
 

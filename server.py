@@ -24,11 +24,11 @@ from typing import Any
 from aiohttp import BodyPartReader, web
 from prometheus_client import CONTENT_TYPE_LATEST, ProcessCollector, generate_latest
 
+from adapters.malloc import limit_arenas
+from adapters.resume import extract_resume_text
 from config import Config, ConfigError
 from engine.aio import cancel_and_wait
-from engine.malloc import limit_arenas
 from engine.registry import SessionRegistry
-from engine.resume import extract_resume_text
 from engine.session import InterviewSession, SessionRow, SessionStatus, pinned_session_id
 from media.ice import use_loopback_only
 from media.live import evidence_path
@@ -771,7 +771,7 @@ async def _stop_when_orphaned(stop: asyncio.Event) -> None:
 
 
 def main() -> None:
-    limit_arenas()  # before any thread starts; see engine/malloc.py
+    limit_arenas()  # before any thread starts; see adapters/malloc.py
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )

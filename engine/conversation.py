@@ -22,7 +22,6 @@ from typing import Any, Protocol
 
 from engine.aio import cancel_and_wait
 from engine.interviewer import InterviewerEngine, Move, MoveKind
-from engine.llm import ChatTurn
 from engine.session import InterviewSession
 
 __all__ = [
@@ -238,8 +237,7 @@ class Conversation:
                 move.question_index, QuestionLog(move.question_index, move.text)
             )
         self._set_state("thinking")
-        history = [ChatTurn(t.role, t.content)  # type: ignore[arg-type]
-                   for t in self._session.conversation_history]
+        history = list(self._session.conversation_history)
         sentences = self._engine.say(move, history)
         spoken = await self._play(self._announce(sentences, metrics))
         if metrics is not None:

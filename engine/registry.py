@@ -14,20 +14,16 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
-from typing import Protocol
 
 from engine.aio import cancel_and_wait
-from engine.session import InterviewSession, SessionRow, SessionStatus, utc_now
+from engine.ports import RowSaver
+from engine.session import InterviewSession, SessionStatus, utc_now
 
-__all__ = ["RowSaver", "SessionRegistry"]
+__all__ = ["SessionRegistry"]
 
 log = logging.getLogger(__name__)
 
 Closer = Callable[[], Awaitable[None]]
-
-
-class RowSaver(Protocol):
-    async def save(self, row: SessionRow) -> str: ...
 
 
 class SessionRegistry:

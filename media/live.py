@@ -25,14 +25,11 @@ from aiortc.mediastreams import MediaStreamTrack
 
 from engine.anomaly import Anomaly, AnomalyRules
 from engine.conversation import Conversation, InterviewMemory, TurnMetrics, TurnSettings
-from engine.detector import Detector
-from engine.evidence import render_evidence
-from engine.llm import ChatTurn
+from adapters.evidence import render_evidence
+from engine.ports import Detector, Synthesizer, Transcriber, VadModel
 from engine.report import AnswerRecord, build_report, evaluate
-from engine.session import InterviewSession
-from engine.transcriber import Transcriber
-from engine.tts import Synthesizer
-from engine.vad import SileroVadModel, VadSettings, VoiceActivityDetector
+from engine.session import InterviewSession, Turn
+from engine.vad import VadSettings, VoiceActivityDetector
 from media.audio_track import AudioTranscriber, Transcript
 from media.metrics import FrameTotals, MediaMetrics
 from media.peer import InterviewPeer
@@ -56,7 +53,7 @@ class MediaModels:
 
     detector: Detector
     transcriber: Transcriber
-    vad_model: SileroVadModel
+    vad_model: VadModel
     asr_model: str  # the label recorded as `asr_model`
     synthesizer: Synthesizer | None = None
 
@@ -297,7 +294,7 @@ class LiveMedia:
         evaluation = None
         llm = getattr(engine, "llm", None)
         if llm is not None and any(t.role == "user" for t in self.session.conversation_history):
-            history = [ChatTurn("assistant" if t.role == "assistant" else "user", t.content)
+            history = [Turn("assistant" if t.role == "assistant" else "user", t.content)
                        for t in self.session.conversation_history]
             evaluation = await evaluate(llm, self.session.job_role, history)
         self.session.interview_report = build_report(

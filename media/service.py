@@ -17,7 +17,11 @@ from pathlib import Path
 from config import Config
 from engine.anomaly import AnomalyRules, AnomalySettings
 from engine.conversation import InterviewMemory, TurnSettings
-from engine.detector import load_detector
+from adapters.detectors import load_detector
+from adapters.gemini import GeminiLlm
+from adapters.silero import SileroVadModel
+from adapters.tts import load_synthesizer
+from adapters.whisper import WhisperSettings, WhisperTranscriber, resolve_asr_model
 from engine.interviewer import (
     GeminiInterviewer,
     InterviewerEngine,
@@ -25,12 +29,9 @@ from engine.interviewer import (
     StructuredInterviewer,
     default_plan,
 )
-from engine.llm import GeminiLlm, InterviewerLlm
+from engine.ports import InterviewerLlm
 from engine.registry import SessionRegistry
 from engine.session import InterviewSession, utc_now
-from engine.transcriber import WhisperSettings, WhisperTranscriber, resolve_asr_model
-from engine.tts import load_synthesizer
-from engine.vad import SileroVadModel
 from media.live import LiveMedia, MediaModels, MediaRuntime
 from media.metrics import FrameTotals, MediaMetrics
 from media.queues import MeteredExecutor, QueueLoad
