@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from config import DEFAULT_END_OF_TURN_S, DEFAULT_INTERVIEW_MINUTES, DEFAULT_NUDGE_S
 from engine.aio import cancel_and_wait
 from engine.interviewer import InterviewerEngine, Move, MoveKind
 from engine.session import InterviewSession
@@ -39,15 +40,15 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class TurnSettings:
-    end_of_turn_s: float = 1.2
+    end_of_turn_s: float = DEFAULT_END_OF_TURN_S
     short_answer_grace_s: float = 0.8
     mid_sentence_grace_s: float = 0.6
     short_answer_words: int = 8
     barge_in_s: float = 0.6
     # How long the VAD needs before it reports speech (its min_speech_ms).
     vad_confirm_s: float = 0.25
-    nudge_s: float = 20.0
-    max_minutes: float = 20.0
+    nudge_s: float = DEFAULT_NUDGE_S
+    max_minutes: float = DEFAULT_INTERVIEW_MINUTES
 
 
 @dataclass(frozen=True)
