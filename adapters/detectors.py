@@ -20,7 +20,7 @@ import numpy.typing as npt
 import onnxruntime as ort
 from PIL import Image
 
-from adapters.onnx import ORT_DEFAULT_SEVERITY, onnx_session
+from adapters.onnx import onnx_session
 from engine.detector import (
     COCO_LABELS,
     DEFAULT_THRESHOLD,
@@ -57,8 +57,8 @@ _YOLO_PAD = 114
 
 
 def _network_session(model_path: Path | str) -> ort.InferenceSession:
-    """CUDA when this onnxruntime build has it; onnxruntime's own log level."""
-    return onnx_session(model_path, use_gpu=True, log_severity=ORT_DEFAULT_SEVERITY)
+    """CUDA when this onnxruntime build has it; onnxruntime's default logging."""
+    return onnx_session(model_path, use_gpu=True, log_severity=None)
 
 
 @dataclass(frozen=True)

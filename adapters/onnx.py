@@ -12,10 +12,9 @@ from pathlib import Path
 
 import onnxruntime as ort
 
-__all__ = ["ERRORS_ONLY", "ORT_DEFAULT_SEVERITY", "onnx_session"]
+__all__ = ["ERRORS_ONLY", "onnx_session"]
 
 ERRORS_ONLY = 3  # onnxruntime's log severity: 0 verbose ... 3 error, 4 fatal
-ORT_DEFAULT_SEVERITY = 2  # warnings too: what a session logs unless told otherwise
 _GPU_FIRST = ("CUDAExecutionProvider", "CPUExecutionProvider")
 
 
@@ -24,12 +23,13 @@ def onnx_session(
     *,
     threads: int = 1,
     use_gpu: bool = False,
-    log_severity: int = ERRORS_ONLY,
+    log_severity: int | None = ERRORS_ONLY,
 ) -> ort.InferenceSession:
     """An inference session on `threads` threads without spinning.
 
     `use_gpu` takes CUDA when this onnxruntime build has it, else the CPU;
-    without it the session is CPU-only.
+    without it the session is CPU-only. `log_severity=None` leaves the
+    session on onnxruntime's default logger (warnings and up).
     """
     if threads < 1:
         raise ValueError(f"threads must be >= 1, got {threads}")
@@ -38,7 +38,8 @@ def onnx_session(
     options.inter_op_num_threads = 1
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.add_session_config_entry("session.inter_op.allow_spinning", "0")
-    options.log_severity_level = log_severity
+    if log_severity is not None:
+        options.log_severity_level = log_severity
     if use_gpu:
         available = ort.get_available_providers()
         providers = [p for p in _GPU_FIRST if p in available]

@@ -39,6 +39,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+
 @dataclass(frozen=True)
 class InterviewPlan:
     job_role: str

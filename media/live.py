@@ -23,9 +23,9 @@ import av
 import numpy as np
 from aiortc.mediastreams import MediaStreamTrack
 
+from adapters.evidence import render_evidence
 from engine.anomaly import Anomaly, AnomalyRules
 from engine.conversation import Conversation, InterviewMemory, TurnMetrics, TurnSettings
-from adapters.evidence import render_evidence
 from engine.ports import Detector, Synthesizer, Transcriber, VadModel
 from engine.report import AnswerRecord, build_report, evaluate
 from engine.session import InterviewSession, Turn
