@@ -15,7 +15,34 @@ from urllib.parse import urlsplit
 
 from routing import MAX_WORKERS
 
-__all__ = ["Config", "ConfigError"]
+__all__ = [
+    "DEFAULT_DEVICE_LABELS",
+    "DEFAULT_END_OF_TURN_S",
+    "DEFAULT_GEMINI_MODEL",
+    "DEFAULT_INTERVIEWER_NAME",
+    "DEFAULT_INTERVIEW_MINUTES",
+    "DEFAULT_LLM_TIMEOUT_S",
+    "DEFAULT_NUDGE_S",
+    "Config",
+    "ConfigError",
+]
+
+# Defaults that the engine and the adapters share with the configuration:
+# defined here once, referred to there (`engine.anomaly.AnomalySettings`,
+# `engine.interviewer.InterviewPlan`, `engine.conversation.TurnSettings`,
+# `adapters.gemini.GeminiLlm`). This module imports nothing of the project
+# but `routing` (plain standard library), so anything may import it.
+DEFAULT_DEVICE_LABELS: tuple[str, ...] = (
+    "laptop", "cell phone", "tv", "keyboard", "mouse", "remote",
+)
+DEFAULT_INTERVIEWER_NAME = "Serin"
+DEFAULT_INTERVIEW_MINUTES = 20.0
+DEFAULT_END_OF_TURN_S = 1.2
+DEFAULT_NUDGE_S = 20.0
+DEFAULT_GEMINI_MODEL = "gemini-2.5-flash"
+# How long the interviewer waits for the model's first words before it
+# falls back to its own wording.
+DEFAULT_LLM_TIMEOUT_S = 5.0
 
 
 class ConfigError(ValueError):
@@ -45,7 +72,7 @@ class Config:
     asr_threads: int = 1
     asr_workers: int = 1
     detect_workers: int = 1
-    device_labels: tuple[str, ...] = ("laptop", "cell phone", "tv", "keyboard", "mouse", "remote")
+    device_labels: tuple[str, ...] = DEFAULT_DEVICE_LABELS
     max_framerate: int = 10
     workers: int = 1
     worker_index: int | None = None  # this process mints ids that worker owns (routing.py)
@@ -53,16 +80,16 @@ class Config:
     record_fps: float = 5.0
     rejoin_grace_s: float = 30.0
     interviewer: bool = True
-    interviewer_name: str = "Serin"
+    interviewer_name: str = DEFAULT_INTERVIEWER_NAME
     interviewer_greeting: str | None = None
-    interview_max_minutes: float = 20.0
-    nudge_s: float = 20.0
-    end_of_turn_s: float = 1.2
+    interview_max_minutes: float = DEFAULT_INTERVIEW_MINUTES
+    nudge_s: float = DEFAULT_NUDGE_S
+    end_of_turn_s: float = DEFAULT_END_OF_TURN_S
     tts: str = "auto"
     gemini_api_key: str | None = field(default=None, repr=False)
-    gemini_model: str = "gemini-2.5-flash"
+    gemini_model: str = DEFAULT_GEMINI_MODEL
     gemini_base_url: str | None = None
-    llm_timeout_s: float = 5.0
+    llm_timeout_s: float = DEFAULT_LLM_TIMEOUT_S
 
     @property
     def local_mode(self) -> bool:
@@ -74,46 +101,48 @@ class Config:
         """Build and validate the configuration; raise `ConfigError` on bad input."""
         env = os.environ if env is None else env
         api_key = _optional(env, "API_KEY")
-        host = _optional(env, "HOST") or "127.0.0.1"
-        checkpoint_s = _positive_float(env, "CHECKPOINT_S", 5.0)
+        host = _optional(env, "HOST") or cls.host
+        checkpoint_s = _positive_float(env, "CHECKPOINT_S", cls.checkpoint_s)
         return cls(
             host=host,
-            port=_port(env),
+            port=_port(env, cls.port),
             database_url=_database_url(env),
             api_key=api_key,
-            data_dir=Path(_optional(env, "DATA_DIR") or "./data").resolve(),
+            data_dir=Path(_optional(env, "DATA_DIR") or cls.data_dir).resolve(),
             public_url=_public_url(env),
             checkpoint_s=checkpoint_s,
             stale_after_s=max(60.0, 6 * checkpoint_s),
             ice_servers=_ice_servers(env),
             ice_loopback_only=_flag(env, "ICE_LOOPBACK_ONLY"),
             cors_origins=_csv(env, "CORS_ORIGINS"),
-            detect_fps=_positive_float(env, "DETECT_FPS", 2.0),
-            keepalive_timeout_s=_positive_float(env, "KEEPALIVE_TIMEOUT_S", 8.0),
-            detector_kind=_choice(env, "DETECTOR", ("nanodet", "yolo"), "nanodet"),
+            detect_fps=_positive_float(env, "DETECT_FPS", cls.detect_fps),
+            keepalive_timeout_s=_positive_float(env, "KEEPALIVE_TIMEOUT_S", cls.keepalive_timeout_s),
+            detector_kind=_choice(env, "DETECTOR", ("nanodet", "yolo"), cls.detector_kind),
             detector_model=_existing_file(env, "DETECTOR_MODEL"),
             asr_model=_optional(env, "ASR_MODEL"),
-            asr_threads=_positive_int(env, "ASR_THREADS", 1),
-            asr_workers=_positive_int(env, "ASR_WORKERS", 1),
-            detect_workers=_positive_int(env, "DETECT_WORKERS", 1),
+            asr_threads=_positive_int(env, "ASR_THREADS", cls.asr_threads),
+            asr_workers=_positive_int(env, "ASR_WORKERS", cls.asr_workers),
+            detect_workers=_positive_int(env, "DETECT_WORKERS", cls.detect_workers),
             device_labels=_csv(env, "DEVICE_LABELS") or cls.device_labels,
-            max_framerate=_positive_int(env, "MAX_FRAMERATE", 10),
+            max_framerate=_positive_int(env, "MAX_FRAMERATE", cls.max_framerate),
             workers=_workers(env),
             worker_index=_worker_index(env),
-            recording=_flag(env, "RECORDING", default=True),
-            record_fps=_positive_float(env, "RECORD_FPS", 5.0),
-            rejoin_grace_s=_non_negative_float(env, "REJOIN_GRACE_S", 30.0),
-            interviewer=_flag(env, "INTERVIEWER", default=True),
+            recording=_flag(env, "RECORDING", default=cls.recording),
+            record_fps=_positive_float(env, "RECORD_FPS", cls.record_fps),
+            rejoin_grace_s=_non_negative_float(env, "REJOIN_GRACE_S", cls.rejoin_grace_s),
+            interviewer=_flag(env, "INTERVIEWER", default=cls.interviewer),
             interviewer_name=_optional(env, "INTERVIEWER_NAME") or cls.interviewer_name,
             interviewer_greeting=_optional(env, "INTERVIEWER_GREETING"),
-            interview_max_minutes=_positive_float(env, "INTERVIEW_MAX_MINUTES", 20.0),
-            nudge_s=_positive_float(env, "NUDGE_S", 20.0),
-            end_of_turn_s=_positive_float(env, "END_OF_TURN_S", 1.2),
-            tts=_choice(env, "TTS", ("auto", "piper", "espeak"), "auto"),
+            interview_max_minutes=_positive_float(
+                env, "INTERVIEW_MAX_MINUTES", cls.interview_max_minutes
+            ),
+            nudge_s=_positive_float(env, "NUDGE_S", cls.nudge_s),
+            end_of_turn_s=_positive_float(env, "END_OF_TURN_S", cls.end_of_turn_s),
+            tts=_choice(env, "TTS", ("auto", "piper", "espeak"), cls.tts),
             gemini_api_key=_optional(env, "GEMINI_API_KEY") or _optional(env, "GOOGLE_API_KEY"),
             gemini_model=_optional(env, "GEMINI_MODEL") or cls.gemini_model,
             gemini_base_url=_optional(env, "GEMINI_BASE_URL"),
-            llm_timeout_s=_positive_float(env, "LLM_TIMEOUT_S", 5.0),
+            llm_timeout_s=_positive_float(env, "LLM_TIMEOUT_S", cls.llm_timeout_s),
         )
 
 
@@ -122,10 +151,10 @@ def _optional(env: Mapping[str, str], name: str) -> str | None:
     return value or None
 
 
-def _port(env: Mapping[str, str]) -> int:
+def _port(env: Mapping[str, str], default: int) -> int:
     raw = _optional(env, "PORT")
     if raw is None:
-        return 8080
+        return default
     if not raw.isdigit() or int(raw) > 65535:
         raise ConfigError(f"PORT must be an integer from 0 to 65535, got {raw!r}")
     return int(raw)

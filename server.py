@@ -25,7 +25,7 @@ from api.lifecycle import registry_ctx, storage_ctx
 from api.routes import Access, Route, Static, add_routes, check_declared
 from config import Config, ConfigError
 from engine.aio import cancel_and_wait
-from engine.malloc import limit_arenas
+from adapters.malloc import limit_arenas
 from layout import DataLayout, PublicUrls
 from media.ice import use_loopback_only
 from media.runtime import MediaModels

@@ -17,7 +17,7 @@ from api.bodies import (
 from api.errors import json_error
 from api.keys import CONFIG, FILE_IO, INSTANCE, LAYOUT, REGISTRY, STORE
 from api.lookup import not_live_error, parse_session_id, stored_row
-from engine.resume import extract_resume_text
+from adapters.resume import extract_resume_text
 from engine.session import InterviewSession, SessionRow, SessionStatus
 from routing import new_session_id
 from layout import PublicUrls

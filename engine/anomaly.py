@@ -14,13 +14,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from config import DEFAULT_DEVICE_LABELS
 from engine.detector import Detection
 
 __all__ = [
     "Anomaly",
     "AnomalyRules",
     "AnomalySettings",
-    "DEFAULT_DEVICE_LABELS",
     "MULTIPLE_PERSONS",
     "DEVICES_DETECTED",
     "NO_PERSON",
@@ -29,7 +29,6 @@ __all__ = [
 MULTIPLE_PERSONS = "multiple_persons"
 DEVICES_DETECTED = "devices_detected"
 NO_PERSON = "no_person"
-DEFAULT_DEVICE_LABELS = ("laptop", "cell phone", "tv", "keyboard", "mouse", "remote")
 
 
 @dataclass(frozen=True)

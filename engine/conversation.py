@@ -20,10 +20,10 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
+from config import DEFAULT_END_OF_TURN_S, DEFAULT_INTERVIEW_MINUTES, DEFAULT_NUDGE_S
 from engine.aio import cancel_and_wait
 from engine.events import ErrorEvent, Event, InterviewerEvent, StateEvent
 from engine.interviewer import InterviewerEngine, Move, MoveKind
-from engine.llm import ChatTurn
 
 if TYPE_CHECKING:
     from engine.interview import Interview
@@ -43,15 +43,15 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class TurnSettings:
-    end_of_turn_s: float = 1.2
+    end_of_turn_s: float = DEFAULT_END_OF_TURN_S
     short_answer_grace_s: float = 0.8
     mid_sentence_grace_s: float = 0.6
     short_answer_words: int = 8
     barge_in_s: float = 0.6
     # How long the VAD needs before it reports speech (its min_speech_ms).
     vad_confirm_s: float = 0.25
-    nudge_s: float = 20.0
-    max_minutes: float = 20.0
+    nudge_s: float = DEFAULT_NUDGE_S
+    max_minutes: float = DEFAULT_INTERVIEW_MINUTES
 
 
 @dataclass(frozen=True)
@@ -243,8 +243,7 @@ class Conversation:
                 move.question_index, QuestionLog(move.question_index, move.text)
             )
         self._set_state("thinking")
-        history = [ChatTurn(t.role, t.content)  # type: ignore[arg-type]
-                   for t in self._session.conversation_history]
+        history = list(self._session.conversation_history)
         sentences = self._engine.say(move, history)
         spoken = await self._play(self._announce(sentences, metrics))
         if metrics is not None:

@@ -1,17 +1,14 @@
-"""Proctoring object detection: people, screens and devices in one video frame.
+"""Proctoring object detection as plain data: what a detector finds, and how.
 
-Plain data in and out: an H×W×3 ``uint8`` RGB array goes in, a list of frozen
-``Detection`` records comes out. Detectors are synchronous and single-threaded;
-the media layer runs them inside its own executor.
-
-Two ONNX back ends sit behind the ``Detector`` protocol:
-
-- ``NanoDetDetector``: NanoDet-m 416 (COCO-80), shipped in ``models/``. The
-  default.
-- ``YoloDetector``: a YOLOv8/YOLO11 ONNX export that the user supplies.
+An H×W×3 ``uint8`` RGB array goes in, a list of frozen ``Detection``
+records comes out. The networks (NanoDet-m 416 and YOLOv8/YOLO11 ONNX
+exports) are in ``adapters.detectors``; this module has what they share,
+all numpy: decoding their heads, per-class thresholds, non-maximum
+suppression, and ``DetectorPipeline``, the detection pass that runs a
+network's raw candidates through them.
 
 Phones are small in a webcam frame and a 416 px detector barely sees them. With
-``person_pass=True`` the detector looks again at the upper part of each person
+``person_pass=True`` the pipeline looks again at the upper part of each person
 (enlarged to the model's full input), and merges the phones it finds there into
 the first pass. See ``scripts/eval_detector.py`` for what this buys.
 """
@@ -20,29 +17,22 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
-import onnxruntime as ort
-from PIL import Image
 
 __all__ = [
     "COCO_LABELS",
-    "DEFAULT_NANODET_PATH",
+    "DEFAULT_THRESHOLD",
     "DEFAULT_THRESHOLDS",
+    "NANODET_REG_MAX",
+    "NMS_IOU",
     "Candidates",
     "Detection",
-    "Detector",
-    "Letterbox",
-    "NanoDetDetector",
-    "YoloDetector",
+    "DetectorPipeline",
     "batched_nms",
     "decode_nanodet",
     "decode_yolo",
-    "letterbox",
-    "load_detector",
     "nms",
 ]
 
@@ -67,7 +57,6 @@ COCO_LABELS: tuple[str, ...] = (
 _LABEL_INDEX = {label: i for i, label in enumerate(COCO_LABELS)}
 _PERSON = _LABEL_INDEX["person"]
 
-DEFAULT_NANODET_PATH = Path(__file__).resolve().parents[1] / "models" / "nanodet-m-416.onnx"
 # Measured on the 20 COCO photos of shared/testdata (scripts/eval_detector.py):
 # NanoDet-m gives a clear person 0.6-0.9 but a held phone only 0.25-0.5 (best after
 # the person pass), while cameras and desk phones reach 0.33: hence 0.3 for phones.
@@ -89,14 +78,8 @@ _REGION_MARGIN = 0.15
 _REGION_MIN_SIDE = 64
 _REGION_LABELS = ("cell phone",)
 
-_NANODET_SIZE = 416
-_NANODET_STRIDES = (8, 16, 32)
-_NANODET_REG_MAX = 10
-# NanoDet was trained on BGR images normalized with these per-channel statistics.
-_NANODET_MEAN_BGR = np.array([103.53, 116.28, 123.675], dtype=np.float32)
-_NANODET_STD_BGR = np.array([57.375, 57.12, 58.395], dtype=np.float32)
-_YOLO_SIZE = 640
-_YOLO_PAD = 114
+# NanoDet's box sides are distributions over this many bins, minus one.
+NANODET_REG_MAX = 10
 
 
 @dataclass(frozen=True)
@@ -110,14 +93,6 @@ class Detection:
     def describe(self) -> str:
         """``"person 0.95"``: label and score to two decimals."""
         return f"{self.label} {self.score:.2f}"
-
-
-class Detector(Protocol):
-    """Anything that finds COCO objects in an RGB frame."""
-
-    def detect(self, rgb: RgbImage) -> list[Detection]:
-        """Objects in an H×W×3 ``uint8`` RGB image of any size, best first."""
-        ...
 
 
 @dataclass(frozen=True)
@@ -156,32 +131,6 @@ class Candidates:
         return Candidates(self.boxes + offset, self.scores, self.classes)
 
 
-@dataclass(frozen=True)
-class Letterbox:
-    """How an image was scaled and padded into a square network input."""
-
-    scale: float
-    pad_x: float
-    pad_y: float
-
-    def to_image(self, boxes: FloatArray) -> FloatArray:
-        """Boxes in network-input pixels mapped back to image pixels."""
-        offset = np.array([self.pad_x, self.pad_y, self.pad_x, self.pad_y], np.float32)
-        return ((boxes - offset) / self.scale).astype(np.float32)
-
-
-def letterbox(rgb: RgbImage, size: int, pad_value: int) -> tuple[RgbImage, Letterbox]:
-    """Resize ``rgb`` to fit a ``size``×``size`` square, keep its aspect, centre it."""
-    height, width = rgb.shape[:2]
-    scale = size / max(height, width)
-    new_w, new_h = max(1, round(width * scale)), max(1, round(height * scale))
-    resized = np.asarray(Image.fromarray(rgb).resize((new_w, new_h), Image.Resampling.BILINEAR))
-    pad_x, pad_y = (size - new_w) // 2, (size - new_h) // 2
-    canvas = np.full((size, size, 3), pad_value, dtype=np.uint8)
-    canvas[pad_y : pad_y + new_h, pad_x : pad_x + new_w] = resized
-    return canvas, Letterbox(scale, float(pad_x), float(pad_y))
-
-
 def _above(boxes: FloatArray, class_scores: FloatArray, min_score: float) -> Candidates:
     """Every (box, class) pair scoring above ``min_score`` (multi-label)."""
     rows, cols = np.nonzero(class_scores > min_score)
@@ -209,7 +158,7 @@ def decode_nanodet(
     the softmax over its bins, times the stride.
     """
     parts = []
-    bins = np.arange(_NANODET_REG_MAX + 1, dtype=np.float32)
+    bins = np.arange(NANODET_REG_MAX + 1, dtype=np.float32)
     for stride, (scores, dists) in outputs.items():
         keep = (scores > min_score).any(axis=1)
         if not keep.any():
@@ -217,7 +166,7 @@ def decode_nanodet(
         cells = input_size // stride
         rows, cols = np.divmod(np.nonzero(keep)[0], cells)
         cx, cy = (cols + 0.5) * stride, (rows + 0.5) * stride
-        sides = dists[keep].reshape(-1, 4, _NANODET_REG_MAX + 1)
+        sides = dists[keep].reshape(-1, 4, NANODET_REG_MAX + 1)
         d = (_softmax(sides) @ bins) * stride
         boxes = np.stack([cx - d[:, 0], cy - d[:, 1], cx + d[:, 2], cy + d[:, 3]], axis=1)
         parts.append(_above(boxes.astype(np.float32), scores[keep], min_score))
@@ -269,18 +218,6 @@ def batched_nms(candidates: Candidates, iou_threshold: float) -> Candidates:
     return candidates.take(keep)
 
 
-def _make_session(model_path: Path | str) -> ort.InferenceSession:
-    """One-thread ONNX session without spinning: the media layer owns parallelism."""
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    options.inter_op_num_threads = 1
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    options.add_session_config_entry("session.inter_op.allow_spinning", "0")
-    available = ort.get_available_providers()
-    providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
-    return ort.InferenceSession(str(model_path), sess_options=options, providers=providers)
-
-
 def _class_thresholds(thresholds: Mapping[str, float], default: float) -> FloatArray:
     """Per-class threshold vector; rejects unknown labels and out-of-range values."""
     unknown = sorted(set(thresholds) - set(_LABEL_INDEX))
@@ -305,15 +242,16 @@ def _person_region(box: FloatArray, width: int, height: int) -> tuple[int, int, 
     return left, top, right, bottom
 
 
-class _OnnxDetector:
-    """Shared pipeline: thresholds, optional person-region pass, NMS, Detections.
+class DetectorPipeline:
+    """Shared pass: thresholds, optional person-region pass, NMS, Detections.
 
-    Subclasses supply ``_candidates``: raw boxes for one image, in its pixels.
+    Subclasses (the networks in ``adapters.detectors``) supply
+    ``_candidates``: raw boxes for one image, in its pixels, scoring at
+    least ``_min_score``.
     """
 
     def __init__(
         self,
-        model_path: Path | str,
         thresholds: Mapping[str, float],
         default_threshold: float,
         person_pass: bool,
@@ -322,7 +260,6 @@ class _OnnxDetector:
         self._min_score = float(self._thresholds.min())
         self._person_pass = person_pass
         self._region_classes = np.array([_LABEL_INDEX[x] for x in _REGION_LABELS])
-        self._session = _make_session(model_path)
 
     def detect(self, rgb: RgbImage) -> list[Detection]:
         """Objects in an H×W×3 ``uint8`` RGB image of any size, best first."""
@@ -366,97 +303,3 @@ class _OnnxDetector:
             )
             for i in order
         ]
-
-
-class NanoDetDetector(_OnnxDetector):
-    """NanoDet-m 416 (the shipped default), with per-class thresholds.
-
-    ``thresholds`` maps COCO labels to their minimum score; other classes use
-    ``default_threshold``. ``person_pass`` turns on the second, enlarged look
-    around each person (more phones found, one more inference per person).
-    """
-
-    def __init__(
-        self,
-        model_path: Path | str = DEFAULT_NANODET_PATH,
-        thresholds: Mapping[str, float] = DEFAULT_THRESHOLDS,
-        default_threshold: float = DEFAULT_THRESHOLD,
-        *,
-        person_pass: bool = True,
-    ) -> None:
-        super().__init__(model_path, thresholds, default_threshold, person_pass)
-        self._input_name = self._session.get_inputs()[0].name
-        self._heads = self._match_heads()
-
-    def _match_heads(self) -> dict[int, tuple[str, str]]:
-        """Output names per stride, found by shape so any NanoDet export fits."""
-        shapes = {o.name: tuple(o.shape) for o in self._session.get_outputs()}
-        heads = {}
-        for stride in _NANODET_STRIDES:
-            n = (_NANODET_SIZE // stride) ** 2
-            cls = [k for k, s in shapes.items() if s[-2:] == (n, len(COCO_LABELS))]
-            reg = [k for k, s in shapes.items() if s[-2:] == (n, 4 * (_NANODET_REG_MAX + 1))]
-            if len(cls) != 1 or len(reg) != 1:
-                raise ValueError(f"not a NanoDet-m {_NANODET_SIZE} model: outputs {shapes}")
-            heads[stride] = (cls[0], reg[0])
-        return heads
-
-    def _candidates(self, rgb: RgbImage) -> Candidates:
-        canvas, placement = letterbox(rgb, _NANODET_SIZE, pad_value=0)
-        bgr = canvas[:, :, ::-1].astype(np.float32)
-        chw = ((bgr - _NANODET_MEAN_BGR) / _NANODET_STD_BGR).transpose(2, 0, 1)
-        blob = np.ascontiguousarray(chw[None])
-        names = [name for pair in self._heads.values() for name in pair]
-        values = dict(zip(names, self._session.run(names, {self._input_name: blob})))
-        heads = {s: (values[c][0], values[r][0]) for s, (c, r) in self._heads.items()}
-        found = decode_nanodet(heads, _NANODET_SIZE, self._min_score)
-        return Candidates(placement.to_image(found.boxes), found.scores, found.classes)
-
-
-class YoloDetector(_OnnxDetector):
-    """A user-supplied YOLOv8/YOLO11 COCO export: input 1×3×640×640 RGB/255."""
-
-    def __init__(
-        self,
-        model_path: Path | str,
-        thresholds: Mapping[str, float] = DEFAULT_THRESHOLDS,
-        default_threshold: float = DEFAULT_THRESHOLD,
-        *,
-        person_pass: bool = False,
-    ) -> None:
-        super().__init__(model_path, thresholds, default_threshold, person_pass)
-        self._input_name = self._session.get_inputs()[0].name
-
-    def _candidates(self, rgb: RgbImage) -> Candidates:
-        canvas, placement = letterbox(rgb, _YOLO_SIZE, pad_value=_YOLO_PAD)
-        blob = np.ascontiguousarray((canvas.astype(np.float32) / 255.0).transpose(2, 0, 1)[None])
-        output = self._session.run(None, {self._input_name: blob})[0]
-        found = decode_yolo(np.asarray(output, np.float32), self._min_score)
-        return Candidates(placement.to_image(found.boxes), found.scores, found.classes)
-
-
-def load_detector(
-    kind: str,
-    path: str | None = None,
-    thresholds: Mapping[str, float] = DEFAULT_THRESHOLDS,
-    default_threshold: float = DEFAULT_THRESHOLD,
-    *,
-    person_pass: bool | None = None,
-) -> Detector:
-    """Build a detector by kind: ``"nanodet"`` (path optional) or ``"yolo"``.
-
-    ``person_pass=None`` keeps each kind's default: on for NanoDet (measured), off
-    for YOLO (its 640 px input already resolves more; not measured here).
-    """
-    if kind == "nanodet":
-        return NanoDetDetector(
-            path or DEFAULT_NANODET_PATH,
-            thresholds,
-            default_threshold,
-            person_pass=True if person_pass is None else person_pass,
-        )
-    if kind == "yolo":
-        if not path:
-            raise ValueError("the yolo detector needs the path of a YOLOv8/YOLO11 ONNX export")
-        return YoloDetector(path, thresholds, default_threshold, person_pass=bool(person_pass))
-    raise ValueError(f"unknown detector kind {kind!r}; expected 'nanodet' or 'yolo'")

@@ -32,7 +32,7 @@ from engine.interviewer import (
     StructuredInterviewer,
     default_plan,
 )
-from engine.llm import ChatTurn, InterviewerLlm
+from engine.ports import InterviewerLlm
 from engine.report import AnswerRecord, build_report, evaluate
 from engine.session import InterviewSession, SessionRow, SessionStatus, utc_now
 
@@ -139,8 +139,7 @@ class Interview:
         gemini = engine if isinstance(engine, GeminiInterviewer) else None
         evaluation = None
         if gemini is not None and any(t.role == "user" for t in record.conversation_history):
-            history = [ChatTurn("assistant" if t.role == "assistant" else "user", t.content)
-                       for t in record.conversation_history]
+            history = list(record.conversation_history)
             evaluation = await evaluate(gemini.llm, record.job_role, history)
         record.interview_report = build_report(
             answers,

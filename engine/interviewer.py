@@ -22,7 +22,10 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from engine.llm import ChatTurn, InterviewerLlm, LlmError, LlmRequest, sentences
+from config import DEFAULT_INTERVIEW_MINUTES, DEFAULT_INTERVIEWER_NAME
+from engine.ports import InterviewerLlm, LlmError, LlmRequest
+from engine.sentences import sentences, split_sentences
+from engine.session import Turn
 
 __all__ = [
     "InterviewPlan",
@@ -36,16 +39,14 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-DEFAULT_NAME = "Serin"
-
 
 @dataclass(frozen=True)
 class InterviewPlan:
     job_role: str
     questions: tuple[str, ...]
-    interviewer_name: str = DEFAULT_NAME
+    interviewer_name: str = DEFAULT_INTERVIEWER_NAME
     greeting: str | None = None  # None: a greeting built from the role and name
-    max_minutes: float = 20.0
+    max_minutes: float = DEFAULT_INTERVIEW_MINUTES
     resume_text: str = ""
 
     def opening(self) -> str:
@@ -104,7 +105,7 @@ class InterviewerEngine(Protocol):
         """The candidate rejoined after a dropped connection: pick up where we were."""
         ...
 
-    def say(self, move: Move, history: Sequence[ChatTurn]) -> AsyncIterator[str]:
+    def say(self, move: Move, history: Sequence[Turn]) -> AsyncIterator[str]:
         """The move worded as sentences, streamed as they become ready."""
         ...
 
@@ -200,14 +201,9 @@ class StructuredInterviewer:
         return ("That's all the questions I have. Thank you very much for your time today. "
                 "The hiring team will review the interview and be in touch. Goodbye!")
 
-    async def say(self, move: Move, history: Sequence[ChatTurn]) -> AsyncIterator[str]:
-        for sentence in _split(move.text):
+    async def say(self, move: Move, history: Sequence[Turn]) -> AsyncIterator[str]:
+        for sentence in split_sentences(move.text):
             yield sentence
-
-
-def _split(text: str) -> list[str]:
-    parts = re.split(r"(?<=[.!?])\s+", text.strip())
-    return [p for p in parts if p]
 
 
 @dataclass
@@ -233,7 +229,7 @@ class GeminiInterviewer:
     def resume(self) -> Move:
         return self.structured.resume()
 
-    async def say(self, move: Move, history: Sequence[ChatTurn]) -> AsyncIterator[str]:
+    async def say(self, move: Move, history: Sequence[Turn]) -> AsyncIterator[str]:
         request = LlmRequest(system=self._system_prompt(move), history=list(history))
         spoken = False
         try:

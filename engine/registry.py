@@ -14,20 +14,16 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from typing import Protocol
 
 from engine.aio import cancel_and_wait
 from engine.anomaly import AnomalyRules, AnomalySettings
 from engine.interview import Interview, InterviewState
-from engine.session import InterviewSession, SessionRow, SessionStatus
+from engine.ports import RowSaver
+from engine.session import InterviewSession, SessionStatus
 
-__all__ = ["InterviewTable", "RowSaver"]
+__all__ = ["InterviewTable"]
 
 log = logging.getLogger(__name__)
-
-
-class RowSaver(Protocol):
-    async def save(self, row: SessionRow) -> str: ...
 
 
 class InterviewTable:

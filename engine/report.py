@@ -19,8 +19,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from engine.llm import ChatTurn, InterviewerLlm, LlmError, LlmRequest
-from engine.session import utc_now
+from engine.ports import InterviewerLlm, LlmError, LlmRequest
+from engine.session import Turn, utc_now
 
 __all__ = ["AnswerRecord", "build_report", "evaluate"]
 
@@ -94,12 +94,12 @@ candidate's turns below. Judge only what the candidate said."""
 
 
 async def evaluate(
-    llm: InterviewerLlm, role: str, transcript: Sequence[ChatTurn]
+    llm: InterviewerLlm, role: str, transcript: Sequence[Turn]
 ) -> dict[str, Any] | None:
     """Scores per competency with quotes checked against the transcript, or None."""
     request = LlmRequest(
         system=_EVALUATION_PROMPT.format(role=role),
-        history=[*transcript, ChatTurn("user", "(The interview is over. Evaluate it now.)")],
+        history=[*transcript, Turn("user", "(The interview is over. Evaluate it now.)")],
         max_output_tokens=1200,
         temperature=0.0,
     )

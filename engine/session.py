@@ -13,10 +13,11 @@ import secrets
 import uuid
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Literal
 
 __all__ = [
     "InterviewSession",
+    "Role",
     "SessionRow",
     "SessionStatus",
     "Turn",
@@ -34,12 +35,22 @@ class SessionStatus(enum.StrEnum):
     INTERRUPTED = "interrupted"
 
 
+Role = Literal["assistant", "user"]
+
+
 @dataclass(frozen=True)
 class Turn:
-    """One real turn of the conversation: never a system prompt."""
+    """One real turn of the conversation: never a system prompt.
 
-    role: str  # "assistant" | "user"
+    The one turn type: the stored history and every LLM request use it.
+    """
+
+    role: Role  # the interviewer ("assistant") or the candidate ("user")
     content: str
+
+    def __post_init__(self) -> None:
+        if self.role not in ("assistant", "user"):
+            raise ValueError(f"role must be 'assistant' or 'user', got {self.role!r}")
 
     def to_json(self) -> dict[str, str]:
         return {"role": self.role, "content": self.content}
@@ -126,7 +137,7 @@ class InterviewSession:
         """Mark the session changed since its last save."""
         self.version += 1
 
-    def add_turn(self, role: str, content: str) -> None:
+    def add_turn(self, role: Role, content: str) -> None:
         if role not in ("assistant", "user"):
             raise ValueError(f"role must be 'assistant' or 'user', not {role!r}")
         self.conversation_history.append(Turn(role, content))

@@ -1,10 +1,10 @@
 """Streaming voice activity detection on Silero VAD v6.
 
-The ONNX model is the one faster-whisper bundles, run by our own
-onnxruntime session so its threading is ours to choose. The model is
-stateless across calls (the LSTM state is passed in and out), so one
-`SileroVadModel` serves every stream; each `VoiceActivityDetector` carries
-its own RNN state, context and state machine.
+The network sits behind `engine.ports.VadModel` (the ONNX model that
+faster-whisper bundles: `adapters.silero.SileroVadModel`). It is stateless
+across calls (the LSTM state is passed in and out), so one model serves
+every stream; each `VoiceActivityDetector` carries its own RNN state,
+context and state machine.
 
 Time is "stream seconds": samples fed so far divided by 16 000. The
 detector never reads a clock, so it behaves the same on a live call, a
@@ -24,20 +24,17 @@ transcript of its last piece does not wait on everything said before it.
 from __future__ import annotations
 
 import enum
-import logging
-import os
 from collections import deque
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
-import onnxruntime as ort
+
+from engine.ports import VadModel
 
 __all__ = [
     "SAMPLE_RATE",
     "WINDOW_SAMPLES",
-    "SileroVadModel",
     "SpeechCut",
     "SpeechEnded",
     "SpeechSegment",
@@ -46,11 +43,8 @@ __all__ = [
     "VadSettings",
     "VadState",
     "VoiceActivityDetector",
-    "bundled_vad_model_path",
     "to_float32",
 ]
-
-logger = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16_000
 WINDOW_SAMPLES = 512  # 32 ms: the only window size v6 takes at 16 kHz
@@ -58,13 +52,6 @@ CONTEXT_SAMPLES = 64  # v6 wants the previous window's tail prepended
 _STATE_SHAPE = (1, 1, 128)
 
 Float32Array = npt.NDArray[np.float32]
-
-
-def bundled_vad_model_path() -> Path:
-    """Path of the Silero VAD v6 ONNX file shipped inside faster-whisper."""
-    import faster_whisper
-
-    return Path(os.path.dirname(faster_whisper.__file__), "assets", "silero_vad_v6.onnx")
 
 
 def to_float32(pcm: npt.NDArray[np.int16] | Float32Array) -> Float32Array:
@@ -161,43 +148,10 @@ class SpeechEnded(SpeechSegment):
 VadEvent = SpeechStarted | SpeechCut | SpeechEnded
 
 
-class SileroVadModel:
-    """A shareable, stateless Silero VAD v6 session (thread-safe `run`)."""
-
-    def __init__(self, path: Path | None = None) -> None:
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = 1
-        opts.inter_op_num_threads = 1
-        # Spinning threads burn a core waiting for work that comes every 32 ms.
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
-        opts.log_severity_level = 3
-        model_path = path or bundled_vad_model_path()
-        self._session = ort.InferenceSession(
-            str(model_path), sess_options=opts, providers=["CPUExecutionProvider"]
-        )
-        logger.debug("loaded Silero VAD from %s", model_path)
-
-    def run(
-        self, inputs: Float32Array, h: Float32Array, c: Float32Array
-    ) -> tuple[Float32Array, Float32Array, Float32Array]:
-        """Speech probabilities of consecutive [n, 64+512] windows.
-
-        The rows are one sequence: the LSTM state flows from row to row and
-        the returned (h, c) continue after the last one.
-        """
-        probs, h_out, c_out = self._session.run(None, {"input": inputs, "h": h, "c": c})
-        return (
-            np.asarray(probs, dtype=np.float32).reshape(-1),
-            np.asarray(h_out, dtype=np.float32),
-            np.asarray(c_out, dtype=np.float32),
-        )
-
-
 class _SileroStream:
     """One stream's RNN state and 64-sample context."""
 
-    def __init__(self, model: SileroVadModel) -> None:
+    def __init__(self, model: VadModel) -> None:
         self._model = model
         self.reset()
 
@@ -267,7 +221,7 @@ class VoiceActivityDetector:
     `feed` that completes at least one 32 ms window.
     """
 
-    def __init__(self, model: SileroVadModel, settings: VadSettings | None = None) -> None:
+    def __init__(self, model: VadModel, settings: VadSettings | None = None) -> None:
         self.settings = settings or VadSettings()
         self._silero = _SileroStream(model)
         s = self.settings

@@ -27,7 +27,7 @@ import av
 import numpy as np
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
-from engine.transcriber import Transcriber
+from engine.ports import Transcriber
 from engine.vad import (
     SpeechEnded,
     SpeechSegment,

@@ -22,11 +22,11 @@ import av
 import numpy as np
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
+from adapters.evidence import render_evidence
 from engine.aio import cancel_and_wait
 from engine.anomaly import Anomaly
 from engine.conversation import Conversation, TurnMetrics
 from engine.events import AnomalyEvent, ClientMessage, EndRequest, TranscriptEvent
-from engine.evidence import render_evidence
 from engine.interview import Interview
 from engine.vad import VoiceActivityDetector
 from media.audio_track import AudioTranscriber, Transcript

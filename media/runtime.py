@@ -14,10 +14,12 @@ from typing import Any
 
 from config import Config
 from engine.conversation import TurnSettings
-from engine.detector import Detector, load_detector
-from engine.transcriber import Transcriber, WhisperSettings, WhisperTranscriber, resolve_asr_model
-from engine.tts import Synthesizer, load_synthesizer
-from engine.vad import SileroVadModel, VadSettings
+from adapters.detectors import load_detector
+from adapters.silero import SileroVadModel
+from adapters.tts import load_synthesizer
+from adapters.whisper import WhisperSettings, WhisperTranscriber, resolve_asr_model
+from engine.ports import Detector, Synthesizer, Transcriber, VadModel
+from engine.vad import VadSettings
 from layout import DataLayout, PublicUrls
 from media.metrics import MediaMetrics
 from media.queues import MeteredExecutor, QueueLoad
@@ -35,7 +37,7 @@ class MediaModels:
 
     detector: Detector
     transcriber: Transcriber
-    vad_model: SileroVadModel
+    vad_model: VadModel
     asr_model: str  # the label recorded as `asr_model`
     synthesizer: Synthesizer | None = None
 

@@ -15,8 +15,9 @@ import logging
 import uuid
 
 from config import Config
+from adapters.gemini import GeminiLlm
 from engine.interview import Interview, InterviewerSettings, new_conversation
-from engine.llm import GeminiLlm, InterviewerLlm
+from engine.ports import InterviewerLlm
 from engine.registry import InterviewTable
 from engine.session import InterviewSession
 from media.call import WebRtcCall

@@ -22,7 +22,8 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from engine.aio import cancel_and_wait
 from engine.anomaly import Anomaly, AnomalyRules
-from engine.detector import Detection, Detector
+from engine.detector import Detection
+from engine.ports import Detector
 from engine.session import utc_now
 
 __all__ = ["VideoAnalyzer", "VideoStats"]

@@ -23,7 +23,8 @@ import numpy as np
 from aiortc.mediastreams import MediaStreamTrack
 
 from engine.conversation import Spoken
-from engine.tts import Synthesizer, resample_to_48k
+from engine.ports import Synthesizer
+from engine.resample import resample_to_48k
 
 __all__ = ["InterviewerTrack", "InterviewerVoice"]
 

@@ -42,12 +42,13 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from engine.transcriber import (
+from adapters.silero import SileroVadModel
+from adapters.whisper import (
     WhisperSettings,
     WhisperTranscriber,
     resolve_asr_model,
 )
-from engine.vad import SAMPLE_RATE, SileroVadModel, VadEvent, VoiceActivityDetector
+from engine.vad import SAMPLE_RATE, VadEvent, VoiceActivityDetector
 from media.audio_track import AudioStats, AudioTranscriber, Transcript
 from tests.wer import word_errors
 

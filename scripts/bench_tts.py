@@ -27,13 +27,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from engine.tts import (  # noqa: E402
-    EspeakSynthesizer,
-    PiperSynthesizer,
-    Synthesizer,
-    resample_to_48k,
-    split_sentences,
-)
+from adapters.tts import EspeakSynthesizer, PiperSynthesizer  # noqa: E402
+from engine.ports import Synthesizer  # noqa: E402
+from engine.resample import resample_to_48k  # noqa: E402
+from engine.sentences import split_sentences  # noqa: E402
 
 SENTENCES = [
     "Thanks for joining me today.",

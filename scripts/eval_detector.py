@@ -26,7 +26,8 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from engine.detector import DEFAULT_NANODET_PATH, Detection, NanoDetDetector
+from adapters.detectors import DEFAULT_NANODET_PATH, NanoDetDetector
+from engine.detector import Detection
 
 CLASSES = ("person", "laptop", "cell phone", "tv", "keyboard", "mouse", "remote")
 MATCH_IOU = 0.3

@@ -30,15 +30,11 @@ import numpy.typing as npt
 import pytest
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
-from engine.transcriber import (
-    Transcriber,
-    TranscriptResult,
-    WhisperTranscriber,
-    resolve_asr_model,
-)
+from adapters.silero import SileroVadModel
+from adapters.whisper import WhisperTranscriber, resolve_asr_model
+from engine.ports import Transcriber, TranscriptResult
 from engine.vad import (
     SAMPLE_RATE,
-    SileroVadModel,
     SpeechEnded,
     SpeechStarted,
     VadEvent,

@@ -14,17 +14,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from adapters.detectors import DEFAULT_NANODET_PATH, NanoDetDetector, letterbox, load_detector
 from engine.detector import (
     COCO_LABELS,
-    DEFAULT_NANODET_PATH,
     Candidates,
     Detection,
-    NanoDetDetector,
     batched_nms,
     decode_nanodet,
     decode_yolo,
-    letterbox,
-    load_detector,
     nms,
 )
 

@@ -14,9 +14,10 @@ from typing import Any
 
 import pytest
 
+from adapters.gemini import GeminiLlm
 from engine.interviewer import GeminiInterviewer, InterviewPlan, StructuredInterviewer
-from engine.llm import ChatTurn, GeminiLlm
 from engine.report import evaluate
+from engine.session import Turn
 from tests.gemini_stub import Drop, Fail, GeminiStub, Reply, Stall, chunks
 from tests.test_conversation import LONG_ANSWER, Harness
 
@@ -114,7 +115,7 @@ async def test_evaluation_keeps_only_quotes_from_the_transcript(stub: GeminiStub
         "overall": "Solid.",
     }
     stub.script(Reply(chunks("```json\n" + json.dumps(verdict) + "\n```")))
-    transcript = [ChatTurn("assistant", "Tell me about a migration."), ChatTurn("user", LONG_ANSWER)]
+    transcript = [Turn("assistant", "Tell me about a migration."), Turn("user", LONG_ANSWER)]
     result = await evaluate(gemini(stub), "Data engineer", transcript)
     assert result == {
         "competencies": [{"name": "Incident response", "score": 4,

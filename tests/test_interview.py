@@ -15,8 +15,8 @@ import uuid
 import asyncpg
 import numpy as np
 
-from engine.transcriber import WhisperTranscriber, resolve_asr_model
-from engine.tts import resample
+from adapters.whisper import WhisperTranscriber, resolve_asr_model
+from engine.resample import resample
 from tests.conftest import AppFactory
 from tests.media_client import SPEECH, Candidate, ScriptedSpeech
 from tests.test_media import assert_recording, stored_row

@@ -14,16 +14,10 @@ from typing import Any
 
 import pytest
 
-from engine.llm import (
-    OPENING_TURN,
-    ChatTurn,
-    GeminiLlm,
-    InterviewerLlm,
-    LlmError,
-    LlmErrorKind,
-    LlmRequest,
-    sentences,
-)
+from adapters.gemini import OPENING_TURN, GeminiLlm
+from engine.ports import InterviewerLlm, LlmError, LlmErrorKind, LlmRequest
+from engine.sentences import sentences
+from engine.session import Turn
 from tests.gemini_stub import Chunk, Drop, Fail, GeminiStub, Reply, Stall, chunks
 
 pytestmark = pytest.mark.timeout(30)
@@ -38,8 +32,8 @@ SYSTEM = (
     "Resume: 7 years of Go at Acme Payments."
 )
 HISTORY = [
-    ChatTurn("assistant", "Hi, thanks for joining. Tell me about yourself."),
-    ChatTurn("user", "I build payment systems."),
+    Turn("assistant", "Hi, thanks for joining. Tell me about yourself."),
+    Turn("user", "I build payment systems."),
 ]
 
 
@@ -66,7 +60,7 @@ async def llm(stub: GeminiStub) -> AsyncIterator[GeminiLlm]:
     await model.aclose()
 
 
-def request(history: list[ChatTurn] | None = None) -> LlmRequest:
+def request(history: list[Turn] | None = None) -> LlmRequest:
     return LlmRequest(system=SYSTEM, history=list(HISTORY if history is None else history))
 
 
@@ -170,15 +164,15 @@ async def test_request_carries_system_history_and_config(
     [
         ([], [("user", OPENING_TURN)]),
         (
-            [ChatTurn("assistant", "Welcome!")],
+            [Turn("assistant", "Welcome!")],
             [("user", OPENING_TURN), ("model", "Welcome!")],
         ),
         (
-            [ChatTurn("user", "Hello?"), ChatTurn("assistant", "Hi there.")],
+            [Turn("user", "Hello?"), Turn("assistant", "Hi there.")],
             [("user", "Hello?"), ("model", "Hi there.")],
         ),
         (
-            [ChatTurn("user", "  "), ChatTurn("assistant", "Welcome!")],
+            [Turn("user", "  "), Turn("assistant", "Welcome!")],
             [("user", OPENING_TURN), ("model", "Welcome!")],
         ),
     ],
@@ -187,7 +181,7 @@ async def test_request_carries_system_history_and_config(
 async def test_conversation_starts_with_exactly_one_user_turn(
     llm: GeminiLlm,
     stub: GeminiStub,
-    history: list[ChatTurn],
+    history: list[Turn],
     expected: list[tuple[str, str]],
 ) -> None:
     stub.script(Reply(chunks("Ok.")))
@@ -391,4 +385,4 @@ def test_invalid_arguments_are_rejected_eagerly() -> None:
     with pytest.raises(ValueError, match="max_output_tokens"):
         LlmRequest(system="", history=[], max_output_tokens=0)
     with pytest.raises(ValueError, match="role"):
-        ChatTurn("model", "hi")  # type: ignore[arg-type]
+        Turn("model", "hi")  # type: ignore[arg-type]

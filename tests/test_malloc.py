@@ -9,14 +9,14 @@ import sys
 
 import pytest
 
-from engine.malloc import limit_arenas
+from adapters.malloc import limit_arenas
 from tests.conftest import REPO
 
 # 32 threads contend on malloc at once; then glibc's malloc_info() lists one
 # <heap> per arena. Prints the arena count.
 PROBE = r"""
 import ctypes, ctypes.util, sys, tempfile, threading
-from engine.malloc import limit_arenas
+from adapters.malloc import limit_arenas
 if sys.argv[1] == "limit":
     assert limit_arenas()
 libc = ctypes.CDLL(ctypes.util.find_library("c"))

@@ -8,7 +8,7 @@ import logging
 import pytest
 from pypdf import PdfWriter
 
-from engine.resume import extract_resume_text, normalise_whitespace, truncate_at_word
+from adapters.resume import extract_resume_text, normalise_whitespace, truncate_at_word
 
 RESUME_LINES = [
     "Jane   Doe",
@@ -117,7 +117,7 @@ def test_normalise_whitespace() -> None:
 
 
 def test_pdf_without_text_layer_gives_empty_text(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.INFO, logger="engine.resume"):
+    with caplog.at_level(logging.INFO, logger="adapters.resume"):
         assert extract_resume_text(blank_pdf(pages=2)) == ""
     assert "no text layer" in caplog.text
 
@@ -133,9 +133,9 @@ def test_pdf_without_text_layer_gives_empty_text(caplog: pytest.LogCaptureFixtur
     ids=["empty", "text", "garbage-after-header", "truncated"],
 )
 def test_garbage_gives_empty_text(data: bytes, caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger="engine.resume"):
+    with caplog.at_level(logging.WARNING, logger="adapters.resume"):
         assert extract_resume_text(data) == ""
-    assert "engine.resume" in {record.name for record in caplog.records}
+    assert "adapters.resume" in {record.name for record in caplog.records}
 
 
 def test_truncated_real_pdf_never_raises() -> None:
@@ -145,7 +145,7 @@ def test_truncated_real_pdf_never_raises() -> None:
 
 
 def test_password_protected_pdf_gives_empty_text(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger="engine.resume"):
+    with caplog.at_level(logging.WARNING, logger="adapters.resume"):
         assert extract_resume_text(encrypted(text_pdf([RESUME_LINES]), "secret")) == ""
     assert "password" in caplog.text
 

@@ -15,18 +15,11 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from engine.transcriber import WhisperTranscriber, resolve_asr_model
-from engine.tts import (
-    EspeakSynthesizer,
-    PiperSynthesizer,
-    Synthesizer,
-    SynthesizerUnavailable,
-    load_synthesizer,
-    piper_voice_paths,
-    resample,
-    resample_to_48k,
-    split_sentences,
-)
+from adapters.tts import EspeakSynthesizer, PiperSynthesizer, load_synthesizer, piper_voice_paths
+from adapters.whisper import WhisperTranscriber, resolve_asr_model
+from engine.ports import Synthesizer, SynthesizerUnavailable
+from engine.resample import resample, resample_to_48k
+from engine.sentences import split_sentences
 from tests.wer import wer
 
 QUESTION = "Tell me about a project you are proud of."

