@@ -25,6 +25,8 @@ __all__ = ["InterviewTable"]
 
 log = logging.getLogger(__name__)
 
+EVALUATION_GRACE_S = 20.0  # at shutdown, for the model's evaluations still running
+
 
 class InterviewTable:
     def __init__(
@@ -45,6 +47,7 @@ class InterviewTable:
         # Called once an interview is gone for good (saved, not rejoinable).
         self.on_forget: list[Callable[[Interview], None]] = []
         self._task: asyncio.Task[None] | None = None
+        self._evaluations: set[asyncio.Task[None]] = set()
         self.checkpoints = 0
 
     def __len__(self) -> int:
@@ -152,6 +155,12 @@ class InterviewTable:
             if isinstance(result, BaseException):
                 log.error("ending a session at shutdown failed: %r", result)
         self._forget_parked()  # parked by the endings just awaited
+        if self._evaluations:
+            # The rows are saved already; the evaluations get a little longer.
+            _, pending = await asyncio.wait(self._evaluations, timeout=EVALUATION_GRACE_S)
+            if pending:
+                log.warning("shutdown: %d evaluation(s) left unfinished", len(pending))
+            await cancel_and_wait(*pending)
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._checkpoint_loop(), name="checkpointer")
@@ -161,7 +170,14 @@ class InterviewTable:
         await cancel_and_wait(task)
 
     async def _end(self, interview: Interview, status: SessionStatus, rejoinable: bool) -> str:
+        interview.final_status = status
         try:
+            # The final status first, in milliseconds: a process killed while
+            # the call drains (`docker stop` waits 10 s) leaves a closed row.
+            interview.close_record()
+            draining = interview.call is not None
+            interview.record.mark_closing(draining)
+            result = str(await self._saver.save(interview.row(status)))
             if interview.call is not None:
                 try:
                     # Still attached while it drains, so its backlog stays visible.
@@ -169,8 +185,10 @@ class InterviewTable:
                 except Exception:
                     log.exception("session %s: closing media failed", interview.session_id)
                 interview.detach()
-            interview.close_record()
-            return str(await self._saver.save(interview.row(status)))
+                # Then what the drain added: the last answer, the report.
+                interview.record.mark_closing(False)
+                result = str(await self._saver.save(interview.row(status)))
+            return result
         finally:
             interview.ending = None
             if rejoinable and self._rejoin_grace_s > 0:
@@ -199,6 +217,19 @@ class InterviewTable:
         self._interviews.pop(interview.session_id, None)
         for callback in self.on_forget:
             callback(interview)
+        if interview.evaluable:
+            # Only once it is over for good: a rejoin never waits for a model.
+            task = asyncio.get_running_loop().create_task(
+                self._evaluate(interview), name=f"evaluate-{interview.session_id}")
+            self._evaluations.add(task)
+            task.add_done_callback(self._evaluations.discard)
+
+    async def _evaluate(self, interview: Interview) -> None:
+        try:
+            await interview.evaluate()
+            await self._saver.save(interview.row(interview.final_status))
+        except Exception:
+            log.exception("session %s: evaluating the interview failed", interview.session_id)
 
     async def _checkpoint(self, interview: Interview) -> str:
         version = interview.record.version

@@ -25,6 +25,12 @@ __all__ = [
 ]
 
 
+ANSWER_IN_PROGRESS = "answer_in_progress"  # session_information key
+# session_information key, true while an ended interview's call still drains:
+# the row already has its final status; the last answer and the report follow.
+CLOSING = "closing"
+
+
 def utc_now() -> datetime:
     return datetime.now(timezone.utc)
 
@@ -141,6 +147,24 @@ class InterviewSession:
         if role not in ("assistant", "user"):
             raise ValueError(f"role must be 'assistant' or 'user', not {role!r}")
         self.conversation_history.append(Turn(role, content))
+        self.touch()
+
+    def answer_in_progress(self, text: str) -> None:
+        """What the candidate has said of an answer not yet taken as a turn.
+
+        Checkpointed with the row, so a crash mid-answer keeps what was heard.
+        """
+        if text:
+            self.extra_information[ANSWER_IN_PROGRESS] = text
+        elif self.extra_information.pop(ANSWER_IN_PROGRESS, None) is None:
+            return
+        self.touch()
+
+    def mark_closing(self, closing: bool) -> None:
+        if closing:
+            self.extra_information[CLOSING] = True
+        else:
+            self.extra_information.pop(CLOSING, None)
         self.touch()
 
     def add_anomaly(self, record: dict[str, Any]) -> None:

@@ -43,13 +43,16 @@ async def stored_row(
     db: asyncpg.Connection, sid: str, timeout: float = 30,
     until: Callable[[asyncpg.Record], bool] = lambda row: True,
 ) -> asyncpg.Record:
-    """The row once it is no longer in progress (and `until` holds)."""
+    """The row once it is final: no longer in progress, no call still draining
+    into it (and `until` holds)."""
     async def ended() -> asyncpg.Record:
         while True:
             row = await db.fetchrow(
                 "SELECT * FROM interview_sessions WHERE session_id = $1", uuid.UUID(sid)
             )
-            if row is not None and row["status"] != "in_progress" and until(row):
+            if row is not None and row["status"] != "in_progress" and until(row) and not (
+                json.loads(row["session_information"] or "{}").get("closing")
+            ):
                 return row
             await asyncio.sleep(0.2)
     return await asyncio.wait_for(ended(), timeout)
