@@ -79,6 +79,7 @@ class Config:
     recording: bool = True
     record_fps: float = 5.0
     rejoin_grace_s: float = 30.0
+    invite_ttl_s: float = 7 * 24 * 3600.0  # an invitation nobody used is closed after this
     interviewer: bool = True
     interviewer_name: str = DEFAULT_INTERVIEWER_NAME
     interviewer_greeting: str | None = None
@@ -130,6 +131,7 @@ class Config:
             recording=_flag(env, "RECORDING", default=cls.recording),
             record_fps=_positive_float(env, "RECORD_FPS", cls.record_fps),
             rejoin_grace_s=_non_negative_float(env, "REJOIN_GRACE_S", cls.rejoin_grace_s),
+            invite_ttl_s=_positive_float(env, "INVITE_TTL_S", cls.invite_ttl_s),
             interviewer=_flag(env, "INTERVIEWER", default=cls.interviewer),
             interviewer_name=_optional(env, "INTERVIEWER_NAME") or cls.interviewer_name,
             interviewer_greeting=_optional(env, "INTERVIEWER_GREETING"),

@@ -77,7 +77,7 @@ def require_candidate(request: web.Request, session: InterviewSession) -> None:
     if api_key is None:
         return
     given = _bearer(request) or request.query.get("token")
-    if not (_matches(given, api_key) or _matches(given, session.token)):
+    if not (_matches(given, api_key) or session.token_matches(given)):
         raise json_error(web.HTTPUnauthorized, "missing or wrong session token", **_CHALLENGE)
 
 

@@ -7,26 +7,32 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 from aiohttp import web
 from prometheus_client import ProcessCollector
 
+from adapters.resume import extract_resume_text
 from api.instance import Instance
 from api.keys import (
     CONFIG, FILE_IO, INSTANCE, LAYOUT, MEDIA, METRICS, MODELS, REGISTRY, STORE, WRITER,
 )
 from engine.anomaly import AnomalySettings
 from engine.registry import InterviewTable
+from engine.session import InterviewSession
 from media.metrics import MediaMetrics
 from media.service import MediaService
 from storage.embedded import start_embedded, stop_embedded
 from storage.outbox import Outbox
-from storage.pg import SessionStore
+from storage.pg import DatabaseUnavailable, SessionStore
 from storage.writer import SessionWriter
 
 __all__ = ["storage_ctx", "registry_ctx"]
+
+log = logging.getLogger(__name__)
 
 
 async def storage_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -69,7 +75,9 @@ async def registry_ctx(app: web.Application) -> AsyncIterator[None]:
         heartbeat_s=config.stale_after_s / 3,
         rejoin_grace_s=config.rejoin_grace_s,
         anomaly_settings=AnomalySettings(device_labels=config.device_labels),
+        invite_ttl_s=config.invite_ttl_s,
     )
+    await _restore_invitations(app, registry)
     metrics = app[METRICS] = _metrics(app, registry)
     media = app[MEDIA] = MediaService(config, registry, metrics, models=app[MODELS])
     await registry.start()
@@ -93,3 +101,34 @@ def _metrics(app: web.Application, registry: InterviewTable) -> MediaMetrics:
     metrics.counter("interview_db_write_failures", "Row writes the database refused or missed",
                     lambda: writer.write_failures)
     return metrics
+
+
+async def _restore_invitations(app: web.Application, table: InterviewTable) -> None:
+    """Invitations handed out by an earlier run wait again (a restart or a
+    deploy must not turn them into `interrupted` rows)."""
+    instance = app[INSTANCE]
+    try:
+        rows = await app[STORE].fetch_scheduled(instance.instance_id)
+    except DatabaseUnavailable as exc:
+        log.warning("open invitations not restored, the database is unavailable: %s", exc)
+        return
+    loop = asyncio.get_running_loop()
+    restored = 0
+    for row in rows:
+        session = InterviewSession.from_invitation(row)
+        if session is None:
+            continue
+        session.server_run = instance.run_id
+        pdf = app[LAYOUT].resume(session.session_id)
+        session.resume_text = await loop.run_in_executor(app[FILE_IO], _resume_text, pdf)
+        restored += table.restore(session)
+    if restored:
+        log.info("restored %d open invitation(s)", restored)
+
+
+def _resume_text(path: Path) -> str:
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return ""
+    return extract_resume_text(data)

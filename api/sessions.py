@@ -132,9 +132,9 @@ async def get_info(request: web.Request) -> web.Response:
 async def _current_row(request: web.Request) -> tuple[uuid.UUID, SessionRow]:
     """The session's row: live from memory, else stored (database or outbox)."""
     session_id = parse_session_id(request)
-    session = request.app[REGISTRY].get(session_id)
-    if session is not None:
-        return session_id, session.to_row(SessionStatus.IN_PROGRESS)
+    interview = request.app[REGISTRY].interview(session_id)
+    if interview is not None and interview.is_live:
+        return session_id, interview.row()
     row = await stored_row(request, session_id)
     if row is None:
         raise json_error(web.HTTPNotFound, f"no session {session_id}")

@@ -111,7 +111,12 @@ class Interview:
         call, self.call = self.call, None
         return call
 
-    def row(self, status: SessionStatus = SessionStatus.IN_PROGRESS) -> SessionRow:
+    def row(self, status: SessionStatus | None = None) -> SessionRow:
+        """The row to store: by default `scheduled` until the first call, then
+        `in_progress`."""
+        if status is None:
+            started = self.record.start_time is not None
+            status = SessionStatus.IN_PROGRESS if started else SessionStatus.SCHEDULED
         return self.record.to_row(status)
 
     def close_record(self) -> None:

@@ -14,12 +14,13 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 
 from engine.aio import cancel_and_wait
 from engine.anomaly import AnomalyRules, AnomalySettings
 from engine.interview import Interview, InterviewState
 from engine.ports import RowSaver
-from engine.session import InterviewSession, SessionStatus
+from engine.session import InterviewSession, SessionStatus, utc_now
 
 __all__ = ["InterviewTable"]
 
@@ -37,8 +38,10 @@ class InterviewTable:
         heartbeat_s: float,
         rejoin_grace_s: float = 0.0,
         anomaly_settings: AnomalySettings | None = None,
+        invite_ttl_s: float | None = None,
     ) -> None:
         self._saver = saver
+        self._invite_ttl = None if invite_ttl_s is None else timedelta(seconds=invite_ttl_s)
         self._checkpoint_s = checkpoint_s
         self._heartbeat_s = heartbeat_s
         self._rejoin_grace_s = rejoin_grace_s
@@ -73,10 +76,26 @@ class InterviewTable:
         return interview.record if interview is not None and interview.is_live else None
 
     async def add(self, session: InterviewSession) -> str:
-        """A new interview, waiting for its candidate; its first row is stored."""
+        """A new interview, waiting for its candidate; its first row (`scheduled`)
+        is stored, and the invitation expires after `invite_ttl_s`."""
+        if session.invite_expires_at is None and self._invite_ttl is not None:
+            session.invite_expires_at = session.created_at + self._invite_ttl
         interview = Interview(session, AnomalyRules(self._anomaly_settings))
         self._interviews[session.session_id] = interview
         return await self._checkpoint(interview)
+
+    def restore(self, session: InterviewSession) -> bool:
+        """An invitation from an earlier run of this instance, waiting again.
+
+        Its row is stored already. False if it is here already or expired
+        (the next checkpoint round closes expired ones; this one is dropped).
+        """
+        if session.session_id in self._interviews or session.invitation_expired(utc_now()):
+            return False
+        interview = Interview(session, AnomalyRules(self._anomaly_settings))
+        interview.saved_version, interview.saved_at = session.version, time.monotonic()
+        self._interviews[session.session_id] = interview
+        return True
 
     async def wait_ended(self, session_id: uuid.UUID) -> None:
         """If the interview is being ended right now, wait until that is done."""
@@ -146,6 +165,12 @@ class InterviewTable:
         """End every live interview (shutdown); parked ones are already saved."""
         self._forget_parked()
         for interview in self.live():
+            if interview.record.start_time is None and not interview.has_call:
+                # Nobody joined yet: the invitation outlives this process
+                # (its `scheduled` row is restored at the next start).
+                if interview.saved_version != interview.record.version:
+                    await self._checkpoint(interview)
+                continue
             self.end_soon(interview.session_id)
         # Interviews already ending (an "end" just before the signal) are
         # waited for too: the shared clients and executors close after this.
@@ -241,6 +266,7 @@ class InterviewTable:
     async def _checkpoint_loop(self) -> None:
         while True:
             await asyncio.sleep(self._checkpoint_s)
+            self._expire_invitations()
             for interview in self.live():
                 if self._needs_checkpoint(interview):
                     try:
@@ -249,14 +275,23 @@ class InterviewTable:
                     except Exception:
                         log.exception("session %s: checkpoint failed", interview.session_id)
 
+    def _expire_invitations(self) -> None:
+        now = utc_now()
+        for interview in self.live():
+            if interview.record.invitation_expired(now) and not interview.has_call:
+                log.info("session %s: the invitation expired", interview.session_id)
+                self.end_soon(interview.session_id, SessionStatus.EXPIRED)
+
     def _needs_checkpoint(self, interview: Interview) -> bool:
         if not interview.is_live:
             return False  # ended while this round of checkpoints ran
         if interview.saved_version != interview.record.version:
             return True
-        # Refresh unchanged rows too, so other instances never take a quiet
-        # live interview for an abandoned one.
-        return time.monotonic() - interview.saved_at >= self._heartbeat_s
+        # Refresh unchanged `in_progress` rows too, so other instances never
+        # take a quiet live interview for an abandoned one. A `scheduled` row
+        # (nobody joined yet) is never taken for abandoned: no refresh.
+        started = interview.record.start_time is not None
+        return started and time.monotonic() - interview.saved_at >= self._heartbeat_s
 
 
 def _log_failure(task: asyncio.Task[str]) -> None:

@@ -61,10 +61,15 @@ ON CONFLICT (session_id) DO UPDATE SET
     recording_url = EXCLUDED.recording_url, resume_url = EXCLUDED.resume_url
 """
 
-_SELECT = """
-SELECT session_id, interviewee_id, template_id, start_time, end_time, status,
-    session_information, "Interview_report", recording_url, resume_url
-FROM interview_sessions WHERE session_id = $1
+_COLUMNS = """session_id, interviewee_id, template_id, start_time, end_time, status,
+    session_information, "Interview_report", recording_url, resume_url"""
+
+_SELECT = f"SELECT {_COLUMNS} FROM interview_sessions WHERE session_id = $1"
+
+# Invitations this instance handed out that nobody has joined yet.
+_SELECT_SCHEDULED = f"""
+SELECT {_COLUMNS} FROM interview_sessions
+WHERE status = 'scheduled' AND session_information->>'server_instance' = $1
 """
 
 # Rows left `in_progress` by an earlier process of this instance (same data
@@ -159,20 +164,11 @@ class SessionStore:
 
     async def fetch(self, session_id: uuid.UUID) -> SessionRow | None:
         record = await self._fetchrow(_SELECT, session_id)
-        if record is None:
-            return None
-        return SessionRow(
-            session_id=record["session_id"],
-            interviewee_id=record["interviewee_id"],
-            template_id=record["template_id"],
-            start_time=record["start_time"],
-            end_time=record["end_time"],
-            status=record["status"],
-            session_information=record["session_information"],
-            interview_report=record["Interview_report"],
-            recording_url=record["recording_url"],
-            resume_url=record["resume_url"],
-        )
+        return None if record is None else _row(record)
+
+    async def fetch_scheduled(self, server_instance: str) -> list[SessionRow]:
+        """The `scheduled` rows (open invitations) of `server_instance`."""
+        return [_row(record) for record in await self._fetch(_SELECT_SCHEDULED, server_instance)]
 
     async def fetch_template(self, template_id: uuid.UUID) -> Template | None:
         record = await self._fetchrow(
@@ -274,3 +270,18 @@ def _behind_pgbouncer(dsn: str) -> bool:
 
 def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+def _row(record: asyncpg.Record) -> SessionRow:
+    return SessionRow(
+        session_id=record["session_id"],
+        interviewee_id=record["interviewee_id"],
+        template_id=record["template_id"],
+        start_time=record["start_time"],
+        end_time=record["end_time"],
+        status=record["status"],
+        session_information=record["session_information"],
+        interview_report=record["Interview_report"],
+        recording_url=record["recording_url"],
+        resume_url=record["resume_url"],
+    )

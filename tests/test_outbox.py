@@ -42,7 +42,7 @@ async def test_rows_survive_a_database_outage(tmp_path: Path, loop_errors: list[
     try:
         live = (await (await client.post("/sessions", json={"job_role": "QA"})).json())["session_id"]
         ended = (await (await client.post("/sessions", json={"job_role": "SRE"})).json())["session_id"]
-        assert await status_of(dsn, live) == "in_progress"
+        assert await status_of(dsn, live) == "scheduled"
 
         await asyncio.to_thread(cluster.cleanup)  # the database goes down
 
@@ -82,7 +82,9 @@ async def test_outbox_is_replayed_after_a_restart(tmp_path: Path, database_url: 
         assert resp.status == 201
         sid = (await resp.json())["session_id"]
         app = client.server.app
-        app[REGISTRY].get(uuid.UUID(sid)).add_turn("assistant", "Hello, I'm Serin.")
+        session = app[REGISTRY].get(uuid.UUID(sid))
+        session.start_time = session.created_at  # as a candidate's joining does
+        session.add_turn("assistant", "Hello, I'm Serin.")
         assert (await (await client.post(f"/sessions/{sid}/save")).json())["status"] == "queued"
     finally:
         # A server stopped while the database is down: shutdown ends the
@@ -118,4 +120,4 @@ async def test_live_sessions_are_checkpointed(make_client: Any, db: asyncpg.Conn
             break
         await asyncio.sleep(0.1)
     assert history == [{"role": "user", "content": "I led the migration to PostgreSQL."}]
-    assert await db.fetchval("SELECT status FROM interview_sessions") == "in_progress"
+    assert await db.fetchval("SELECT status FROM interview_sessions") == "scheduled"
