@@ -117,6 +117,7 @@ class SessionWriter:
         self.rows_quarantined += quarantined
         if recovered:
             log.warning("outbox holds %d row(s) from a previous run", len(recovered))
+        self._wake.set()  # a first round at once
         self._task = asyncio.create_task(self._run(), name="session-writer")
 
     async def close(self) -> None:

@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import asyncpg
 import pytest
 
@@ -19,6 +21,7 @@ from storage.outbox import Outbox
 from storage.pg import SessionStore
 from storage.writer import SessionWriter
 from tests.conftest import start_pgserver
+from tests.test_process import server_process
 
 INSTANCE = "instance-a"
 
@@ -193,3 +196,32 @@ async def test_a_corrupt_outbox_file_at_runtime_does_not_stop_the_writer(
         await cluster.start()
         await asyncio.wait_for(writer.wait_idle(), 30)
         assert (await stored(dsn))[later.session_id] == "completed"
+
+
+async def test_a_server_process_starts_and_serves_past_a_corrupt_outbox_file(
+    database_url: str, tmp_path: Path
+):
+    data_dir = tmp_path / "data"
+    outbox = Outbox(data_dir / "outbox")
+    good = row()
+    outbox.put(good)
+    corrupt = uuid.uuid4()
+    (outbox.directory / f"{corrupt}.json").write_text("{")
+    env = {"DATA_DIR": str(data_dir), "DATABASE_URL": database_url}
+    async with server_process(env) as (proc, url), aiohttp.ClientSession() as http:
+        async with http.get(f"{url}/healthz") as resp:
+            assert resp.status == 200 and (await resp.json())["outbox"] in (0, 1)
+        async with http.post(f"{url}/sessions", json={"job_role": "QA"}) as resp:
+            assert resp.status == 201
+        async with http.get(f"{url}/sessions/{good.session_id}") as resp:
+            assert resp.status == 200 and (await resp.json())["status"] == "completed"
+        for _ in range(100):  # replayed in the background
+            if good.session_id in await stored(database_url):
+                break
+            await asyncio.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 60) == 0
+    assert (await stored(database_url))[good.session_id] == "completed"
+    kept = sorted(p.name.split(".")[-1] for p in (outbox.directory / "quarantine").iterdir())
+    assert kept == ["corrupt", "error"]
+    assert not list(outbox.directory.glob("*.json"))
