@@ -185,4 +185,6 @@ _SAVE_MESSAGES = {
     "saved": "row saved to the database",
     "queued": "database unavailable: row queued in the durable outbox, written when it is back",
     "dropped": "interviewee profile was deleted: row not stored",
+    "held": "database and disk both unavailable: row held in memory only, retried",
+    "quarantined": "the database refused the row's content: kept aside on disk, not retried",
 }
