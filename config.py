@@ -49,6 +49,11 @@ class Config:
     worker_index: int | None = None  # set by the supervisor for its worker processes
     recording: bool = True
     record_fps: float = 5.0
+    # Free space under DATA_DIR kept for rows and the database: below it no
+    # new recording starts (0: no reserve).
+    disk_reserve_mb: int = 512
+    # Finished recordings and evidence older than this are deleted; None keeps them.
+    recording_retention_days: float | None = None
     rejoin_grace_s: float = 30.0
     interviewer: bool = True
     interviewer_name: str = "Serin"
@@ -61,6 +66,15 @@ class Config:
     gemini_model: str = "gemini-2.5-flash"
     gemini_base_url: str | None = None
     llm_timeout_s: float = 5.0
+
+    @property
+    def disk_reserve_bytes(self) -> int:
+        return self.disk_reserve_mb << 20
+
+    @property
+    def recording_retention_s(self) -> float | None:
+        days = self.recording_retention_days
+        return None if days is None else days * 86400.0
 
     @property
     def local_mode(self) -> bool:
@@ -100,6 +114,8 @@ class Config:
             worker_index=_worker_index(env),
             recording=_flag(env, "RECORDING", default=True),
             record_fps=_positive_float(env, "RECORD_FPS", 5.0),
+            disk_reserve_mb=_non_negative_int(env, "DISK_RESERVE_MB", 512),
+            recording_retention_days=_retention_days(env),
             rejoin_grace_s=_non_negative_float(env, "REJOIN_GRACE_S", 30.0),
             interviewer=_flag(env, "INTERVIEWER", default=True),
             interviewer_name=_optional(env, "INTERVIEWER_NAME") or cls.interviewer_name,
@@ -158,6 +174,30 @@ def _positive_int(env: Mapping[str, str], name: str, default: int) -> int:
     if not raw.isdigit() or int(raw) < 1:
         raise ConfigError(f"{name} must be a whole number of at least 1, got {raw!r}")
     return int(raw)
+
+
+def _non_negative_int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = _optional(env, name)
+    if raw is None:
+        return default
+    if not raw.isdigit():
+        raise ConfigError(f"{name} must be a whole number of 0 or more, got {raw!r}")
+    return int(raw)
+
+
+def _retention_days(env: Mapping[str, str]) -> float | None:
+    """`RECORDING_RETENTION_DAYS`: unset keeps recordings forever."""
+    raw = _optional(env, "RECORDING_RETENTION_DAYS")
+    if raw is None:
+        return None
+    try:
+        days = float(raw)
+    except ValueError:
+        days = float("nan")
+    if not days > 0 or days == float("inf"):  # NaN fails `> 0` too
+        raise ConfigError(f"RECORDING_RETENTION_DAYS must be a number of days greater than 0 "
+                          f"(unset keeps recordings forever), got {raw!r}")
+    return days
 
 
 def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...], default: str) -> str:
