@@ -225,3 +225,15 @@ async def test_a_server_process_starts_and_serves_past_a_corrupt_outbox_file(
     kept = sorted(p.name.split(".")[-1] for p in (outbox.directory / "quarantine").iterdir())
     assert kept == ["corrupt", "error"]
     assert not list(outbox.directory.glob("*.json"))
+
+
+async def test_a_row_json_cannot_encode_is_quarantined_while_the_database_is_down(
+    tmp_path: Path, loop_errors: list[Any]
+):
+    unreachable = "postgresql://postgres@127.0.0.1:1/nowhere"
+    async with running_writer(unreachable, tmp_path / "outbox") as writer:
+        odd = row(session_information={"score": {1, 2}})  # a set: not JSON
+        assert await writer.save(odd) == "quarantined"
+        kept = json.loads((tmp_path / "outbox" / "quarantine" / f"{odd.session_id}.json").read_text())
+        assert kept["row"]["session_information"] == {"score": "{1, 2}"}  # kept as text
+        assert "TypeError" in kept["error"] and writer.outbox_size == 0
