@@ -66,6 +66,10 @@ class _IntervieweeGone(Exception):
     pass
 
 
+class _StillHeld(Exception):
+    """A round left rows in memory that the database did not refuse for being down."""
+
+
 class SessionWriter:
     def __init__(
         self,
@@ -265,6 +269,9 @@ class SessionWriter:
                 self.write_failures += 1
                 delay = min(delay * 2, self._retry_max_s)
                 log.info("database still unavailable (%s); retry in %.1fs", exc, delay)
+            except _StillHeld as exc:
+                delay = min(delay * 2, self._retry_max_s)
+                log.info("%s; retry in %.1fs", exc, delay)
             except Exception:
                 # The writer must outlive any one bad round: rows depend on it.
                 self.write_failures += 1
@@ -305,6 +312,8 @@ class SessionWriter:
             self._sweep_needed = False
             if count:
                 log.warning("marked %d abandoned session(s) interrupted", count)
+        if self._held:  # refused, and no room to quarantine them yet
+            raise _StillHeld(f"{len(self._held)} row(s) held in memory: no room on disk")
 
     async def _next_row(self, session_id: uuid.UUID) -> SessionRow | None:
         """The newest snapshot waiting for `session_id`; quarantine an unreadable one."""
