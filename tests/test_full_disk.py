@@ -103,13 +103,13 @@ async def test_a_save_with_a_full_disk_and_the_database_down_is_held_then_stored
 
         filler.unlink()  # space comes back first: the row goes to the outbox
         outbox = small_disk / "data" / "outbox" / f"{sid}.json"
-        await eventually(outbox.exists)
+        await eventually(outbox.exists, timeout=60)
         history = json.loads(outbox.read_text())["session_information"]["conversation_history"]
         assert history == [{"role": "user", "content": "I kept the pager quiet."}]
         assert app[WRITER].held_size == 0
 
-        await cluster.start()  # then the database
-        await asyncio.wait_for(app[WRITER].wait_idle(), 30)
+        await cluster.start()  # then the database (the app retries at most every 30 s)
+        await asyncio.wait_for(app[WRITER].wait_idle(), 60)
         assert (await stored(cluster.dsn))[uuid.UUID(sid)] == "in_progress"
         assert not outbox.exists()
     finally:
