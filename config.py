@@ -78,6 +78,11 @@ class Config:
     worker_index: int | None = None  # this process mints ids that worker owns (routing.py)
     recording: bool = True
     record_fps: float = 5.0
+    # Free space under DATA_DIR kept for rows and the database: below it no
+    # new recording starts (0: no reserve).
+    disk_reserve_mb: int = 512
+    # Finished recordings and evidence older than this are deleted; None keeps them.
+    recording_retention_days: float | None = None
     rejoin_grace_s: float = 30.0
     invite_ttl_s: float = 7 * 24 * 3600.0  # an invitation nobody used is closed after this
     interviewer: bool = True
@@ -91,6 +96,15 @@ class Config:
     gemini_model: str = DEFAULT_GEMINI_MODEL
     gemini_base_url: str | None = None
     llm_timeout_s: float = DEFAULT_LLM_TIMEOUT_S
+
+    @property
+    def disk_reserve_bytes(self) -> int:
+        return self.disk_reserve_mb << 20
+
+    @property
+    def recording_retention_s(self) -> float | None:
+        days = self.recording_retention_days
+        return None if days is None else days * 86400.0
 
     @property
     def local_mode(self) -> bool:
@@ -130,6 +144,8 @@ class Config:
             worker_index=_worker_index(env),
             recording=_flag(env, "RECORDING", default=cls.recording),
             record_fps=_positive_float(env, "RECORD_FPS", cls.record_fps),
+            disk_reserve_mb=_non_negative_int(env, "DISK_RESERVE_MB", cls.disk_reserve_mb),
+            recording_retention_days=_retention_days(env),
             rejoin_grace_s=_non_negative_float(env, "REJOIN_GRACE_S", cls.rejoin_grace_s),
             invite_ttl_s=_positive_float(env, "INVITE_TTL_S", cls.invite_ttl_s),
             interviewer=_flag(env, "INTERVIEWER", default=cls.interviewer),
@@ -191,6 +207,30 @@ def _positive_int(env: Mapping[str, str], name: str, default: int) -> int:
     if not raw.isdigit() or int(raw) < 1:
         raise ConfigError(f"{name} must be a whole number of at least 1, got {raw!r}")
     return int(raw)
+
+
+def _non_negative_int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = _optional(env, name)
+    if raw is None:
+        return default
+    if not raw.isdigit():
+        raise ConfigError(f"{name} must be a whole number of 0 or more, got {raw!r}")
+    return int(raw)
+
+
+def _retention_days(env: Mapping[str, str]) -> float | None:
+    """`RECORDING_RETENTION_DAYS`: unset keeps recordings forever."""
+    raw = _optional(env, "RECORDING_RETENTION_DAYS")
+    if raw is None:
+        return None
+    try:
+        days = float(raw)
+    except ValueError:
+        days = float("nan")
+    if not days > 0 or days == float("inf"):  # NaN fails `> 0` too
+        raise ConfigError(f"RECORDING_RETENTION_DAYS must be a number of days greater than 0 "
+                          f"(unset keeps recordings forever), got {raw!r}")
+    return days
 
 
 def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...], default: str) -> str:

@@ -25,6 +25,7 @@ from engine.registry import InterviewTable
 from engine.session import InterviewSession
 from media.metrics import MediaMetrics
 from media.service import MediaService
+from storage.disk import DiskReserve, RetentionSweeper
 from storage.embedded import start_embedded, stop_embedded
 from storage.outbox import Outbox
 from storage.pg import DatabaseUnavailable, SessionStore
@@ -79,11 +80,24 @@ async def registry_ctx(app: web.Application) -> AsyncIterator[None]:
     )
     await _restore_invitations(app, registry)
     metrics = app[METRICS] = _metrics(app, registry)
-    media = app[MEDIA] = MediaService(config, registry, metrics, models=app[MODELS])
+    reserve = DiskReserve(config.data_dir, config.disk_reserve_bytes)
+    metrics.counter("interview_recordings_refused",
+                    "Recordings not started: free space under DATA_DIR below DISK_RESERVE_MB",
+                    lambda: reserve.recordings_refused)
+    media = app[MEDIA] = MediaService(config, registry, metrics, models=app[MODELS],
+                                      recordings=reserve)
+    layout = app[LAYOUT]
+    retention = RetentionSweeper((layout.recordings_dir, layout.evidence_dir),
+                                 config.recording_retention_s, executor=app[FILE_IO])
+    metrics.counter("interview_retention_files_deleted",
+                    "Recordings and evidence deleted past RECORDING_RETENTION_DAYS",
+                    lambda: retention.files_deleted)
     await registry.start()
+    await retention.start()
     try:
         yield
     finally:
+        await retention.close()
         # Shutdown (SIGTERM included) ends and saves every live session,
         # closing its media first.
         await registry.end_all()
@@ -100,6 +114,12 @@ def _metrics(app: web.Application, registry: InterviewTable) -> MediaMetrics:
                   lambda: writer.outbox_size)
     metrics.counter("interview_db_write_failures", "Row writes the database refused or missed",
                     lambda: writer.write_failures)
+    metrics.counter("interview_rows_quarantined",
+                    "Rows the database refused for their content, and unreadable outbox files, "
+                    "kept in DATA_DIR/outbox/quarantine", lambda: writer.rows_quarantined)
+    metrics.gauge("interview_rows_held",
+                  "Rows in memory only: neither the database nor the disk took them yet",
+                  lambda: writer.held_size)
     return metrics
 
 

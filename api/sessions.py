@@ -147,7 +147,7 @@ async def save_session(request: web.Request) -> web.Response:
     session = request.app[REGISTRY].get(session_id)
     if session is None:
         raise await not_live_error(request, session_id)
-    result = await request.app[REGISTRY].save(session)
+    result = _durable_or_503(await request.app[REGISTRY].save(session))
     message = _SAVE_MESSAGES[result]
     return web.json_response({"status": result, "session_id": str(session_id), "message": message})
 
@@ -165,6 +165,7 @@ async def _finish(request: web.Request, session_id: uuid.UUID, status: str) -> w
     result = await request.app[REGISTRY].end(session_id)
     if result is None:
         raise await not_live_error(request, session_id)
+    _durable_or_503(result)
     body = {
         "status": status,
         "session_id": str(session_id),
@@ -174,8 +175,17 @@ async def _finish(request: web.Request, session_id: uuid.UUID, status: str) -> w
     return web.json_response(body)
 
 
+def _durable_or_503(result: str) -> str:
+    """A row held in memory only (full disk, database down) is not durable: say so."""
+    if result == "held":
+        raise json_error(web.HTTPServiceUnavailable, _SAVE_MESSAGES[result], **{"Retry-After": "10"})
+    return result
+
+
 _SAVE_MESSAGES = {
     "saved": "row saved to the database",
     "queued": "database unavailable: row queued in the durable outbox, written when it is back",
     "dropped": "interviewee profile was deleted: row not stored",
+    "held": "database and disk both unavailable: row held in memory only, retried",
+    "quarantined": "the database refused the row's content: kept aside on disk, not retried",
 }

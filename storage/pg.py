@@ -18,7 +18,7 @@ import asyncpg
 
 from engine.session import SessionRow
 
-__all__ = ["DatabaseUnavailable", "SessionStore", "Template", "SCHEMA"]
+__all__ = ["DatabaseUnavailable", "SessionStore", "Template", "SCHEMA", "refused_for_content"]
 
 log = logging.getLogger(__name__)
 
@@ -97,8 +97,29 @@ _TRANSIENT = (
 )
 
 
+# What says "this row, as it is, will never be taken": retrying cannot help.
+_REFUSED = (
+    asyncpg.DataError,  # class 22: a NUL character, a lone surrogate, bad JSON...
+    asyncpg.IntegrityConstraintViolationError,  # class 23
+    asyncpg.ProgramLimitExceededError,  # class 54: a value too large
+)
+
+
 class DatabaseUnavailable(Exception):
     """The database could not be reached; the operation may be retried."""
+
+
+def refused_for_content(exc: BaseException) -> bool:
+    """Whether `exc` refuses a row for what it holds rather than for the database's state.
+
+    asyncpg reports a value its encoders cannot take (a lone surrogate, an
+    object JSON cannot encode) as `asyncpg.DataError` too. Everything else a
+    write raises (connection loss, a full disk on the database's side,
+    permissions, an unexpected error) may pass, and is retried.
+    """
+    if isinstance(exc, DatabaseUnavailable):
+        return False
+    return isinstance(exc, (*_REFUSED, ValueError, TypeError))
 
 
 @dataclass(frozen=True)
@@ -232,17 +253,16 @@ class _Connection:
         try:
             self._conn = await self._pool.acquire()
             await self._store._ensure_schema(self._conn)
-        except _TRANSIENT as exc:
+        except BaseException as exc:
             await self._release()
-            raise DatabaseUnavailable(_describe(exc)) from exc
-        except BaseException:
-            await self._release()
+            if _transient(exc):
+                raise DatabaseUnavailable(_describe(exc)) from exc
             raise
         return self._conn
 
     async def __aexit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
         await self._release()
-        if exc is not None and isinstance(exc, _TRANSIENT):
+        if exc is not None and _transient(exc):
             raise DatabaseUnavailable(_describe(exc)) from exc
 
     async def _release(self) -> None:
@@ -266,6 +286,12 @@ def _behind_pgbouncer(dsn: str) -> bool:
     except ValueError:
         return False
     return port == 6543 or "pooler." in (parts.hostname or "")
+
+
+def _transient(exc: BaseException) -> bool:
+    # asyncpg's client-side DataError is an InterfaceError and a ValueError:
+    # a value refused, not a connection lost.
+    return isinstance(exc, _TRANSIENT) and not isinstance(exc, ValueError)
 
 
 def _describe(exc: BaseException) -> str:
