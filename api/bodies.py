@@ -26,10 +26,14 @@ async def read_limited(request: web.Request, limit: int, what: str) -> bytes:
     """The whole body, or 413 past `limit` bytes (declared or sent)."""
     if (request.content_length or 0) > limit:
         raise too_large(f"{what} larger than {limit // 1024} KB", limit)
-    raw = await request.content.read(limit + 1)
-    if len(raw) > limit:
-        raise too_large(f"{what} larger than {limit // 1024} KB", limit)
-    return raw
+    # `read(n)` returns as soon as some data is there: a body arriving in
+    # several TCP segments (or chunks) must be read until EOF or the limit.
+    data = bytearray()
+    while chunk := await request.content.read(limit + 1 - len(data)):
+        data += chunk
+        if len(data) > limit:
+            raise too_large(f"{what} larger than {limit // 1024} KB", limit)
+    return bytes(data)
 
 
 async def read_json_body(request: web.Request, limit: int = MAX_JSON_BYTES) -> dict[str, Any]:
@@ -39,6 +43,8 @@ async def read_json_body(request: web.Request, limit: int = MAX_JSON_BYTES) -> d
         body = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise json_error(web.HTTPBadRequest, f"malformed JSON: {exc}") from None
+    except RecursionError:
+        raise json_error(web.HTTPBadRequest, "malformed JSON: nested too deeply") from None
     if not isinstance(body, dict):
         raise json_error(web.HTTPBadRequest, "the JSON body must be an object")
     return body
