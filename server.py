@@ -20,6 +20,7 @@ from api.auth import access_middleware
 from api.bodies import MAX_RESUME_BYTES
 from api.cors import cors_middleware
 from api.errors import error_middleware
+from api.guards import guard_middleware
 from api.keys import CONFIG, LAYOUT, MODELS, REGISTRY, URLS
 from api.lifecycle import registry_ctx, storage_ctx
 from api.routes import Access, Route, Static, add_routes, check_declared
@@ -65,7 +66,7 @@ def make_app(config: Config, models: MediaModels | None = None) -> web.Applicati
     app = web.Application(
         # CORS outermost, so that errors get its headers too; access last, so
         # that its refusals are JSON errors like any other.
-        middlewares=[cors_middleware, error_middleware, access_middleware],
+        middlewares=[cors_middleware, error_middleware, guard_middleware, access_middleware],
         client_max_size=MAX_RESUME_BYTES + 65536,
     )
     app[CONFIG] = config

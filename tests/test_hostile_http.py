@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import io
 import json
 from typing import Any
 
@@ -118,3 +119,88 @@ async def test_non_ascii_authorization_bytes_are_401(make_client: AppFactory):
         head = head.replace(b"\r\n\r\n", b"\r\nAuthorization: Bearer \xff\xfe\r\n\r\n")
         status, answer = await raw_request(client, head)
         assert status == 401, (path, status, answer)
+
+
+# -- 2. text PostgreSQL cannot store ---------------------------------------------------
+
+
+BAD_TEXT = ["QA\u0000lead", "QA \ud800", "\udcff"]
+
+
+async def test_unstorable_json_text_is_400_and_registers_nothing(
+    client: TestClient, db: asyncpg.Connection
+):
+    for text in BAD_TEXT:
+        for body in ({"job_role": text}, {"job_role": "QA", "resume_url": f"https://x.org/{text}"}):
+            raw = json.dumps(body).encode()  # ensure_ascii: "\ud800" travels as an escape
+            resp = await client.post("/sessions", data=raw,
+                                     headers={"Content-Type": "application/json"})
+            assert resp.status == 400, (body, resp.status, await resp.text())
+            assert "error" in await resp.json()
+    assert await db.fetchval("SELECT count(*) FROM interview_sessions") == 0
+    assert (await (await client.get("/healthz")).json())["live_sessions"] == 0
+
+
+async def test_unstorable_multipart_text_is_400(client: TestClient, db: asyncpg.Connection):
+    for field, value in (("job_role", "QA\u0000"), ("resume_url", "https://x.org/\u0000")):
+        parts = [({"Content-Disposition": f'form-data; name="{field}"'}, value.encode())]
+        if field != "job_role":
+            parts.append(({"Content-Disposition": 'form-data; name="job_role"'}, b"QA"))
+        body, content_type = multipart(*parts)
+        resp = await client.post("/sessions", data=io.BytesIO(body),
+                                 headers={"Content-Type": content_type})
+        assert resp.status == 400, (field, await resp.text())
+    assert await db.fetchval("SELECT count(*) FROM interview_sessions") == 0
+
+
+# -- 3. multipart parts: bounded, never decoded -------------------------------------------
+
+
+def multipart(*parts: tuple[dict[str, str], bytes]) -> tuple[bytes, str]:
+    boundary = "hardapiboundary"
+    out = bytearray()
+    for headers, body in parts:
+        out += f"--{boundary}\r\n".encode()
+        for k, v in headers.items():
+            out += f"{k}: {v}\r\n".encode()
+        out += b"\r\n" + body + b"\r\n"
+    out += f"--{boundary}--\r\n".encode()
+    return bytes(out), f"multipart/form-data; boundary={boundary}"
+
+
+async def test_an_encoded_multipart_part_is_refused(client: TestClient, db: asyncpg.Connection):
+    bomb = gzip.compress(b"x" * (20 * 1024 * 1024))  # 20 MB in about 20 KB
+    body, content_type = multipart(
+        ({"Content-Disposition": 'form-data; name="job_role"', "Content-Encoding": "gzip"}, bomb),
+    )
+    resp = await client.post("/sessions", data=io.BytesIO(body), headers={"Content-Type": content_type})
+    assert resp.status == 415, await resp.text()
+    body, content_type = multipart(
+        ({"Content-Disposition": 'form-data; name="job_role"',
+          "Content-Transfer-Encoding": "base64"}, b"UUE="),
+    )
+    resp = await client.post("/sessions", data=io.BytesIO(body), headers={"Content-Type": content_type})
+    assert resp.status == 415
+    assert await db.fetchval("SELECT count(*) FROM interview_sessions") == 0
+
+
+async def test_an_oversized_multipart_field_is_refused_without_reading_it_whole(client: TestClient):
+    body, content_type = multipart(
+        ({"Content-Disposition": 'form-data; name="job_role"'}, b"x" * (4 * 1024 * 1024)),
+    )
+    resp = await client.post("/sessions", data=io.BytesIO(body), headers={"Content-Type": content_type})
+    assert resp.status == 413, await resp.text()
+    body, content_type = multipart(
+        ({"Content-Disposition": 'form-data; name="job_role"'}, b"QA"),
+        ({"Content-Disposition": 'form-data; name="job_role"'}, b"QA"),
+    )
+    resp = await client.post("/sessions", data=io.BytesIO(body), headers={"Content-Type": content_type})
+    assert resp.status == 400 and "twice" in (await resp.json())["error"]
+
+
+async def test_a_compressed_request_body_is_refused(client: TestClient, db: asyncpg.Connection):
+    raw = gzip.compress(json.dumps({"job_role": "QA" + " " * (30 * 1024 * 1024)}).encode())
+    resp = await client.post("/sessions", data=io.BytesIO(raw), headers={
+        "Content-Type": "application/json", "Content-Encoding": "gzip"})
+    assert resp.status == 415, await resp.text()
+    assert await db.fetchval("SELECT count(*) FROM interview_sessions") == 0
