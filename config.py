@@ -61,6 +61,8 @@ class Config:
     gemini_model: str = "gemini-2.5-flash"
     gemini_base_url: str | None = None
     llm_timeout_s: float = 5.0
+    resume_parse_timeout_s: float = 10.0
+    resume_parse_memory_mb: int = 512
 
     @property
     def local_mode(self) -> bool:
@@ -112,6 +114,8 @@ class Config:
             gemini_model=_optional(env, "GEMINI_MODEL") or cls.gemini_model,
             gemini_base_url=_optional(env, "GEMINI_BASE_URL"),
             llm_timeout_s=_positive_float(env, "LLM_TIMEOUT_S", 5.0),
+            resume_parse_timeout_s=_positive_float(env, "RESUME_PARSE_TIMEOUT_S", 10.0),
+            resume_parse_memory_mb=_positive_int(env, "RESUME_PARSE_MEMORY_MB", 512),
         )
 
 

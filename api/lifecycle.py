@@ -15,8 +15,10 @@ from prometheus_client import ProcessCollector
 
 from api.instance import Instance
 from api.keys import (
-    CONFIG, FILE_IO, INSTANCE, LAYOUT, MEDIA, METRICS, MODELS, REGISTRY, STORE, WRITER,
+    CONFIG, FILE_IO, INSTANCE, LAYOUT, MEDIA, METRICS, MODELS, REGISTRY, RESUME_PARSER, STORE,
+    WRITER,
 )
+from api.resume_text import ResumeLimits, ResumeParser
 from engine.anomaly import AnomalySettings
 from engine.registry import InterviewTable
 from media.metrics import MediaMetrics
@@ -34,6 +36,10 @@ async def storage_ctx(app: web.Application) -> AsyncIterator[None]:
     loop = asyncio.get_running_loop()
     file_io = app[FILE_IO] = ThreadPoolExecutor(max_workers=2, thread_name_prefix="file-io")
     instance = app[INSTANCE] = await loop.run_in_executor(file_io, Instance, layout)
+    app[RESUME_PARSER] = ResumeParser(ResumeLimits(
+        timeout_s=config.resume_parse_timeout_s,
+        memory_bytes=config.resume_parse_memory_mb * 1024 * 1024,
+    ))
     embedded = None
     if config.database_url is None:
         embedded, dsn = await loop.run_in_executor(file_io, start_embedded, config.data_dir)
