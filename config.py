@@ -32,7 +32,10 @@ class Config:
     # Rows another instance left `in_progress` are only declared interrupted
     # once their last checkpoint is this old: that instance may still be alive.
     stale_after_s: float = 60.0
+    # STUN/TURN urls only: TURN passwords are made per client from `turn_secret`.
     ice_servers: tuple[dict[str, Any], ...] = ()
+    turn_secret: str | None = field(default=None, repr=False)
+    turn_ttl_s: int = 3600
     ice_loopback_only: bool = False
     cors_origins: tuple[str, ...] = ()
     detect_fps: float = 2.0
@@ -76,6 +79,7 @@ class Config:
         api_key = _optional(env, "API_KEY")
         host = _optional(env, "HOST") or "127.0.0.1"
         checkpoint_s = _positive_float(env, "CHECKPOINT_S", 5.0)
+        turn_secret = _optional(env, "TURN_SECRET")
         return cls(
             host=host,
             port=_port(env),
@@ -85,7 +89,9 @@ class Config:
             public_url=_public_url(env),
             checkpoint_s=checkpoint_s,
             stale_after_s=max(60.0, 6 * checkpoint_s),
-            ice_servers=_ice_servers(env),
+            ice_servers=_ice_servers(env, turn_secret),
+            turn_secret=turn_secret,
+            turn_ttl_s=_turn_ttl(env),
             ice_loopback_only=_flag(env, "ICE_LOOPBACK_ONLY"),
             cors_origins=_csv(env, "CORS_ORIGINS"),
             detect_fps=_positive_float(env, "DETECT_FPS", 2.0),
@@ -229,8 +235,8 @@ def _public_url(env: Mapping[str, str]) -> str | None:
     return raw.rstrip("/")
 
 
-def _ice_servers(env: Mapping[str, str]) -> tuple[dict[str, Any], ...]:
-    """`ICE_SERVERS`: a JSON list of {"urls", "username"?, "credential"?}."""
+def _ice_servers(env: Mapping[str, str], turn_secret: str | None) -> tuple[dict[str, Any], ...]:
+    """`ICE_SERVERS`: a JSON list of {"urls"}; TURN needs `TURN_SECRET`."""
     raw = _optional(env, "ICE_SERVERS")
     if raw is None:
         return ()
@@ -240,11 +246,38 @@ def _ice_servers(env: Mapping[str, str]) -> tuple[dict[str, Any], ...]:
         raise ConfigError(f"ICE_SERVERS must be JSON: {exc}") from None
     if not isinstance(servers, list):
         raise ConfigError("ICE_SERVERS must be a JSON list of objects with 'urls'")
-    for i, server in enumerate(servers):
-        if not isinstance(server, dict) or not server.get("urls"):
-            raise ConfigError(f"ICE_SERVERS[{i}] must be an object with 'urls'")
-        urls = server["urls"]
-        urls = [urls] if isinstance(urls, str) else urls
-        if not all(isinstance(u, str) and u.split(":")[0] in ("stun", "turn", "turns") for u in urls):
-            raise ConfigError(f"ICE_SERVERS[{i}].urls must be stun:, turn: or turns: URLs")
-    return tuple(servers)
+    return tuple(_ice_server(i, server, turn_secret) for i, server in enumerate(servers))
+
+
+def _ice_server(i: int, server: Any, turn_secret: str | None) -> dict[str, Any]:
+    if not isinstance(server, dict) or not server.get("urls"):
+        raise ConfigError(f"ICE_SERVERS[{i}] must be an object with 'urls'")
+    urls = server["urls"]
+    urls = [urls] if isinstance(urls, str) else urls
+    if not isinstance(urls, list) or not all(
+        isinstance(u, str) and u.split(":")[0] in ("stun", "turn", "turns") for u in urls
+    ):
+        raise ConfigError(f"ICE_SERVERS[{i}].urls must be stun:, turn: or turns: URLs")
+    if "credential" in server or "username" in server:
+        # Every candidate (anyone who reads GET /config) would get them.
+        raise ConfigError(
+            f"ICE_SERVERS[{i}] has a static username/credential, which would be handed to "
+            "every client: remove it, configure the TURN server with a shared secret "
+            "(coturn: use-auth-secret, static-auth-secret) and set TURN_SECRET"
+        )
+    unknown = sorted(set(server) - {"urls"})
+    if unknown:
+        raise ConfigError(f"ICE_SERVERS[{i}] has unknown key(s): {', '.join(unknown)}")
+    if turn_secret is None and any(u.startswith("turn") for u in urls):
+        raise ConfigError(
+            f"ICE_SERVERS[{i}] lists TURN urls but TURN_SECRET is not set: set it to the "
+            "TURN server's shared secret (coturn: static-auth-secret)"
+        )
+    return {"urls": server["urls"]}
+
+
+def _turn_ttl(env: Mapping[str, str]) -> int:
+    ttl = _positive_int(env, "TURN_TTL_S", 3600)
+    if ttl > 7 * 24 * 3600:
+        raise ConfigError(f"TURN_TTL_S must be at most 604800 (7 days), got {ttl}")
+    return ttl

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 
 from aiohttp import web
 from prometheus_client import ProcessCollector
@@ -19,6 +20,7 @@ from api.keys import (
     WRITER,
 )
 from api.resume_text import ResumeLimits, ResumeParser
+from api.turn import is_turn
 from engine.anomaly import AnomalySettings
 from engine.registry import InterviewTable
 from media.metrics import MediaMetrics
@@ -77,7 +79,12 @@ async def registry_ctx(app: web.Application) -> AsyncIterator[None]:
         anomaly_settings=AnomalySettings(device_labels=config.device_labels),
     )
     metrics = app[METRICS] = _metrics(app, registry)
-    media = app[MEDIA] = MediaService(config, registry, metrics, models=app[MODELS])
+    # The server's own peers use the STUN entries only: TURN passwords are
+    # made per candidate, and the server is the side candidates can reach.
+    stun_only = tuple(server for server in config.ice_servers if not is_turn(server))
+    media = app[MEDIA] = MediaService(
+        replace(config, ice_servers=stun_only), registry, metrics, models=app[MODELS]
+    )
     await registry.start()
     try:
         yield
