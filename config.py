@@ -5,6 +5,7 @@ Nothing else in the project reads `os.environ`.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 from collections.abc import Mapping
@@ -13,7 +14,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-__all__ = ["Config", "ConfigError"]
+__all__ = ["Config", "ConfigError", "is_loopback"]
 
 
 class ConfigError(ValueError):
@@ -23,6 +24,8 @@ class ConfigError(ValueError):
 @dataclass(frozen=True)
 class Config:
     host: str = "127.0.0.1"
+    # Local mode (no API_KEY) on a non-loopback HOST, knowingly.
+    allow_unauthenticated: bool = False
     port: int = 8080
     database_url: str | None = field(default=None, repr=False)
     api_key: str | None = field(default=None, repr=False)
@@ -78,10 +81,19 @@ class Config:
         env = os.environ if env is None else env
         api_key = _optional(env, "API_KEY")
         host = _optional(env, "HOST") or "127.0.0.1"
+        allow_unauthenticated = _flag(env, "ALLOW_UNAUTHENTICATED")
+        if api_key is None and not is_loopback(host) and not allow_unauthenticated:
+            raise ConfigError(
+                f"API_KEY is not set and HOST={host} is not a loopback address: anyone who "
+                "can reach it could create, read and delete interviews. Set API_KEY, keep "
+                "HOST on 127.0.0.1, or set ALLOW_UNAUTHENTICATED=1 to serve without "
+                "authentication anyway"
+            )
         checkpoint_s = _positive_float(env, "CHECKPOINT_S", 5.0)
         turn_secret = _optional(env, "TURN_SECRET")
         return cls(
             host=host,
+            allow_unauthenticated=allow_unauthenticated,
             port=_port(env),
             database_url=_database_url(env),
             api_key=api_key,
@@ -123,6 +135,17 @@ class Config:
             resume_parse_timeout_s=_positive_float(env, "RESUME_PARSE_TIMEOUT_S", 10.0),
             resume_parse_memory_mb=_positive_int(env, "RESUME_PARSE_MEMORY_MB", 512),
         )
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` (a name or an address, IPv6 with or without brackets) is loopback."""
+    name = host.strip("[]").lower()
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
 
 
 def _optional(env: Mapping[str, str], name: str) -> str | None:

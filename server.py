@@ -87,7 +87,8 @@ async def serve(config: Config) -> None:
     """Run until SIGTERM or SIGINT, then end and save every live session."""
     if config.local_mode:
         log.warning(
-            "API_KEY is not set: local mode, no authentication; serving on %s only", config.host
+            "API_KEY is not set: local mode, no authentication (HOST=%s; Host and Origin "
+            "checked)", config.host
         )
     runner = web.AppRunner(make_app(config), handle_signals=False, access_log=None)
     await runner.setup()
