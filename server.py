@@ -21,6 +21,7 @@ from api.bodies import MAX_RESUME_BYTES
 from api.cors import cors_middleware
 from api.errors import error_middleware
 from api.guards import guard_middleware
+from api.headers import add_security_headers
 from api.keys import CONFIG, LAYOUT, MODELS, REGISTRY, URLS
 from api.lifecycle import registry_ctx, storage_ctx
 from api.routes import Access, Route, Static, add_routes, check_declared
@@ -77,6 +78,7 @@ def make_app(config: Config, models: MediaModels | None = None) -> web.Applicati
         use_loopback_only()
     # First, before any cleanup context starts the database.
     app.on_startup.insert(0, check_declared)
+    add_security_headers(app)
     app.cleanup_ctx.append(storage_ctx)
     app.cleanup_ctx.append(registry_ctx)
     add_routes(app, ROUTES)
@@ -121,6 +123,7 @@ async def _stop_when_orphaned(stop: asyncio.Event) -> None:
 
 def main() -> None:
     limit_arenas()  # before any thread starts; see engine/malloc.py
+    os.umask(0o077)  # resumes, recordings, evidence, the outbox: this user's only
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
