@@ -15,7 +15,7 @@ import sys
 
 from aiohttp import web
 
-from api import files, operations, sessions, signaling
+from api import files, openapi, operations, sessions, signaling
 from api.auth import access_middleware
 from api.bodies import MAX_RESUME_BYTES
 from api.cors import cors_middleware
@@ -57,6 +57,7 @@ ROUTES: tuple[Route | Static, ...] = (
     Route("GET", "/healthz", operations.healthz, Access.PUBLIC),
     Route("GET", "/metrics", operations.metrics, Access.MANAGEMENT),
     Route("GET", "/config", operations.client_config, Access.PUBLIC),
+    Route("GET", "/openapi.json", openapi.openapi_json, Access.PUBLIC),
     Route("GET", "/", files.index, Access.PUBLIC),
     Static("/static", files.STATIC_DIR, Access.PUBLIC),
 )
@@ -78,6 +79,7 @@ def make_app(config: Config, models: MediaModels | None = None) -> web.Applicati
         use_loopback_only()
     # First, before any cleanup context starts the database.
     app.on_startup.insert(0, check_declared)
+    app.on_startup.insert(1, openapi.check_described)
     add_security_headers(app)
     app.cleanup_ctx.append(storage_ctx)
     app.cleanup_ctx.append(registry_ctx)
