@@ -7,6 +7,7 @@ import uuid
 from typing import Any
 
 from aiohttp import BodyPartReader, web
+from aiohttp.http_exceptions import BadHttpMessage
 
 from api.errors import json_error, too_large
 
@@ -57,8 +58,19 @@ async def read_multipart(
     request: web.Request, fields: tuple[str, ...]
 ) -> tuple[dict[str, Any], bytes | None]:
     """The text parts named in `fields` and a 'resume' PDF part, each read
-    within its limit; 400 for a part named twice, 413 past a limit, 415 for
-    an encoded part."""
+    within its limit; 400 for a malformed body or a part named twice, 413
+    past a limit, 415 for an encoded part."""
+    try:
+        return await _read_parts(request, fields)
+    except (BadHttpMessage, ValueError) as exc:
+        # aiohttp's multipart reader raises these for a bad boundary or part
+        # headers: the client's mistake, not the server's (found by fuzzing).
+        raise json_error(web.HTTPBadRequest, f"malformed multipart body: {exc}") from None
+
+
+async def _read_parts(
+    request: web.Request, fields: tuple[str, ...]
+) -> tuple[dict[str, Any], bytes | None]:
     values: dict[str, Any] = {}
     resume: bytes | None = None
     reader = await request.multipart()

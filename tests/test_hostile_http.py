@@ -204,3 +204,13 @@ async def test_a_compressed_request_body_is_refused(client: TestClient, db: asyn
         "Content-Type": "application/json", "Content-Encoding": "gzip"})
     assert resp.status == 415, await resp.text()
     assert await db.fetchval("SELECT count(*) FROM interview_sessions") == 0
+
+
+async def test_malformed_multipart_headers_are_400(client: TestClient):
+    # Found by the fuzzer (tests/test_fuzz.py): aiohttp's multipart reader
+    # raised InvalidHeader through the handler, a 500.
+    body = b"--b\r\nContent-Disposition form-data\r\n\r\nQA\r\n--b--\r\n"
+    resp = await client.post("/sessions", data=io.BytesIO(body),
+                             headers={"Content-Type": "multipart/form-data; boundary=b"})
+    assert resp.status == 400, await resp.text()
+    assert "malformed multipart" in (await resp.json())["error"]
