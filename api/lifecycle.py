@@ -10,16 +10,19 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
 from aiohttp import web
 from prometheus_client import ProcessCollector
 
-from adapters.resume import extract_resume_text
 from api.instance import Instance
 from api.keys import (
-    CONFIG, FILE_IO, INSTANCE, LAYOUT, MEDIA, METRICS, MODELS, REGISTRY, STORE, WRITER,
+    CONFIG, FILE_IO, INSTANCE, LAYOUT, MEDIA, METRICS, MODELS, REGISTRY, RESUME_PARSER, STORE,
+    WRITER,
 )
+from api.resume_text import ResumeLimits, ResumeParser
+from api.turn import is_turn
 from engine.anomaly import AnomalySettings
 from engine.registry import InterviewTable
 from engine.session import InterviewSession
@@ -41,6 +44,10 @@ async def storage_ctx(app: web.Application) -> AsyncIterator[None]:
     loop = asyncio.get_running_loop()
     file_io = app[FILE_IO] = ThreadPoolExecutor(max_workers=2, thread_name_prefix="file-io")
     instance = app[INSTANCE] = await loop.run_in_executor(file_io, Instance, layout)
+    app[RESUME_PARSER] = ResumeParser(ResumeLimits(
+        timeout_s=config.resume_parse_timeout_s,
+        memory_bytes=config.resume_parse_memory_mb * 1024 * 1024,
+    ))
     embedded = None
     if config.database_url is None:
         embedded, dsn = await loop.run_in_executor(file_io, start_embedded, config.data_dir)
@@ -84,8 +91,13 @@ async def registry_ctx(app: web.Application) -> AsyncIterator[None]:
     metrics.counter("interview_recordings_refused",
                     "Recordings not started: free space under DATA_DIR below DISK_RESERVE_MB",
                     lambda: reserve.recordings_refused)
-    media = app[MEDIA] = MediaService(config, registry, metrics, models=app[MODELS],
-                                      recordings=reserve)
+    # The server's own peers use the STUN entries only: TURN passwords are
+    # made per candidate, and the server is the side candidates can reach.
+    stun_only = tuple(server for server in config.ice_servers if not is_turn(server))
+    media = app[MEDIA] = MediaService(
+        replace(config, ice_servers=stun_only), registry, metrics, models=app[MODELS],
+        recordings=reserve,
+    )
     layout = app[LAYOUT]
     retention = RetentionSweeper((layout.recordings_dir, layout.evidence_dir),
                                  config.recording_retention_s, executor=app[FILE_IO])
@@ -139,16 +151,17 @@ async def _restore_invitations(app: web.Application, table: InterviewTable) -> N
         if session is None:
             continue
         session.server_run = instance.run_id
-        pdf = app[LAYOUT].resume(session.session_id)
-        session.resume_text = await loop.run_in_executor(app[FILE_IO], _resume_text, pdf)
+        path = app[LAYOUT].resume(session.session_id)
+        pdf = await loop.run_in_executor(app[FILE_IO], _read_if_any, path)
+        if pdf is not None:
+            session.resume_text = await app[RESUME_PARSER].text_of(pdf)
         restored += table.restore(session)
     if restored:
         log.info("restored %d open invitation(s)", restored)
 
 
-def _resume_text(path: Path) -> str:
+def _read_if_any(path: Path) -> bytes | None:
     try:
-        data = path.read_bytes()
+        return path.read_bytes()
     except FileNotFoundError:
-        return ""
-    return extract_resume_text(data)
+        return None

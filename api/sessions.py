@@ -15,7 +15,7 @@ from api.bodies import (
     optional_text, optional_url, optional_uuid, read_json_body, read_multipart,
 )
 from api.errors import json_error
-from api.keys import CONFIG, FILE_IO, INSTANCE, LAYOUT, REGISTRY, STORE
+from api.keys import CONFIG, FILE_IO, INSTANCE, LAYOUT, REGISTRY, RESUME_PARSER, STORE
 from api.lookup import not_live_error, parse_session_id, stored_row
 from adapters.resume import extract_resume_text
 from engine.session import InterviewSession, SessionRow, SessionStatus
@@ -103,14 +103,17 @@ async def _store_resume(
     loop, file_io = asyncio.get_running_loop(), request.app[FILE_IO]
     await loop.run_in_executor(file_io, _write_file, path, data)
     session.resume_url = urls.resume(session.session_id)
-    session.resume_text = await loop.run_in_executor(file_io, extract_resume_text, data)
+    # In a child process with time and memory limits (api/resume_text.py).
+    session.resume_text = await request.app[RESUME_PARSER].text_of(data)
 
 
 def _write_file(path: Path, data: bytes) -> None:
-    """Atomically: a reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Atomically (a reader never sees half a file), readable by this user only."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    tmp.write_bytes(data)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with open(fd, "wb") as out:
+        out.write(data)
     os.replace(tmp, path)
 
 
