@@ -19,15 +19,11 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from engine.tts import (  # noqa: E402
+from engine.tts import (
     EspeakSynthesizer,
     PiperSynthesizer,
     Synthesizer,

@@ -24,7 +24,7 @@ from engine.llm import (
     LlmRequest,
     sentences,
 )
-from tests.gemini_stub import Chunk, Drop, Fail, GeminiStub, Reply, Stall, chunks
+from testing import Chunk, Drop, Fail, GeminiStub, Reply, Stall, chunks
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -15,9 +15,8 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from server import MEDIA, REGISTRY
-from tests.conftest import SHARED, AppFactory
-from tests.media_client import CLIP, SPEECH, Candidate, PhotoTrack, SpeechTrack, transcript_of
-from tests.wer import wer
+from testing import Candidate, PhotoTrack, SpeechTrack, transcript_of, wer
+from tests.conftest import CLIP, SHARED, SPEECH, AppFactory
 
 PHOTOS = SHARED / "testdata" / "photos"
 ONE_PERSON = PHOTOS / "coco_000000000436_1person_eating_closeup.jpg"
