@@ -229,7 +229,8 @@ async def _target(config: LoadTestConfig) -> AsyncIterator[tuple[ServerTarget, d
         return
     async with spawn_server(config.out / "server.log", api_key=config.api_key,
                             extra_env=config.server_env) as proc:
-        info = {"url": proc.url, "mode": "spawned", "pid": proc.pid, "env": redact(proc.env),
+        info = {"url": proc.url, "mode": "spawned", "pid": proc.pid, "script": str(proc.script),
+                "env": redact(proc.env),
                 "log": str(config.out / "server.log")}
         yield ServerTarget(proc.url, config.api_key, proc.pid, proc.data_dir, proc.exit_code), info
 

@@ -87,6 +87,10 @@ class Candidate(Generic[AudioT, VideoT]):
         await self.pc.setLocalDescription(await self.pc.createOffer())
         return str(self.pc.localDescription.sdp)
 
+    async def accept(self, answer_sdp: str) -> None:
+        """Apply the server's answer to `offer()` (for signaling done by hand, as WHIP)."""
+        await self.pc.setRemoteDescription(RTCSessionDescription(sdp=answer_sdp, type="answer"))
+
     async def connect(self, http: _Http, url: str, *, rejoin: bool = False,
                       ping_s: float | None = None, timeout_s: float = CONNECT_TIMEOUT_S,
                       headers: Mapping[str, str] | None = None) -> float:
@@ -94,8 +98,7 @@ class Candidate(Generic[AudioT, VideoT]):
         seconds taken. With `rejoin`, a 409 (the old connection is still
         closing) is retried; with `ping_s`, ping as the browser client does."""
         started = time.monotonic()
-        answer = await self._post_offer(http, url, await self.offer(), rejoin, headers or {})
-        await self.pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
+        await self.accept(await self._post_offer(http, url, await self.offer(), rejoin, headers or {}))
         await asyncio.wait_for(self._connected.wait(), timeout_s)
         connect_s = time.monotonic() - started
         await asyncio.wait_for(self.opened.wait(), timeout_s)

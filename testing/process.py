@@ -51,6 +51,7 @@ class ServerProcess:
 
     url: str
     process: asyncio.subprocess.Process
+    script: Path
     env: Mapping[str, str]  # what was set on top of the inherited environment
     log_path: Path | None
     started_in_s: float
@@ -110,7 +111,8 @@ async def start_server(
     server: ServerProcess | None = None
     try:
         url = await asyncio.wait_for(asyncio.shield(serving), start_timeout_s)
-        server = ServerProcess(url, proc, dict(env), log_path, time.monotonic() - started, reader)
+        server = ServerProcess(url, proc, script, dict(env), log_path, time.monotonic() - started,
+                               reader)
         yield server
     finally:
         if server is not None:
