@@ -19,7 +19,6 @@ from typing import Any, Generic, TypeVar
 
 import aiohttp
 from aiohttp.test_utils import TestClient
-
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamTrack
 from aiortc.rtcrtpparameters import RTCRtpCodecCapability

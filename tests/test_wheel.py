@@ -116,9 +116,11 @@ def test_installed_loadtest_help(installed: Path, tmp_path: Path):
 def test_installed_loadtest_runs_one_session_on_an_installed_server(installed: Path, tmp_path: Path):
     out = tmp_path / "out"
     argv = [str(installed), "-m", "loadtest", "--spawn-server", "--sessions", "1",
-            "--duration", "15", "--settle", "8", "--no-plots", "--out", str(out),
+            "--duration", "20", "--settle", "8", "--no-plots", "--out", str(out),
             "--media", str(DEFAULT_CACHE), "--speech-dir", str(SPEECH_DIR),
-            "--photos-dir", str(PHOTOS_DIR)]
+            "--photos-dir", str(PHOTOS_DIR),
+            # A short greeting leaves time in 20 s for an answer and its reply.
+            "--server-env", "INTERVIEWER_GREETING=Hello, I'm Serin."]
     proc = _run(argv, cwd=tmp_path, timeout=300, env=_clean_env(HF_HUB_OFFLINE="1"))
     output = proc.stdout + proc.stderr
     assert proc.returncode in (0, 1), output  # 1: an SLO broke (this machine is shared)
@@ -129,7 +131,9 @@ def test_installed_loadtest_runs_one_session_on_an_installed_server(installed: P
     assert run["sessions"] == 1 and run["errors"] == [], run["errors"]
     assert run["rows"]["found"] == 1 and run["rows"]["lost"] == 0, run["rows"]
     (candidate,) = run["candidates"]
-    assert candidate["answers"] and all(a["transcript"] for a in candidate["answers"]), candidate
+    assert candidate["answers"], candidate  # the installed ASR heard them
+    for answer in candidate["answers"]:
+        assert answer["transcript"] and answer["wer"] <= 0.35, answer
     frames = run["frames"]
     if frames["available"]:  # the shipped detector model saw the camera
         assert frames["video_samples"]["analysed"] > 0, frames
