@@ -27,7 +27,7 @@ __all__ = ["SERVER_SCRIPT", "ServerExited", "ServerProcess", "parse_serving_url"
 
 SERVER_SCRIPT = Path(__file__).resolve().parents[1] / "server.py"
 # Never inherited: they would point the server elsewhere, or online.
-SCRUBBED = ("DATABASE_URL", "SUPABASE_DB_URL", "API_KEY", "GEMINI_API_KEY", "GOOGLE_API_KEY",
+_SCRUBBED = ("DATABASE_URL", "SUPABASE_DB_URL", "API_KEY", "GEMINI_API_KEY", "GOOGLE_API_KEY",
             "GEMINI_BASE_URL", "PUBLIC_URL", "HOST", "PORT", "DATA_DIR")
 _SERVING = "Serving on "
 _KEPT_LINES = 50  # of the output, for the error when the server exits before serving
@@ -84,9 +84,9 @@ class ServerProcess:
         return time.monotonic() - started
 
 
-def server_env(env: Mapping[str, str]) -> dict[str, str]:
-    """This process's environment minus `SCRUBBED`, plus `env`, on a free port by default."""
-    full = {k: v for k, v in os.environ.items() if k not in SCRUBBED}
+def _server_env(env: Mapping[str, str]) -> dict[str, str]:
+    """This process's environment minus `_SCRUBBED`, plus `env`, on a free port by default."""
+    full = {k: v for k, v in os.environ.items() if k not in _SCRUBBED}
     full.update({"PORT": "0", "PYTHONUNBUFFERED": "1"})
     full.update(env)
     return full
@@ -97,12 +97,16 @@ async def start_server(
     env: Mapping[str, str], *, log_path: Path | None = None, script: Path = SERVER_SCRIPT,
     start_timeout_s: float = 90, stop_timeout_s: float = 60,
 ) -> AsyncIterator[ServerProcess]:
-    """Start `script` with `env` (see `server_env`); yield it once serving; stop it."""
+    """Start `script` with this environment minus `_SCRUBBED`, plus `env` (by default
+    on a free port); yield it once it is serving; stop it on the way out.
+
+    Raises `ServerExited` (with the output's tail, or the log's path) when the
+    server exits before serving, TimeoutError after `start_timeout_s`."""
     if log_path is not None:
         log_path.parent.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, str(script), cwd=script.parent, env=server_env(env),
+        sys.executable, str(script), cwd=script.parent, env=_server_env(env),
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
     )
     serving: asyncio.Future[str] = asyncio.get_running_loop().create_future()
