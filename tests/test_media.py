@@ -206,6 +206,9 @@ async def test_whip_ingest(make_client: AppFactory, db: asyncpg.Connection):
         assert resp.content_type == "application/sdp"
         location = resp.headers["Location"]
         await candidate.accept(await resp.text())
+        # Connected before the DELETE: closing a peer mid-ICE trips an aiortc
+        # race (its connect task raises "RTCIceTransport is closed", unretrieved).
+        await asyncio.wait_for(candidate.opened.wait(), 20)
         resp = await client.patch(location, data="a=candidate:1",
                                   headers={"Content-Type": "application/trickle-ice-sdpfrag"})
         assert resp.status == 405 and "DELETE" in resp.headers["Allow"]
