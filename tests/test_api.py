@@ -15,7 +15,7 @@ from aiohttp.test_utils import TestClient
 from pypdf import PdfWriter
 
 from tests.conftest import AppFactory
-from tests.media_client import Candidate
+from testing import Candidate
 
 
 def pdf_bytes(pages: int = 1) -> bytes:

@@ -10,8 +10,8 @@ import asyncpg
 import pytest
 
 from api.keys import REGISTRY
-from tests.conftest import AppFactory
-from tests.media_client import CLIP, Candidate, SpeechTrack
+from testing import Candidate, SpeechTrack
+from tests.conftest import CLIP, AppFactory
 from tests.test_media import live_client, stored_row
 
 KEY = {"Authorization": "Bearer k3y"}

@@ -15,9 +15,8 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from api.keys import MEDIA, REGISTRY
-from tests.conftest import SHARED, AppFactory
-from tests.media_client import CLIP, SPEECH, Candidate, PhotoTrack, SpeechTrack, transcript_of
-from tests.wer import wer
+from testing import Candidate, PhotoTrack, SpeechTrack, transcript_of, wer
+from tests.conftest import CLIP, SHARED, SPEECH, AppFactory
 
 PHOTOS = SHARED / "testdata" / "photos"
 ONE_PERSON = PHOTOS / "coco_000000000436_1person_eating_closeup.jpg"
@@ -211,6 +210,9 @@ async def test_whip_ingest(make_client: AppFactory, db: asyncpg.Connection):
         assert resp.content_type == "application/sdp"
         location = resp.headers["Location"]
         await candidate.accept(await resp.text())
+        # Connected before the DELETE: closing a peer mid-ICE trips an aiortc
+        # race (its connect task raises "RTCIceTransport is closed", unretrieved).
+        await asyncio.wait_for(candidate.opened.wait(), 20)
         resp = await client.patch(location, data="a=candidate:1",
                                   headers={"Content-Type": "application/trickle-ice-sdpfrag"})
         assert resp.status == 405 and "DELETE" in resp.headers["Allow"]

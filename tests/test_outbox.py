@@ -14,7 +14,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from api.keys import REGISTRY, WRITER
 from config import Config
 from server import make_app
-from tests.conftest import start_pgserver
+from testing import start_database
 
 
 async def start_app(dsn: str, data_dir: Path, **overrides: Any) -> TestClient:
@@ -36,15 +36,15 @@ async def status_of(dsn: str, session_id: str) -> str | None:
 
 async def test_rows_survive_a_database_outage(tmp_path: Path, loop_errors: list[Any]):
     pgdata = tmp_path / "pg"
-    cluster = await asyncio.to_thread(start_pgserver, pgdata)
-    dsn = cluster.get_uri()
+    cluster = await asyncio.to_thread(start_database, pgdata)
+    dsn = cluster.dsn
     client = await start_app(dsn, tmp_path / "data")
     try:
         live = (await (await client.post("/sessions", json={"job_role": "QA"})).json())["session_id"]
         ended = (await (await client.post("/sessions", json={"job_role": "SRE"})).json())["session_id"]
         assert await status_of(dsn, live) == "scheduled"
 
-        await asyncio.to_thread(cluster.cleanup)  # the database goes down
+        await asyncio.to_thread(cluster.stop)  # the database goes down
 
         saved = await (await client.post(f"/sessions/{live}/save")).json()
         assert saved["status"] == "queued"
@@ -62,14 +62,14 @@ async def test_rows_survive_a_database_outage(tmp_path: Path, loop_errors: list[
         health = await (await client.get("/healthz")).json()
         assert health["outbox"] == 2
 
-        cluster = await asyncio.to_thread(start_pgserver, pgdata)  # and comes back
+        cluster = await asyncio.to_thread(start_database, pgdata)  # and comes back
         await asyncio.wait_for(client.server.app[WRITER].wait_idle(), 60)
         assert await status_of(dsn, live) == "completed"
         assert await status_of(dsn, ended) == "completed"
         assert not list((tmp_path / "data" / "outbox").glob("*.json"))
     finally:
         await client.close()
-        await asyncio.to_thread(cluster.cleanup)
+        await asyncio.to_thread(cluster.stop)
 
 
 async def test_outbox_is_replayed_after_a_restart(tmp_path: Path, database_url: str,

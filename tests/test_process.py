@@ -13,44 +13,16 @@ from pathlib import Path
 import aiohttp
 import asyncpg
 
+from testing import start_server
 from tests.conftest import REPO
-from tests.media_client import Candidate
+from testing import Candidate
 
 
 @asynccontextmanager
 async def server_process(env: dict[str, str]) -> AsyncIterator[tuple[asyncio.subprocess.Process, str]]:
     """`python server.py` with `env`; yields the process and its base URL."""
-    full_env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "API_KEY")}
-    full_env.update({"PORT": "0", "PYTHONUNBUFFERED": "1"}, **env)
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, str(REPO / "server.py"), cwd=REPO, env=full_env,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-    )
-    try:
-        url = await asyncio.wait_for(_serving_url(proc), 60)
-        yield proc, url
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-
-
-async def _serving_url(proc: asyncio.subprocess.Process) -> str:
-    assert proc.stdout is not None
-    seen = []
-    while line := (await proc.stdout.readline()).decode():
-        seen.append(line)
-        if line.startswith("Serving on "):
-            # Keep draining the output so the server never blocks on a full pipe.
-            asyncio.get_running_loop().create_task(_drain(proc))
-            return line.split()[-1]
-    raise AssertionError("server exited before serving:\n" + "".join(seen))
-
-
-async def _drain(proc: asyncio.subprocess.Process) -> None:
-    assert proc.stdout is not None
-    while await proc.stdout.readline():
-        pass
+    async with start_server(env, start_timeout_s=60) as server:
+        yield server.process, server.url
 
 
 async def create(http: aiohttp.ClientSession, url: str, role: str) -> str:

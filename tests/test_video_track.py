@@ -14,7 +14,7 @@ import numpy as np
 from engine.anomaly import AnomalyRules
 from engine.detector import Detection
 from media.video_track import VideoAnalyzer
-from tests.media_client import PhotoTrack
+from testing import PhotoTrack
 from tests.test_media import ONE_PERSON, needs_photos
 
 

@@ -18,9 +18,9 @@ import asyncpg
 from routing import worker_of
 from config import Config
 from media.ice import use_loopback_only
-from tests.media_client import CLIP, Candidate, SpeechTrack, transcript_of
+from testing import Candidate, SpeechTrack, transcript_of, wer
+from tests.conftest import CLIP
 from tests.test_process import server_process
-from tests.wer import wer
 from workers import WorkerSettings, attach
 
 
@@ -39,11 +39,7 @@ async def test_two_workers_share_the_sessions(tmp_path, database_url: str):
         assert sorted(worker_of(i, 2) for i in ids) == [0, 0, 1, 1]  # spread over both
         candidate = Candidate(SpeechTrack(CLIP.with_suffix(".wav")), None)
         try:
-            offer = {"sdp": await candidate.offer(), "type": "offer"}
-            async with http.post(f"{url}/sessions/{ids[1]}/offer", json=offer) as resp:
-                assert resp.status == 200
-                await candidate.accept((await resp.json())["sdp"])
-            await asyncio.wait_for(candidate.opened.wait(), 20)
+            await candidate.connect(http, f"{url}/sessions/{ids[1]}/offer", timeout_s=20)
             (transcript,) = await candidate.wait_for("transcript", timeout=60)
             assert wer(transcript_of(CLIP), transcript["text"]) <= 0.15
             async with http.get(f"{url}/metrics") as resp:

@@ -20,7 +20,7 @@ from engine.session import SessionRow
 from storage.outbox import Outbox
 from storage.pg import SessionStore
 from storage.writer import SessionWriter
-from tests.conftest import start_pgserver
+from testing import EmbeddedDatabase, start_database
 from tests.test_process import server_process
 
 INSTANCE = "instance-a"
@@ -29,19 +29,21 @@ INSTANCE = "instance-a"
 class Cluster:
     """A PostgreSQL of the test's own, to stop and start for real."""
 
-    def __init__(self, pgdata: Path) -> None:
-        self.pgdata = pgdata
-        self.server: Any = None
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.server: EmbeddedDatabase | None = None
 
     @property
     def dsn(self) -> str:
-        return str(self.server.get_uri())
+        assert self.server is not None
+        return self.server.dsn
 
     async def start(self) -> None:
-        self.server = await asyncio.to_thread(start_pgserver, self.pgdata)
+        self.server = await asyncio.to_thread(start_database, self.root)
 
     async def stop(self) -> None:
-        await asyncio.to_thread(self.server.cleanup)
+        assert self.server is not None
+        await asyncio.to_thread(self.server.stop)
 
 
 @pytest.fixture
