@@ -32,6 +32,8 @@ READY_TIMEOUT_S = 120.0
 START_MARGIN_S = 0.5
 ROW_TIMEOUT_S = 40.0  # keepalive (8 s) + saving, with room for a loaded server
 ROW_POLL_S = 0.5
+# A row in these is not final yet (nobody joined; still live).
+OPEN_STATUSES = ("scheduled", "in_progress")
 
 
 @dataclass(frozen=True)
@@ -228,7 +230,7 @@ async def _final_row(http: aiohttp.ClientSession, target: ServerTarget,
         except (TimeoutError, aiohttp.ClientError, ValueError):
             pass
         closing = ((row or {}).get("session_information") or {}).get("closing")
-        if row is not None and row.get("status") != "in_progress" and not closing:
+        if row is not None and row.get("status") not in OPEN_STATUSES and not closing:
             return row
         # The server saves asynchronously after the candidate leaves; it has
         # no notification to wait on, so ask again shortly.

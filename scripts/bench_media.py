@@ -531,7 +531,7 @@ async def finish(http: aiohttp.ClientSession, candidate: BenchCandidate, session
         candidate.send({"type": "end"})
     while time.monotonic() < started + 60:
         async with http.get(f"/sessions/{session_id}") as resp:
-            if resp.status == 200 and (await resp.json())["status"] != "in_progress":
+            if resp.status == 200 and (await resp.json())["status"] not in ("scheduled", "in_progress"):
                 return time.monotonic() - started
         await asyncio.sleep(0.25)
     return math.nan

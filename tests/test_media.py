@@ -49,7 +49,8 @@ async def stored_row(
             row = await db.fetchrow(
                 "SELECT * FROM interview_sessions WHERE session_id = $1", uuid.UUID(sid)
             )
-            if row is not None and row["status"] != "in_progress" and until(row) and not (
+            open_ = ("scheduled", "in_progress")
+            if row is not None and row["status"] not in open_ and until(row) and not (
                 json.loads(row["session_information"] or "{}").get("closing")
             ):
                 return row
