@@ -92,6 +92,8 @@ class Config:
     recording_retention_days: float | None = None
     rejoin_grace_s: float = 30.0
     invite_ttl_s: float = 7 * 24 * 3600.0  # an invitation nobody used is closed after this
+    admit_load: float = 0.7  # new connections only below this load (engine/admission.py)
+    max_sessions: int | None = None  # and below this many calls, when set
     interviewer: bool = True
     interviewer_name: str = DEFAULT_INTERVIEWER_NAME
     interviewer_greeting: str | None = None
@@ -169,6 +171,8 @@ class Config:
             recording_retention_days=_retention_days(env),
             rejoin_grace_s=_non_negative_float(env, "REJOIN_GRACE_S", cls.rejoin_grace_s),
             invite_ttl_s=_positive_float(env, "INVITE_TTL_S", cls.invite_ttl_s),
+            admit_load=_fraction(env, "ADMIT_LOAD", cls.admit_load),
+            max_sessions=_optional_positive_int(env, "MAX_SESSIONS"),
             interviewer=_flag(env, "INTERVIEWER", default=cls.interviewer),
             interviewer_name=_optional(env, "INTERVIEWER_NAME") or cls.interviewer_name,
             interviewer_greeting=_optional(env, "INTERVIEWER_GREETING"),
@@ -243,6 +247,17 @@ def _positive_int(env: Mapping[str, str], name: str, default: int) -> int:
     if not raw.isdigit() or int(raw) < 1:
         raise ConfigError(f"{name} must be a whole number of at least 1, got {raw!r}")
     return int(raw)
+
+
+def _optional_positive_int(env: Mapping[str, str], name: str) -> int | None:
+    return None if _optional(env, name) is None else _positive_int(env, name, 1)
+
+
+def _fraction(env: Mapping[str, str], name: str, default: float) -> float:
+    value = _positive_float(env, name, default)
+    if value > 1.0:
+        raise ConfigError(f"{name} must be a load between 0 and 1, got {value!r}")
+    return value
 
 
 def _non_negative_int(env: Mapping[str, str], name: str, default: int) -> int:

@@ -105,6 +105,7 @@ async def registry_ctx(app: web.Application) -> AsyncIterator[None]:
                     "Recordings and evidence deleted past RECORDING_RETENTION_DAYS",
                     lambda: retention.files_deleted)
     await registry.start()
+    media.start()
     await retention.start()
     try:
         yield

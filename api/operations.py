@@ -5,17 +5,21 @@ from __future__ import annotations
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from api.keys import CONFIG, METRICS, REGISTRY, WRITER
+from api.keys import CONFIG, MEDIA, METRICS, REGISTRY, WRITER
 from api.turn import client_ice_servers
 
 __all__ = ["healthz", "metrics", "client_config"]
 
 
 async def healthz(request: web.Request) -> web.Response:
+    media = request.app[MEDIA]
     body = {
         "status": "ok",
         "live_sessions": len(request.app[REGISTRY]),
         "outbox": request.app[WRITER].outbox_size,
+        # For a load balancer: this node's load and whether it takes new calls.
+        "load": round(media.load.load, 3),
+        "admits": media.load.refusal(len(media), continuing=False, count=False) is None,
     }
     return web.json_response(body)
 

@@ -80,6 +80,11 @@ def _check_sdp(sdp: str) -> None:
 
 
 async def _connect(request: web.Request, session: InterviewSession, sdp: str) -> str:
+    refusal = request.app[MEDIA].refusal(session)
+    if refusal is not None:
+        # Past capacity: "busy, come back" rather than a worse interview for everyone.
+        raise json_error(web.HTTPServiceUnavailable, f"{refusal.reason}; retry shortly",
+                         **{"Retry-After": str(refusal.retry_after_s)})
     try:
         return await request.app[MEDIA].connect(session, sdp)
     except AlreadyConnected as exc:

@@ -12,10 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import time
 import uuid
 
 from config import Config
 from adapters.gemini import GeminiLlm
+from engine.admission import AdmissionSettings, LoadMeter, Refusal
+from engine.aio import cancel_and_wait
 from engine.interview import Interview, InterviewerSettings, new_conversation
 from engine.ports import InterviewerLlm, RecordingAdmission
 from engine.registry import InterviewTable
@@ -29,6 +33,8 @@ from media.runtime import MediaModels, MediaRuntime, load_models
 __all__ = ["AlreadyConnected", "MediaService"]
 
 log = logging.getLogger(__name__)
+
+LOAD_SAMPLE_S = 0.5
 
 
 class AlreadyConnected(Exception):
@@ -51,6 +57,15 @@ class MediaService:
         metrics.queue_loads(self._queue_loads)
         self._table = table
         self._recordings = recordings
+        self.load = LoadMeter(
+            AdmissionSettings(admit_below=config.admit_load, max_sessions=config.max_sessions),
+            cores=len(os.sched_getaffinity(0)),
+        )
+        metrics.gauge("interview_load", "This process's load for admission: the larger of "
+                      "CPU over its cores and the oldest queued item over 2 s", lambda: self.load.load)
+        metrics.counter("interview_admissions_refused", "New connections answered 503: the "
+                        "server was busy or held MAX_SESSIONS", lambda: self.load.refused)
+        self._sampler: asyncio.Task[None] | None = None
         self._models = models
         self._runtime: MediaRuntime | None = None
         self._loading = asyncio.Lock()
@@ -71,6 +86,20 @@ class MediaService:
             greeting=config.interviewer_greeting,
             max_minutes=config.interview_max_minutes,
         )
+
+    def start(self) -> None:
+        self._sampler = asyncio.create_task(self._sample_load(), name="load-sampler")
+
+    def refusal(self, session: InterviewSession) -> Refusal | None:
+        """Why a call for `session` may not be set up now (503), or None."""
+        calls = sum(1 for i in self._table.all() if i.has_call)
+        return self.load.refusal(calls, continuing=session.start_time is not None)
+
+    async def _sample_load(self) -> None:
+        while True:
+            oldest = max((q.oldest_s for q in self._queue_loads().values()), default=0.0)
+            self.load.sample(time.monotonic(), time.process_time(), oldest)
+            await asyncio.sleep(LOAD_SAMPLE_S)
 
     def live(self, session_id: uuid.UUID) -> WebRtcCall | None:
         """The interview's current call, if one is connected."""
@@ -113,6 +142,7 @@ class MediaService:
         return answer
 
     async def close(self) -> None:
+        await cancel_and_wait(self._sampler)
         for interview in self._table.all():  # none is left after a clean end_all()
             if interview.call is not None:
                 await interview.call.close()

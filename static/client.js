@@ -27,10 +27,12 @@ const END_TIMEOUT_MS = 3000;
 const REQUEST_TIMEOUT_MS = 10000;
 const CONFIG_TIMEOUT_MS = 2000;
 const DEFAULT_MAX_FRAMERATE = 10;
+// How long a candidate waits for a free slot when the server says it is busy (503).
+const BUSY_WAIT_MS = 15 * 60 * 1000;
 
 /**
  * @typedef {'transcript'|'interviewer'|'state'|'anomaly'|'error'|'connection'} InterviewEvent
- * @typedef {'new'|'connecting'|'connected'|'reconnecting'|'failed'|'closed'} ConnectionState
+ * @typedef {'new'|'connecting'|'busy'|'connected'|'reconnecting'|'failed'|'closed'} ConnectionState
  * @typedef {'media_denied'|'media_unavailable'|'unsupported_browser'|'bad_token'|
  *   'session_ended'|'already_connected'|'network'|'server'|'autoplay_blocked'} ErrorCode
  *
@@ -51,12 +53,14 @@ export class InterviewError extends Error {
    * @param {string} message
    * @param {{retryable?: boolean, status?: number}} [details]
    */
-  constructor(code, message, { retryable = false, status = 0 } = {}) {
+  constructor(code, message, { retryable = false, status = 0, retryAfterMs = 0 } = {}) {
     super(message);
     this.name = 'InterviewError';
     this.code = code;
     this.retryable = retryable;
     this.status = status;
+    /** When the server said to come back (503 + `Retry-After`), in ms; 0 if it did not. */
+    this.retryAfterMs = retryAfterMs;
   }
 }
 
@@ -270,7 +274,8 @@ export class InterviewClient {
    * server's rejoin grace window (30 s by default).
    */
   async _connectWithRetry() {
-    const deadline = Date.now() + this._config.rejoinWindowMs;
+    let deadline = Date.now() + this._config.rejoinWindowMs;
+    const busyDeadline = Date.now() + BUSY_WAIT_MS;
     let delay = 500;
     for (;;) {
       try {
@@ -281,6 +286,15 @@ export class InterviewClient {
       } catch (err) {
         const error = asInterviewError(err);
         if (this._finished) return;
+        if (error.code === 'busy' && Date.now() < busyDeadline) {
+          // The server is full: wait as long as it asks (with some jitter, so
+          // that everyone told to wait does not come back at once), then again.
+          this._setState('busy');
+          const wait = (error.retryAfterMs || delay) * (1 + Math.random() * 0.3);
+          await sleep(Math.min(wait, busyDeadline - Date.now()));
+          deadline = Date.now() + this._config.rejoinWindowMs;
+          continue;
+        }
         if (!error.retryable || Date.now() + delay >= deadline) throw error;
         await sleep(delay);
         delay = Math.min(delay * 2, 4000);
@@ -363,7 +377,7 @@ export class InterviewClient {
       throw new InterviewError('network', `cannot reach the interview server (${err.message})`, { retryable: true });
     }
     const payload = await response.json().catch(() => ({}));
-    if (!response.ok) throw httpError(response.status, payload.error);
+    if (!response.ok) throw httpError(response.status, payload.error, retryAfterMs(response));
     return payload;
   }
 
@@ -453,12 +467,28 @@ function createAudioElement(container) {
 }
 
 /**
+ * `Retry-After` (seconds; RFC 9110 also allows a date) in ms, or 0.
+ * @param {Response} response
+ */
+function retryAfterMs(response) {
+  const raw = response.headers.get('Retry-After');
+  if (!raw) return 0;
+  const seconds = Number(raw);
+  const ms = Number.isFinite(seconds) ? seconds * 1000 : Date.parse(raw) - Date.now();
+  return Math.max(0, Math.min(ms, 60_000)) || 0;
+}
+
+/**
  * @param {number} status
  * @param {string} [message] the server's `{"error"}` text
+ * @param {number} [retryAfter] ms the server asked to wait (503)
  * @returns {InterviewError}
  */
-function httpError(status, message) {
+function httpError(status, message, retryAfter = 0) {
   const text = message || `HTTP ${status}`;
+  if (status === 503) {
+    return new InterviewError('busy', text, { status, retryable: true, retryAfterMs: retryAfter });
+  }
   if (status === 401 || status === 403) {
     return new InterviewError('bad_token', 'this interview link is not valid (wrong or expired token)', { status });
   }

@@ -35,7 +35,8 @@ function takeCredentials() {
 
 const STATE_TEXT = { listening: 'listening — your turn', thinking: 'thinking…', speaking: 'speaking', ended: 'finished' };
 const CONNECTION_TEXT = {
-  connecting: 'connecting…', connected: 'connected', reconnecting: 'reconnecting…',
+  connecting: 'connecting…', busy: 'the server is busy, retrying…', connected: 'connected',
+  reconnecting: 'reconnecting…',
   failed: 'lost', closed: 'closed',
 };
 const ERROR_TEXT = {
