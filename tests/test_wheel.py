@@ -93,9 +93,9 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_the_wheel_ships_the_kit_and_the_server_files(installed: Path, tmp_path: Path):
-    probe = ("import json, loadtest, testing, server, engine.detector as d; "
+    probe = ("import json, loadtest, testing, server, api.files as f, adapters.detectors as d; "
              "print(json.dumps({'loadtest': loadtest.__file__, 'testing': testing.__file__, "
-             "'server': server.__file__, 'static': str(server.STATIC_DIR / 'client.js'), "
+             "'server': server.__file__, 'static': str(f.STATIC_DIR / 'client.js'), "
              "'model': str(d.DEFAULT_NANODET_PATH)}))")
     proc = _run([str(installed), "-c", probe], cwd=tmp_path, timeout=120, env=_clean_env())
     assert proc.returncode == 0, proc.stderr
