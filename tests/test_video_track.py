@@ -107,12 +107,17 @@ async def test_max_interval_is_the_floor_rate(loop_errors: list[Any]):
         analyzer = VideoAnalyzer(track, detector=detector, executor=executor, fps=10,
                                  rules=AnomalyRules(), on_anomalies=lambda *_: None, name="floor",
                                  gate=ChangeGate(max_interval_s=0.5))
+        loop = asyncio.get_running_loop()
+        started = loop.time()
         await asyncio.sleep(3.0)
         await analyzer.close()
+        elapsed = loop.time() - started
     samples = analyzer.stats.samples_analysed
-    # One run per 0.5 s of samples (every 5th at 10 fps), give or take the ends.
-    assert samples >= 15
-    assert samples / 5 - 2 <= detector.calls <= samples / 5 + 2
+    # One run per 0.5 s (every 5th sample at 10 fps); never more, however slow
+    # the machine; the other samples are reused.
+    assert 3 <= detector.calls <= elapsed / 0.5 + 1
+    assert analyzer.stats.samples_unchanged == samples - detector.calls
+    assert samples >= 10 and detector.calls <= samples / 2
 
 
 async def _feed_photos(
@@ -150,8 +155,9 @@ async def test_onsets_and_episode_ends_with_the_gate_match_every_sample_analysed
     from adapters.detectors import NanoDetDetector
 
     detector = NanoDetDetector()
-    script = [(ONE_PERSON, 3.0), (TWO_PERSONS, 3.0), (ONE_PERSON, 3.0), (PHONE, 5.0),
-              (ONE_PERSON, 3.0), (PHONE, 3.0)]
+    # The gaps leave a loaded machine (a run may take 1 s) time for the 3 clear samples.
+    script = [(ONE_PERSON, 3.0), (TWO_PERSONS, 3.0), (ONE_PERSON, 4.0), (PHONE, 5.0),
+              (ONE_PERSON, 4.0), (PHONE, 3.0)]
     results = {}
     for name, gate in (("every", None), ("gated", ChangeGate(max_interval_s=2.0))):
         results[name] = await _feed_photos(detector, script, gate)
