@@ -5,6 +5,7 @@ Nothing else in the project reads `os.environ`.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 from collections.abc import Mapping
@@ -27,6 +28,7 @@ __all__ = [
     "DEFAULT_NUDGE_S",
     "Config",
     "ConfigError",
+    "is_loopback",
 ]
 
 # Defaults that the engine and the adapters share with the configuration:
@@ -60,6 +62,8 @@ class ConfigError(ValueError):
 @dataclass(frozen=True)
 class Config:
     host: str = "127.0.0.1"
+    # Local mode (no API_KEY) on a non-loopback HOST, knowingly.
+    allow_unauthenticated: bool = False
     port: int = 8080
     database_url: str | None = field(default=None, repr=False)
     api_key: str | None = field(default=None, repr=False)
@@ -69,7 +73,10 @@ class Config:
     # Rows another instance left `in_progress` are only declared interrupted
     # once their last checkpoint is this old: that instance may still be alive.
     stale_after_s: float = 60.0
+    # STUN/TURN urls only: TURN passwords are made per client from `turn_secret`.
     ice_servers: tuple[dict[str, Any], ...] = ()
+    turn_secret: str | None = field(default=None, repr=False)
+    turn_ttl_s: int = 3600
     ice_loopback_only: bool = False
     cors_origins: tuple[str, ...] = ()
     detect_fps: float = 2.0
@@ -89,7 +96,13 @@ class Config:
     worker_index: int | None = None  # this process mints ids that worker owns (routing.py)
     recording: bool = True
     record_fps: float = 5.0
+    # Free space under DATA_DIR kept for rows and the database: below it no
+    # new recording starts (0: no reserve).
+    disk_reserve_mb: int = 512
+    # Finished recordings and evidence older than this are deleted; None keeps them.
+    recording_retention_days: float | None = None
     rejoin_grace_s: float = 30.0
+    invite_ttl_s: float = 7 * 24 * 3600.0  # an invitation nobody used is closed after this
     interviewer: bool = True
     interviewer_name: str = DEFAULT_INTERVIEWER_NAME
     interviewer_greeting: str | None = None
@@ -101,6 +114,17 @@ class Config:
     gemini_model: str = DEFAULT_GEMINI_MODEL
     gemini_base_url: str | None = None
     llm_timeout_s: float = DEFAULT_LLM_TIMEOUT_S
+    resume_parse_timeout_s: float = 10.0
+    resume_parse_memory_mb: int = 512
+
+    @property
+    def disk_reserve_bytes(self) -> int:
+        return self.disk_reserve_mb << 20
+
+    @property
+    def recording_retention_s(self) -> float | None:
+        days = self.recording_retention_days
+        return None if days is None else days * 86400.0
 
     @property
     def local_mode(self) -> bool:
@@ -113,9 +137,19 @@ class Config:
         env = os.environ if env is None else env
         api_key = _optional(env, "API_KEY")
         host = _optional(env, "HOST") or cls.host
+        allow_unauthenticated = _flag(env, "ALLOW_UNAUTHENTICATED")
+        if api_key is None and not is_loopback(host) and not allow_unauthenticated:
+            raise ConfigError(
+                f"API_KEY is not set and HOST={host} is not a loopback address: anyone who "
+                "can reach it could create, read and delete interviews. Set API_KEY, keep "
+                "HOST on 127.0.0.1, or set ALLOW_UNAUTHENTICATED=1 to serve without "
+                "authentication anyway"
+            )
         checkpoint_s = _positive_float(env, "CHECKPOINT_S", cls.checkpoint_s)
+        turn_secret = _optional(env, "TURN_SECRET")
         return cls(
             host=host,
+            allow_unauthenticated=allow_unauthenticated,
             port=_port(env, cls.port),
             database_url=_database_url(env),
             api_key=api_key,
@@ -123,7 +157,9 @@ class Config:
             public_url=_public_url(env),
             checkpoint_s=checkpoint_s,
             stale_after_s=max(60.0, 6 * checkpoint_s),
-            ice_servers=_ice_servers(env),
+            ice_servers=_ice_servers(env, turn_secret),
+            turn_secret=turn_secret,
+            turn_ttl_s=_turn_ttl(env),
             ice_loopback_only=_flag(env, "ICE_LOOPBACK_ONLY"),
             cors_origins=_csv(env, "CORS_ORIGINS"),
             detect_fps=_positive_float(env, "DETECT_FPS", cls.detect_fps),
@@ -143,7 +179,10 @@ class Config:
             worker_index=_worker_index(env),
             recording=_flag(env, "RECORDING", default=cls.recording),
             record_fps=_positive_float(env, "RECORD_FPS", cls.record_fps),
+            disk_reserve_mb=_non_negative_int(env, "DISK_RESERVE_MB", cls.disk_reserve_mb),
+            recording_retention_days=_retention_days(env),
             rejoin_grace_s=_non_negative_float(env, "REJOIN_GRACE_S", cls.rejoin_grace_s),
+            invite_ttl_s=_positive_float(env, "INVITE_TTL_S", cls.invite_ttl_s),
             interviewer=_flag(env, "INTERVIEWER", default=cls.interviewer),
             interviewer_name=_optional(env, "INTERVIEWER_NAME") or cls.interviewer_name,
             interviewer_greeting=_optional(env, "INTERVIEWER_GREETING"),
@@ -157,7 +196,22 @@ class Config:
             gemini_model=_optional(env, "GEMINI_MODEL") or cls.gemini_model,
             gemini_base_url=_optional(env, "GEMINI_BASE_URL"),
             llm_timeout_s=_positive_float(env, "LLM_TIMEOUT_S", cls.llm_timeout_s),
+            resume_parse_timeout_s=_positive_float(
+                env, "RESUME_PARSE_TIMEOUT_S", cls.resume_parse_timeout_s),
+            resume_parse_memory_mb=_positive_int(
+                env, "RESUME_PARSE_MEMORY_MB", cls.resume_parse_memory_mb),
         )
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` (a name or an address, IPv6 with or without brackets) is loopback."""
+    name = host.strip("[]").lower()
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
 
 
 def _optional(env: Mapping[str, str], name: str) -> str | None:
@@ -210,6 +264,30 @@ def _positive_int(env: Mapping[str, str], name: str, default: int) -> int:
     if not raw.isdigit() or int(raw) < 1:
         raise ConfigError(f"{name} must be a whole number of at least 1, got {raw!r}")
     return int(raw)
+
+
+def _non_negative_int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = _optional(env, name)
+    if raw is None:
+        return default
+    if not raw.isdigit():
+        raise ConfigError(f"{name} must be a whole number of 0 or more, got {raw!r}")
+    return int(raw)
+
+
+def _retention_days(env: Mapping[str, str]) -> float | None:
+    """`RECORDING_RETENTION_DAYS`: unset keeps recordings forever."""
+    raw = _optional(env, "RECORDING_RETENTION_DAYS")
+    if raw is None:
+        return None
+    try:
+        days = float(raw)
+    except ValueError:
+        days = float("nan")
+    if not days > 0 or days == float("inf"):  # NaN fails `> 0` too
+        raise ConfigError(f"RECORDING_RETENTION_DAYS must be a number of days greater than 0 "
+                          f"(unset keeps recordings forever), got {raw!r}")
+    return days
 
 
 def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...], default: str) -> str:
@@ -286,8 +364,8 @@ def _public_url(env: Mapping[str, str]) -> str | None:
     return raw.rstrip("/")
 
 
-def _ice_servers(env: Mapping[str, str]) -> tuple[dict[str, Any], ...]:
-    """`ICE_SERVERS`: a JSON list of {"urls", "username"?, "credential"?}."""
+def _ice_servers(env: Mapping[str, str], turn_secret: str | None) -> tuple[dict[str, Any], ...]:
+    """`ICE_SERVERS`: a JSON list of {"urls"}; TURN needs `TURN_SECRET`."""
     raw = _optional(env, "ICE_SERVERS")
     if raw is None:
         return ()
@@ -297,11 +375,38 @@ def _ice_servers(env: Mapping[str, str]) -> tuple[dict[str, Any], ...]:
         raise ConfigError(f"ICE_SERVERS must be JSON: {exc}") from None
     if not isinstance(servers, list):
         raise ConfigError("ICE_SERVERS must be a JSON list of objects with 'urls'")
-    for i, server in enumerate(servers):
-        if not isinstance(server, dict) or not server.get("urls"):
-            raise ConfigError(f"ICE_SERVERS[{i}] must be an object with 'urls'")
-        urls = server["urls"]
-        urls = [urls] if isinstance(urls, str) else urls
-        if not all(isinstance(u, str) and u.split(":")[0] in ("stun", "turn", "turns") for u in urls):
-            raise ConfigError(f"ICE_SERVERS[{i}].urls must be stun:, turn: or turns: URLs")
-    return tuple(servers)
+    return tuple(_ice_server(i, server, turn_secret) for i, server in enumerate(servers))
+
+
+def _ice_server(i: int, server: Any, turn_secret: str | None) -> dict[str, Any]:
+    if not isinstance(server, dict) or not server.get("urls"):
+        raise ConfigError(f"ICE_SERVERS[{i}] must be an object with 'urls'")
+    urls = server["urls"]
+    urls = [urls] if isinstance(urls, str) else urls
+    if not isinstance(urls, list) or not all(
+        isinstance(u, str) and u.split(":")[0] in ("stun", "turn", "turns") for u in urls
+    ):
+        raise ConfigError(f"ICE_SERVERS[{i}].urls must be stun:, turn: or turns: URLs")
+    if "credential" in server or "username" in server:
+        # Every candidate (anyone who reads GET /config) would get them.
+        raise ConfigError(
+            f"ICE_SERVERS[{i}] has a static username/credential, which would be handed to "
+            "every client: remove it, configure the TURN server with a shared secret "
+            "(coturn: use-auth-secret, static-auth-secret) and set TURN_SECRET"
+        )
+    unknown = sorted(set(server) - {"urls"})
+    if unknown:
+        raise ConfigError(f"ICE_SERVERS[{i}] has unknown key(s): {', '.join(unknown)}")
+    if turn_secret is None and any(u.startswith("turn") for u in urls):
+        raise ConfigError(
+            f"ICE_SERVERS[{i}] lists TURN urls but TURN_SECRET is not set: set it to the "
+            "TURN server's shared secret (coturn: static-auth-secret)"
+        )
+    return {"urls": server["urls"]}
+
+
+def _turn_ttl(env: Mapping[str, str]) -> int:
+    ttl = _positive_int(env, "TURN_TTL_S", 3600)
+    if ttl > 7 * 24 * 3600:
+        raise ConfigError(f"TURN_TTL_S must be at most 604800 (7 days), got {ttl}")
+    return ttl

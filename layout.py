@@ -8,6 +8,7 @@ client is given; they ask `DataLayout` and `PublicUrls`.
       instance_id           this data directory's stable server id
       postgres/             the embedded PostgreSQL cluster (no DATABASE_URL)
       outbox/               rows the database could not take yet
+      outbox/quarantine/    rows it refused, outbox files unreadable: kept, not retried
       models/               ASR models faster-whisper may download by name
       resumes/<id>.pdf      uploaded resumes
       recordings/<id>.webm  finished recordings (`.webm.part` while recording)
@@ -48,14 +49,22 @@ class DataLayout:
     def models(self) -> Path:
         return self.root / "models"
 
+    @property
+    def recordings_dir(self) -> Path:
+        return self.root / "recordings"
+
+    @property
+    def evidence_dir(self) -> Path:
+        return self.root / "evidence"
+
     def resume(self, session_id: uuid.UUID) -> Path:
         return self.root / "resumes" / f"{session_id}.pdf"
 
     def recording(self, session_id: uuid.UUID) -> Path:
-        return self.root / "recordings" / f"{session_id}.webm"
+        return self.recordings_dir / f"{session_id}.webm"
 
     def evidence(self, session_id: uuid.UUID, name: str) -> Path:
-        return self.root / "evidence" / str(session_id) / name
+        return self.evidence_dir / str(session_id) / name
 
     def worker(self, index: int) -> DataLayout:
         return DataLayout(self.root / f"worker-{index}")

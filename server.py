@@ -15,11 +15,13 @@ import sys
 
 from aiohttp import web
 
-from api import files, operations, sessions, signaling
+from api import files, openapi, operations, sessions, signaling
 from api.auth import access_middleware
 from api.bodies import MAX_RESUME_BYTES
 from api.cors import cors_middleware
 from api.errors import error_middleware
+from api.guards import guard_middleware
+from api.headers import add_security_headers
 from api.keys import CONFIG, LAYOUT, MODELS, REGISTRY, URLS
 from api.lifecycle import registry_ctx, storage_ctx
 from api.routes import Access, Route, Static, add_routes, check_declared
@@ -56,6 +58,7 @@ ROUTES: tuple[Route | Static, ...] = (
     Route("GET", "/healthz", operations.healthz, Access.PUBLIC),
     Route("GET", "/metrics", operations.metrics, Access.MANAGEMENT),
     Route("GET", "/config", operations.client_config, Access.PUBLIC),
+    Route("GET", "/openapi.json", openapi.openapi_json, Access.PUBLIC),
     Route("GET", "/", files.index, Access.PUBLIC),
     Static("/static", files.STATIC_DIR, Access.PUBLIC),
 )
@@ -66,7 +69,7 @@ def make_app(config: Config, models: MediaModels | None = None) -> web.Applicati
     app = web.Application(
         # CORS outermost, so that errors get its headers too; access last, so
         # that its refusals are JSON errors like any other.
-        middlewares=[cors_middleware, error_middleware, access_middleware],
+        middlewares=[cors_middleware, error_middleware, guard_middleware, access_middleware],
         client_max_size=MAX_RESUME_BYTES + 65536,
     )
     app[CONFIG] = config
@@ -77,6 +80,8 @@ def make_app(config: Config, models: MediaModels | None = None) -> web.Applicati
         use_loopback_only()
     # First, before any cleanup context starts the database.
     app.on_startup.insert(0, check_declared)
+    app.on_startup.insert(1, openapi.check_described)
+    add_security_headers(app)
     app.cleanup_ctx.append(storage_ctx)
     app.cleanup_ctx.append(registry_ctx)
     add_routes(app, ROUTES)
@@ -91,7 +96,8 @@ async def serve(config: Config, link: WorkerLink | None = None) -> None:
     """
     if config.local_mode:
         log.warning(
-            "API_KEY is not set: local mode, no authentication; serving on %s only", config.host
+            "API_KEY is not set: local mode, no authentication (HOST=%s; Host and Origin "
+            "checked)", config.host
         )
     runner = web.AppRunner(make_app(config), handle_signals=False, access_log=None)
     await runner.setup()
@@ -131,6 +137,7 @@ async def _stop_when_orphaned(link: WorkerLink, stop: asyncio.Event) -> None:
 
 def main() -> None:
     limit_arenas()  # before any thread starts; see engine/malloc.py
+    os.umask(0o077)  # resumes, recordings, evidence, the outbox: this user's only
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )

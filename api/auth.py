@@ -77,7 +77,7 @@ def require_candidate(request: web.Request, session: InterviewSession) -> None:
     if api_key is None:
         return
     given = _bearer(request) or request.query.get("token")
-    if not (_matches(given, api_key) or _matches(given, session.token)):
+    if not (_matches(given, api_key) or session.token_matches(given)):
         raise json_error(web.HTTPUnauthorized, "missing or wrong session token", **_CHALLENGE)
 
 
@@ -116,8 +116,10 @@ def _bearer(request: web.Request) -> str | None:
 
 
 def _matches(given: str | None, expected: str | None) -> bool:
+    # aiohttp hands raw non-UTF-8 header bytes over as surrogate escapes;
+    # encode them back rather than fail (`.encode()` would raise, a 500).
     return given is not None and expected is not None and hmac.compare_digest(
-        given.encode(), expected.encode()
+        given.encode("utf-8", "surrogateescape"), expected.encode("utf-8", "surrogateescape")
     )
 
 

@@ -24,7 +24,10 @@ async def get_resume(request: web.Request) -> web.StreamResponse:
     path = request.app[LAYOUT].resume(session_id)
     if not await _is_file(path):
         raise json_error(web.HTTPNotFound, f"no resume for session {session_id}")
-    return web.FileResponse(path, headers={"Content-Type": "application/pdf"})
+    # An attachment: a PDF opened inline runs the browser's PDF viewer on
+    # whatever the candidate uploaded.
+    return web.FileResponse(path, headers=_file_headers(
+        "application/pdf", f'attachment; filename="{session_id}-resume.pdf"'))
 
 
 async def get_recording(request: web.Request) -> web.StreamResponse:
@@ -33,7 +36,8 @@ async def get_recording(request: web.Request) -> web.StreamResponse:
     path = request.app[LAYOUT].recording(session_id)
     if not await _is_file(path):
         raise json_error(web.HTTPNotFound, f"no finished recording for session {session_id}")
-    return web.FileResponse(path, headers={"Content-Type": "video/webm"})
+    return web.FileResponse(path, headers=_file_headers(
+        "video/webm", f'inline; filename="{session_id}.webm"'))
 
 
 async def get_evidence(request: web.Request) -> web.StreamResponse:
@@ -43,12 +47,22 @@ async def get_evidence(request: web.Request) -> web.StreamResponse:
     path = request.app[LAYOUT].evidence(session_id, name)
     if not await _is_file(path):
         raise json_error(web.HTTPNotFound, f"no evidence {name}")
-    return web.FileResponse(path, headers={"Content-Type": "image/jpeg"})
+    return web.FileResponse(path, headers=_file_headers(
+        "image/jpeg", f'inline; filename="{session_id}-{name}"'))
 
 
 async def index(request: web.Request) -> web.StreamResponse:
     """The candidate page (`join_url` points here)."""
     return web.FileResponse(STATIC_DIR / "index.html")
+
+
+def _file_headers(content_type: str, disposition: str) -> dict[str, str]:
+    """Interview files are personal data: named, typed, never cached by a proxy."""
+    return {
+        "Content-Type": content_type,
+        "Content-Disposition": disposition,
+        "Cache-Control": "private, no-store",
+    }
 
 
 async def _is_file(path: Path) -> bool:

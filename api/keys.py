@@ -12,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from aiohttp import web
 
 from api.instance import Instance
+from api.resume_text import ResumeParser
 from config import Config
 from engine.registry import InterviewTable
 from engine.session import InterviewSession
@@ -24,7 +25,7 @@ from storage.writer import SessionWriter
 
 __all__ = [
     "CONFIG", "LAYOUT", "URLS", "FILE_IO", "INSTANCE", "STORE", "WRITER", "REGISTRY",
-    "MEDIA", "METRICS", "MODELS", "SESSION",
+    "MEDIA", "METRICS", "MODELS", "RESUME_PARSER", "SESSION",
 ]
 
 CONFIG = web.AppKey("config", Config)
@@ -40,6 +41,7 @@ MEDIA = web.AppKey("media", MediaService)
 # Models handed to `make_app` instead of those loaded on the first call.
 MODELS: web.AppKey[MediaModels | None] = web.AppKey("models")
 METRICS = web.AppKey("metrics", MediaMetrics)
+RESUME_PARSER = web.AppKey("resume_parser", ResumeParser)
 
 # The live session a candidate route's caller was admitted to (`api.auth`).
 SESSION = web.RequestKey("session", InterviewSession)

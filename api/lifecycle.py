@@ -7,26 +7,36 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from pathlib import Path
 
 from aiohttp import web
 from prometheus_client import ProcessCollector
 
 from api.instance import Instance
 from api.keys import (
-    CONFIG, FILE_IO, INSTANCE, LAYOUT, MEDIA, METRICS, MODELS, REGISTRY, STORE, WRITER,
+    CONFIG, FILE_IO, INSTANCE, LAYOUT, MEDIA, METRICS, MODELS, REGISTRY, RESUME_PARSER, STORE,
+    WRITER,
 )
+from api.resume_text import ResumeLimits, ResumeParser
+from api.turn import is_turn
 from engine.anomaly import AnomalySettings
 from engine.registry import InterviewTable
+from engine.session import InterviewSession
 from media.metrics import MediaMetrics
 from media.service import MediaService
+from storage.disk import DiskReserve, RetentionSweeper
 from storage.embedded import start_embedded, stop_embedded
 from storage.outbox import Outbox
-from storage.pg import SessionStore
+from storage.pg import DatabaseUnavailable, SessionStore
 from storage.writer import SessionWriter
 
 __all__ = ["storage_ctx", "registry_ctx"]
+
+log = logging.getLogger(__name__)
 
 
 async def storage_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -34,6 +44,10 @@ async def storage_ctx(app: web.Application) -> AsyncIterator[None]:
     loop = asyncio.get_running_loop()
     file_io = app[FILE_IO] = ThreadPoolExecutor(max_workers=2, thread_name_prefix="file-io")
     instance = app[INSTANCE] = await loop.run_in_executor(file_io, Instance, layout)
+    app[RESUME_PARSER] = ResumeParser(ResumeLimits(
+        timeout_s=config.resume_parse_timeout_s,
+        memory_bytes=config.resume_parse_memory_mb * 1024 * 1024,
+    ))
     embedded = None
     if config.database_url is None:
         embedded, dsn = await loop.run_in_executor(file_io, start_embedded, config.data_dir)
@@ -69,13 +83,33 @@ async def registry_ctx(app: web.Application) -> AsyncIterator[None]:
         heartbeat_s=config.stale_after_s / 3,
         rejoin_grace_s=config.rejoin_grace_s,
         anomaly_settings=AnomalySettings(device_labels=config.device_labels),
+        invite_ttl_s=config.invite_ttl_s,
     )
+    await _restore_invitations(app, registry)
     metrics = app[METRICS] = _metrics(app, registry)
-    media = app[MEDIA] = MediaService(config, registry, metrics, models=app[MODELS])
+    reserve = DiskReserve(config.data_dir, config.disk_reserve_bytes)
+    metrics.counter("interview_recordings_refused",
+                    "Recordings not started: free space under DATA_DIR below DISK_RESERVE_MB",
+                    lambda: reserve.recordings_refused)
+    # The server's own peers use the STUN entries only: TURN passwords are
+    # made per candidate, and the server is the side candidates can reach.
+    stun_only = tuple(server for server in config.ice_servers if not is_turn(server))
+    media = app[MEDIA] = MediaService(
+        replace(config, ice_servers=stun_only), registry, metrics, models=app[MODELS],
+        recordings=reserve,
+    )
+    layout = app[LAYOUT]
+    retention = RetentionSweeper((layout.recordings_dir, layout.evidence_dir),
+                                 config.recording_retention_s, executor=app[FILE_IO])
+    metrics.counter("interview_retention_files_deleted",
+                    "Recordings and evidence deleted past RECORDING_RETENTION_DAYS",
+                    lambda: retention.files_deleted)
     await registry.start()
+    await retention.start()
     try:
         yield
     finally:
+        await retention.close()
         # Shutdown (SIGTERM included) ends and saves every live session,
         # closing its media first.
         await registry.end_all()
@@ -92,4 +126,42 @@ def _metrics(app: web.Application, registry: InterviewTable) -> MediaMetrics:
                   lambda: writer.outbox_size)
     metrics.counter("interview_db_write_failures", "Row writes the database refused or missed",
                     lambda: writer.write_failures)
+    metrics.counter("interview_rows_quarantined",
+                    "Rows the database refused for their content, and unreadable outbox files, "
+                    "kept in DATA_DIR/outbox/quarantine", lambda: writer.rows_quarantined)
+    metrics.gauge("interview_rows_held",
+                  "Rows in memory only: neither the database nor the disk took them yet",
+                  lambda: writer.held_size)
     return metrics
+
+
+async def _restore_invitations(app: web.Application, table: InterviewTable) -> None:
+    """Invitations handed out by an earlier run wait again (a restart or a
+    deploy must not turn them into `interrupted` rows)."""
+    instance = app[INSTANCE]
+    try:
+        rows = await app[STORE].fetch_scheduled(instance.instance_id)
+    except DatabaseUnavailable as exc:
+        log.warning("open invitations not restored, the database is unavailable: %s", exc)
+        return
+    loop = asyncio.get_running_loop()
+    restored = 0
+    for row in rows:
+        session = InterviewSession.from_invitation(row)
+        if session is None:
+            continue
+        session.server_run = instance.run_id
+        path = app[LAYOUT].resume(session.session_id)
+        pdf = await loop.run_in_executor(app[FILE_IO], _read_if_any, path)
+        if pdf is not None:
+            session.resume_text = await app[RESUME_PARSER].text_of(pdf)
+        restored += table.restore(session)
+    if restored:
+        log.info("restored %d open invitation(s)", restored)
+
+
+def _read_if_any(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        return None

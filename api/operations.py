@@ -6,6 +6,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from api.keys import CONFIG, METRICS, REGISTRY, WRITER
+from api.turn import client_ice_servers
 
 __all__ = ["healthz", "metrics", "client_config"]
 
@@ -28,11 +29,12 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 async def client_config(request: web.Request) -> web.Response:
-    """Settings the browser client needs before it starts."""
+    """Settings the browser client needs before it starts; TURN entries carry
+    a fresh, expiring credential (api/turn.py), so nothing here is cached."""
     config = request.app[CONFIG]
     return web.json_response({
         "max_framerate": config.max_framerate,
         "rejoin_grace_s": config.rejoin_grace_s,
         "keepalive_timeout_s": config.keepalive_timeout_s,
-        "ice_servers": list(config.ice_servers),
-    })
+        "ice_servers": client_ice_servers(config),
+    }, headers={"Cache-Control": "no-store"})

@@ -15,7 +15,7 @@ from api.bodies import (
     optional_text, optional_url, optional_uuid, read_json_body, read_multipart,
 )
 from api.errors import json_error
-from api.keys import CONFIG, FILE_IO, INSTANCE, LAYOUT, REGISTRY, STORE
+from api.keys import CONFIG, FILE_IO, INSTANCE, LAYOUT, REGISTRY, RESUME_PARSER, STORE
 from api.lookup import not_live_error, parse_session_id, stored_row
 from adapters.resume import extract_resume_text
 from engine.session import InterviewSession, SessionRow, SessionStatus
@@ -103,14 +103,17 @@ async def _store_resume(
     loop, file_io = asyncio.get_running_loop(), request.app[FILE_IO]
     await loop.run_in_executor(file_io, _write_file, path, data)
     session.resume_url = urls.resume(session.session_id)
-    session.resume_text = await loop.run_in_executor(file_io, extract_resume_text, data)
+    # In a child process with time and memory limits (api/resume_text.py).
+    session.resume_text = await request.app[RESUME_PARSER].text_of(data)
 
 
 def _write_file(path: Path, data: bytes) -> None:
-    """Atomically: a reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Atomically (a reader never sees half a file), readable by this user only."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    tmp.write_bytes(data)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with open(fd, "wb") as out:
+        out.write(data)
     os.replace(tmp, path)
 
 
@@ -132,9 +135,9 @@ async def get_info(request: web.Request) -> web.Response:
 async def _current_row(request: web.Request) -> tuple[uuid.UUID, SessionRow]:
     """The session's row: live from memory, else stored (database or outbox)."""
     session_id = parse_session_id(request)
-    session = request.app[REGISTRY].get(session_id)
-    if session is not None:
-        return session_id, session.to_row(SessionStatus.IN_PROGRESS)
+    interview = request.app[REGISTRY].interview(session_id)
+    if interview is not None and interview.is_live:
+        return session_id, interview.row()
     row = await stored_row(request, session_id)
     if row is None:
         raise json_error(web.HTTPNotFound, f"no session {session_id}")
@@ -147,7 +150,7 @@ async def save_session(request: web.Request) -> web.Response:
     session = request.app[REGISTRY].get(session_id)
     if session is None:
         raise await not_live_error(request, session_id)
-    result = await request.app[REGISTRY].save(session)
+    result = _durable_or_503(await request.app[REGISTRY].save(session))
     message = _SAVE_MESSAGES[result]
     return web.json_response({"status": result, "session_id": str(session_id), "message": message})
 
@@ -165,6 +168,7 @@ async def _finish(request: web.Request, session_id: uuid.UUID, status: str) -> w
     result = await request.app[REGISTRY].end(session_id)
     if result is None:
         raise await not_live_error(request, session_id)
+    _durable_or_503(result)
     body = {
         "status": status,
         "session_id": str(session_id),
@@ -174,8 +178,17 @@ async def _finish(request: web.Request, session_id: uuid.UUID, status: str) -> w
     return web.json_response(body)
 
 
+def _durable_or_503(result: str) -> str:
+    """A row held in memory only (full disk, database down) is not durable: say so."""
+    if result == "held":
+        raise json_error(web.HTTPServiceUnavailable, _SAVE_MESSAGES[result], **{"Retry-After": "10"})
+    return result
+
+
 _SAVE_MESSAGES = {
     "saved": "row saved to the database",
     "queued": "database unavailable: row queued in the durable outbox, written when it is back",
     "dropped": "interviewee profile was deleted: row not stored",
+    "held": "database and disk both unavailable: row held in memory only, retried",
+    "quarantined": "the database refused the row's content: kept aside on disk, not retried",
 }

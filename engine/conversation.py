@@ -194,6 +194,7 @@ class Conversation:
             log.info("ignoring the interviewer's own voice heard back: %r", text)
         elif text:
             self._pieces.append(text)
+            self._session.answer_in_progress(" ".join(self._pieces))
             self._last_voiced_at = now - latency_s
             self._transcript_at = now
             self._current_question().speech_s += speech_s
@@ -293,6 +294,7 @@ class Conversation:
     async def _listen(self) -> tuple[str, TurnMetrics | None]:
         self._set_state("listening")
         self._pieces = []
+        self._session.answer_in_progress("")
         started = self._loop.time()
         while True:
             now = self._loop.time()
@@ -332,6 +334,7 @@ class Conversation:
     def _commit_answer(self) -> str:
         answer = " ".join(self._pieces)
         self._pieces = []
+        self._session.answer_in_progress("")
         if answer:
             self._current_question().answers.append(answer)
             self._session.add_turn("user", answer)

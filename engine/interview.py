@@ -21,7 +21,7 @@ import asyncio
 import enum
 import uuid
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from engine.anomaly import AnomalyRules
 from engine.conversation import ConversationState
@@ -84,6 +84,7 @@ class Interview:
     rejoin_timer: asyncio.TimerHandle | None = field(default=None, repr=False)
     # A call is being set up (models loading, offer being answered).
     connecting: bool = False
+    final_status: SessionStatus = SessionStatus.COMPLETED
 
     @property
     def session_id(self) -> uuid.UUID:
@@ -110,7 +111,12 @@ class Interview:
         call, self.call = self.call, None
         return call
 
-    def row(self, status: SessionStatus = SessionStatus.IN_PROGRESS) -> SessionRow:
+    def row(self, status: SessionStatus | None = None) -> SessionRow:
+        """The row to store: by default `scheduled` until the first call, then
+        `in_progress`."""
+        if status is None:
+            started = self.record.start_time is not None
+            status = SessionStatus.IN_PROGRESS if started else SessionStatus.SCHEDULED
         return self.record.to_row(status)
 
     def close_record(self) -> None:
@@ -127,8 +133,12 @@ class Interview:
         self.record.end_time = None
         self.record.touch()
 
-    async def finish(self) -> None:
-        """Build the report from the conversation so far (after each call)."""
+    def finish(self, evaluation: dict[str, Any] | None = None) -> None:
+        """Build the report from the conversation so far (after each call).
+
+        The model's evaluation, when there is one, is added later by
+        `evaluate()`: the row must not wait for it.
+        """
         state = self.conversation
         if state is None:
             return
@@ -136,11 +146,7 @@ class Interview:
         answers = [AnswerRecord(q.question, tuple(q.answers), q.speech_s)
                    for _, q in sorted(state.questions.items())]
         engine = state.engine
-        gemini = engine if isinstance(engine, GeminiInterviewer) else None
-        evaluation = None
-        if gemini is not None and any(t.role == "user" for t in record.conversation_history):
-            history = list(record.conversation_history)
-            evaluation = await evaluate(gemini.llm, record.job_role, history)
+        gemini = self._gemini()
         record.interview_report = build_report(
             answers,
             record.anomalies_detected,
@@ -153,6 +159,24 @@ class Interview:
         if gemini is not None and gemini.errors:
             record.extra_information["llm_errors"] = list(gemini.errors[-20:])
         record.touch()
+
+    @property
+    def evaluable(self) -> bool:
+        """The interviewer's model can score this interview's answers."""
+        return self._gemini() is not None and any(
+            t.role == "user" for t in self.record.conversation_history)
+
+    async def evaluate(self) -> None:
+        """Add the model's evaluation to the report (seconds; once it is over)."""
+        gemini = self._gemini()
+        if gemini is None or not self.evaluable:
+            return
+        history = list(self.record.conversation_history)
+        self.finish(await evaluate(gemini.llm, self.record.job_role, history))
+
+    def _gemini(self) -> GeminiInterviewer | None:
+        engine = None if self.conversation is None else self.conversation.engine
+        return engine if isinstance(engine, GeminiInterviewer) else None
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,7 @@ __all__ = [
     "LlmError",
     "LlmErrorKind",
     "LlmRequest",
+    "RecordingAdmission",
     "RowSaver",
     "Synthesizer",
     "SynthesizerUnavailable",
@@ -168,6 +169,12 @@ class InterviewerLlm(Protocol):
 
 
 # --- persistence --------------------------------------------------------------------
+
+
+class RecordingAdmission(Protocol):
+    """Whether a new recording may start (e.g. enough free disk)."""
+
+    def admit_recording(self, what: str) -> bool: ...
 
 
 class RowSaver(Protocol):

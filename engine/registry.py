@@ -14,16 +14,19 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 
 from engine.aio import cancel_and_wait
 from engine.anomaly import AnomalyRules, AnomalySettings
 from engine.interview import Interview, InterviewState
 from engine.ports import RowSaver
-from engine.session import InterviewSession, SessionStatus
+from engine.session import InterviewSession, SessionStatus, utc_now
 
 __all__ = ["InterviewTable"]
 
 log = logging.getLogger(__name__)
+
+EVALUATION_GRACE_S = 20.0  # at shutdown, for the model's evaluations still running
 
 
 class InterviewTable:
@@ -35,8 +38,10 @@ class InterviewTable:
         heartbeat_s: float,
         rejoin_grace_s: float = 0.0,
         anomaly_settings: AnomalySettings | None = None,
+        invite_ttl_s: float | None = None,
     ) -> None:
         self._saver = saver
+        self._invite_ttl = None if invite_ttl_s is None else timedelta(seconds=invite_ttl_s)
         self._checkpoint_s = checkpoint_s
         self._heartbeat_s = heartbeat_s
         self._rejoin_grace_s = rejoin_grace_s
@@ -45,6 +50,7 @@ class InterviewTable:
         # Called once an interview is gone for good (saved, not rejoinable).
         self.on_forget: list[Callable[[Interview], None]] = []
         self._task: asyncio.Task[None] | None = None
+        self._evaluations: set[asyncio.Task[None]] = set()
         self.checkpoints = 0
 
     def __len__(self) -> int:
@@ -70,10 +76,26 @@ class InterviewTable:
         return interview.record if interview is not None and interview.is_live else None
 
     async def add(self, session: InterviewSession) -> str:
-        """A new interview, waiting for its candidate; its first row is stored."""
+        """A new interview, waiting for its candidate; its first row (`scheduled`)
+        is stored, and the invitation expires after `invite_ttl_s`."""
+        if session.invite_expires_at is None and self._invite_ttl is not None:
+            session.invite_expires_at = session.created_at + self._invite_ttl
         interview = Interview(session, AnomalyRules(self._anomaly_settings))
         self._interviews[session.session_id] = interview
         return await self._checkpoint(interview)
+
+    def restore(self, session: InterviewSession) -> bool:
+        """An invitation from an earlier run of this instance, waiting again.
+
+        Its row is stored already. False if it is here already or expired
+        (the next checkpoint round closes expired ones; this one is dropped).
+        """
+        if session.session_id in self._interviews or session.invitation_expired(utc_now()):
+            return False
+        interview = Interview(session, AnomalyRules(self._anomaly_settings))
+        interview.saved_version, interview.saved_at = session.version, time.monotonic()
+        self._interviews[session.session_id] = interview
+        return True
 
     async def wait_ended(self, session_id: uuid.UUID) -> None:
         """If the interview is being ended right now, wait until that is done."""
@@ -143,6 +165,12 @@ class InterviewTable:
         """End every live interview (shutdown); parked ones are already saved."""
         self._forget_parked()
         for interview in self.live():
+            if interview.record.start_time is None and not interview.has_call:
+                # Nobody joined yet: the invitation outlives this process
+                # (its `scheduled` row is restored at the next start).
+                if interview.saved_version != interview.record.version:
+                    await self._checkpoint(interview)
+                continue
             self.end_soon(interview.session_id)
         # Interviews already ending (an "end" just before the signal) are
         # waited for too: the shared clients and executors close after this.
@@ -152,6 +180,12 @@ class InterviewTable:
             if isinstance(result, BaseException):
                 log.error("ending a session at shutdown failed: %r", result)
         self._forget_parked()  # parked by the endings just awaited
+        if self._evaluations:
+            # The rows are saved already; the evaluations get a little longer.
+            _, pending = await asyncio.wait(self._evaluations, timeout=EVALUATION_GRACE_S)
+            if pending:
+                log.warning("shutdown: %d evaluation(s) left unfinished", len(pending))
+            await cancel_and_wait(*pending)
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._checkpoint_loop(), name="checkpointer")
@@ -161,7 +195,14 @@ class InterviewTable:
         await cancel_and_wait(task)
 
     async def _end(self, interview: Interview, status: SessionStatus, rejoinable: bool) -> str:
+        interview.final_status = status
         try:
+            # The final status first, in milliseconds: a process killed while
+            # the call drains (`docker stop` waits 10 s) leaves a closed row.
+            interview.close_record()
+            draining = interview.call is not None
+            interview.record.mark_closing(draining)
+            result = str(await self._saver.save(interview.row(status)))
             if interview.call is not None:
                 try:
                     # Still attached while it drains, so its backlog stays visible.
@@ -169,8 +210,10 @@ class InterviewTable:
                 except Exception:
                     log.exception("session %s: closing media failed", interview.session_id)
                 interview.detach()
-            interview.close_record()
-            return str(await self._saver.save(interview.row(status)))
+                # Then what the drain added: the last answer, the report.
+                interview.record.mark_closing(False)
+                result = str(await self._saver.save(interview.row(status)))
+            return result
         finally:
             interview.ending = None
             if rejoinable and self._rejoin_grace_s > 0:
@@ -199,6 +242,19 @@ class InterviewTable:
         self._interviews.pop(interview.session_id, None)
         for callback in self.on_forget:
             callback(interview)
+        if interview.evaluable:
+            # Only once it is over for good: a rejoin never waits for a model.
+            task = asyncio.get_running_loop().create_task(
+                self._evaluate(interview), name=f"evaluate-{interview.session_id}")
+            self._evaluations.add(task)
+            task.add_done_callback(self._evaluations.discard)
+
+    async def _evaluate(self, interview: Interview) -> None:
+        try:
+            await interview.evaluate()
+            await self._saver.save(interview.row(interview.final_status))
+        except Exception:
+            log.exception("session %s: evaluating the interview failed", interview.session_id)
 
     async def _checkpoint(self, interview: Interview) -> str:
         version = interview.record.version
@@ -210,6 +266,7 @@ class InterviewTable:
     async def _checkpoint_loop(self) -> None:
         while True:
             await asyncio.sleep(self._checkpoint_s)
+            self._expire_invitations()
             for interview in self.live():
                 if self._needs_checkpoint(interview):
                     try:
@@ -218,14 +275,23 @@ class InterviewTable:
                     except Exception:
                         log.exception("session %s: checkpoint failed", interview.session_id)
 
+    def _expire_invitations(self) -> None:
+        now = utc_now()
+        for interview in self.live():
+            if interview.record.invitation_expired(now) and not interview.has_call:
+                log.info("session %s: the invitation expired", interview.session_id)
+                self.end_soon(interview.session_id, SessionStatus.EXPIRED)
+
     def _needs_checkpoint(self, interview: Interview) -> bool:
         if not interview.is_live:
             return False  # ended while this round of checkpoints ran
         if interview.saved_version != interview.record.version:
             return True
-        # Refresh unchanged rows too, so other instances never take a quiet
-        # live interview for an abandoned one.
-        return time.monotonic() - interview.saved_at >= self._heartbeat_s
+        # Refresh unchanged `in_progress` rows too, so other instances never
+        # take a quiet live interview for an abandoned one. A `scheduled` row
+        # (nobody joined yet) is never taken for abandoned: no refresh.
+        started = interview.record.start_time is not None
+        return started and time.monotonic() - interview.saved_at >= self._heartbeat_s
 
 
 def _log_failure(task: asyncio.Task[str]) -> None:

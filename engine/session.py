@@ -9,6 +9,8 @@ since their last save. `SessionRow` is the immutable snapshot written to the
 from __future__ import annotations
 
 import enum
+import hashlib
+import hmac
 import secrets
 import uuid
 from dataclasses import dataclass, field, replace
@@ -25,14 +27,23 @@ __all__ = [
 ]
 
 
+ANSWER_IN_PROGRESS = "answer_in_progress"  # session_information key
+INVITATION = "invitation"  # session_information key, while the candidate has not joined
+# session_information key, true while an ended interview's call still drains:
+# the row already has its final status; the last answer and the report follow.
+CLOSING = "closing"
+
+
 def utc_now() -> datetime:
     return datetime.now(timezone.utc)
 
 
 class SessionStatus(enum.StrEnum):
+    SCHEDULED = "scheduled"  # invited; the candidate has not joined yet
     IN_PROGRESS = "in_progress"
     COMPLETED = "completed"
     INTERRUPTED = "interrupted"
+    EXPIRED = "expired"  # the invitation ran out before the candidate joined
 
 
 Role = Literal["assistant", "user"]
@@ -131,7 +142,23 @@ class InterviewSession:
     anomalies_detected: list[dict[str, Any]] = field(default_factory=list)
     interview_report: dict[str, Any] | None = None
     extra_information: dict[str, Any] = field(default_factory=dict)
+    invite_expires_at: datetime | None = None
+    # Only this digest of the token is stored (for invitations that must
+    # survive a restart); the token itself exists in the join URL alone.
+    token_sha256: str = field(default="", repr=False)
     version: int = 0
+
+    def __post_init__(self) -> None:
+        if self.token and not self.token_sha256:
+            self.token_sha256 = _sha256(self.token)
+
+    def token_matches(self, given: str | None) -> bool:
+        return given is not None and hmac.compare_digest(
+            _sha256(given).encode(), self.token_sha256.encode())
+
+    def invitation_expired(self, now: datetime) -> bool:
+        expires = self.invite_expires_at
+        return self.start_time is None and expires is not None and now >= expires
 
     def touch(self) -> None:
         """Mark the session changed since its last save."""
@@ -141,6 +168,24 @@ class InterviewSession:
         if role not in ("assistant", "user"):
             raise ValueError(f"role must be 'assistant' or 'user', not {role!r}")
         self.conversation_history.append(Turn(role, content))
+        self.touch()
+
+    def answer_in_progress(self, text: str) -> None:
+        """What the candidate has said of an answer not yet taken as a turn.
+
+        Checkpointed with the row, so a crash mid-answer keeps what was heard.
+        """
+        if text:
+            self.extra_information[ANSWER_IN_PROGRESS] = text
+        elif self.extra_information.pop(ANSWER_IN_PROGRESS, None) is None:
+            return
+        self.touch()
+
+    def mark_closing(self, closing: bool) -> None:
+        if closing:
+            self.extra_information[CLOSING] = True
+        else:
+            self.extra_information.pop(CLOSING, None)
         self.touch()
 
     def add_anomaly(self, record: dict[str, Any]) -> None:
@@ -164,8 +209,37 @@ class InterviewSession:
             "server_run": self.server_run,
             "checkpoint_at": utc_now().isoformat(),
         }
+        if self.start_time is None:
+            # Enough to restore the invitation after a restart (`from_invitation`).
+            info[INVITATION] = {
+                "token_sha256": self.token_sha256,
+                "created_at": self.created_at.isoformat(),
+                "expires_at": _iso_or_none(self.invite_expires_at),
+                "questions": list(self.questions),
+            }
         info.update(self.extra_information)
         return info
+
+    @classmethod
+    def from_invitation(cls, row: SessionRow) -> InterviewSession | None:
+        """The invitation a `scheduled` row describes, or None if it holds none."""
+        info = row.session_information or {}
+        invitation = info.get(INVITATION)
+        if row.status != SessionStatus.SCHEDULED or not isinstance(invitation, dict):
+            return None
+        return cls(
+            job_role=str(info.get("job_role") or ""),
+            session_id=row.session_id,
+            token="",
+            token_sha256=str(invitation["token_sha256"]),
+            template_id=row.template_id,
+            interviewee_id=row.interviewee_id,
+            questions=[str(q) for q in invitation.get("questions", [])],
+            resume_url=row.resume_url,
+            created_at=datetime.fromisoformat(invitation["created_at"]),
+            invite_expires_at=_datetime_or_none(invitation.get("expires_at")),
+            server_instance=info.get("server_instance"),
+        )
 
     def to_row(self, status: SessionStatus) -> SessionRow:
         """Snapshot the session as the row to store with `status`."""
@@ -181,6 +255,10 @@ class InterviewSession:
             recording_url=self.recording_url,
             resume_url=self.resume_url,
         )
+
+
+def _sha256(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def _str_or_none(value: uuid.UUID | None) -> str | None:

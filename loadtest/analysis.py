@@ -16,7 +16,7 @@ from loadtest.candidate import CandidateResult
 from loadtest.monitor import HistogramSummary, ServerSample
 from loadtest.runner import StepData
 from loadtest.scenarios import SCENARIOS
-from tests.wer import wer
+from testing import wer
 
 __all__ = ["Slo", "analyse", "stats"]
 

@@ -19,11 +19,10 @@ from dataclasses import dataclass, field
 
 import aiohttp
 
-from loadtest.media import MediaLibrary, SpeechClip
-from loadtest.peer import CandidatePeer, Event, EventLog
+import testing
+from loadtest.media import MediaLibrary
 from loadtest.scenarios import SCENARIOS, Scenario
-from loadtest.tracks import CameraTrack, InterviewerEar, MicrophoneTrack, Utterance
-from tests.wer import wer
+from testing import CameraTrack, Event, EventLog, InterviewerEar, MicrophoneTrack, SpeechClip, Utterance, wer
 
 __all__ = ["AnswerResult", "Candidate", "CandidatePlan", "CandidateResult", "Progress"]
 
@@ -31,6 +30,10 @@ THINK_S = 0.7  # a candidate's pause before answering
 LEAVE_TIMEOUT_S = 5.0
 WELCOME_BACK_TIMEOUT_S = 20.0
 SAY_MARGIN_S = 5.0
+PING_S = 2.0  # as the browser client does
+
+# One connection; a rejoin opens another, sharing the candidate's log and ear.
+Peer = testing.Candidate[MicrophoneTrack, CameraTrack]
 
 Progress = Callable[[str, int, str], None]  # (event, candidate index, detail)
 # The structured interviewer's nudges (engine/interviewer.py), to count them.
@@ -104,7 +107,7 @@ class Candidate:
         self.log = EventLog()
         self.ear = InterviewerEar()
         self.result = CandidateResult(plan.index, plan.scenario)
-        self._peers: list[CandidatePeer] = []
+        self._peers: list[Peer] = []
         self._utterances: list[Utterance] = []
         self._token = ""
         self._first_connected = 0.0
@@ -150,10 +153,11 @@ class Candidate:
     async def _connect(self, *, rejoin: bool = False) -> float:
         library = self._library
         camera = CameraTrack(library.video[self._camera_role])
-        peer = CandidatePeer(MicrophoneTrack(library.silence), camera, self.log, self.ear)
+        peer = Peer(MicrophoneTrack(library.silence), camera, log=self.log, ear=self.ear)
         self._peers.append(peer)
         url = f"{self.plan.server}/sessions/{self.result.session_id}/offer"
-        connect_s = await peer.connect(self._http, url, self._headers(self._token), rejoin=rejoin)
+        connect_s = await peer.connect(self._http, url, headers=self._headers(self._token),
+                                       rejoin=rejoin, ping_s=PING_S)
         if len(self._peers) == 1:
             self.result.connect_s = connect_s
             self._first_connected = time.monotonic()
@@ -168,11 +172,11 @@ class Candidate:
         async def switch() -> None:
             await asyncio.sleep(self.scenario.switch_at * self.plan.duration_s)
             self._camera_role = switch_to  # a rejoin's new camera shows it too
-            self._peer.camera.show(self._library.video[switch_to])
+            self._peer.video.show(self._library.video[switch_to])
         self._camera_task = asyncio.get_running_loop().create_task(switch(), name="camera-switch")
 
     @property
-    def _peer(self) -> CandidatePeer:
+    def _peer(self) -> Peer:
         return self._peers[-1]
 
     # -- the scenario ------------------------------------------------------------
@@ -205,7 +209,7 @@ class Candidate:
 
     async def _say(self, clip: SpeechClip) -> bool:
         """Play one answer; False if the connection went away under it."""
-        utterance = self._peer.microphone.say(clip)
+        utterance = self._peer.audio.say(clip)
         self._utterances.append(utterance)
         # The sender stops pulling packets if the server closes the connection.
         await asyncio.wait([utterance.done], timeout=clip.clip.duration_s + SAY_MARGIN_S)
@@ -264,12 +268,12 @@ class Candidate:
         r.interview_ended = self.log.find(_ended) is not None
         r.active_s = sum((p.closed_at or time.monotonic()) - p.connected_at
                          for p in self._peers if p.connected_at is not None)
-        r.audio_packets_sent = sum(p.microphone.packets_sent for p in self._peers)
-        r.video_packets_sent = sum(p.camera.packets_sent for p in self._peers)
+        r.audio_packets_sent = sum(p.audio.packets_sent for p in self._peers)
+        r.video_packets_sent = sum(p.video.packets_sent for p in self._peers)
         r.interviewer_frames = self.ear.frames
-        r.packets_sent_late = sum(p.microphone.packets_late + p.camera.packets_late
+        r.packets_sent_late = sum(p.audio.packets_late + p.video.packets_late
                                   for p in self._peers)
-        r.max_send_lag_s = max((max(p.microphone.max_lag_s, p.camera.max_lag_s)
+        r.max_send_lag_s = max((max(p.audio.max_lag_s, p.video.max_lag_s)
                                 for p in self._peers), default=0.0)
 
     def _answer(self, index: int, utterance: Utterance) -> AnswerResult:

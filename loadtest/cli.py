@@ -22,7 +22,7 @@ import aiohttp
 
 from loadtest.analysis import Slo, analyse
 from loadtest.media import MediaLibrary
-from loadtest.prepare import DEFAULT_CACHE, ensure_media
+from loadtest.prepare import DEFAULT_CACHE, PHOTOS_DIR, SPEECH_DIR, MediaSources, ensure_media
 from loadtest.report import summary_markdown, write_plots, write_result
 from loadtest.runner import ServerTarget, StepSettings, run_step
 from loadtest.scenarios import SCENARIOS
@@ -58,6 +58,7 @@ class LoadTestConfig:
     warmup: bool
     media: Path
     server_env: dict[str, str]
+    sources: MediaSources = MediaSources()
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> LoadTestConfig:
@@ -84,6 +85,7 @@ class LoadTestConfig:
             find_capacity=args.find_capacity, max_sessions=args.max_sessions,
             plots=not args.no_plots, settle_s=args.settle, warmup=not args.no_warmup,
             media=args.media, server_env=_env_pairs(args.server_env),
+            sources=MediaSources(args.speech_dir, args.photos_dir),
         )
 
     def step(self, sessions: int, manifest: Path) -> StepSettings:
@@ -141,6 +143,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--no-warmup", action="store_true",
                    help="skip the throwaway session that loads the server's models first")
     p.add_argument("--media", type=Path, default=DEFAULT_CACHE, help="pre-encoded media cache")
+    p.add_argument("--speech-dir", type=Path, default=SPEECH_DIR,
+                   help="the recorded answers the cache is built from (*.wav with .txt)")
+    p.add_argument("--photos-dir", type=Path, default=PHOTOS_DIR,
+                   help="the scenario photos the cache is built from")
     p.add_argument("--server-env", action="append", default=[], metavar="KEY=VALUE",
                    help="extra environment for --spawn-server (e.g. END_OF_TURN_S=1.0)")
     return p
@@ -177,7 +183,7 @@ def _finish(config: LoadTestConfig, document: dict[str, Any]) -> int:
 
 async def _run(config: LoadTestConfig) -> dict[str, Any]:
     loop = asyncio.get_running_loop()
-    manifest = await loop.run_in_executor(None, ensure_media, config.media)
+    manifest = await loop.run_in_executor(None, ensure_media, config.media, config.sources)
     started = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     timeout = aiohttp.ClientTimeout(total=30)
     async with _target(config) as (target, server_info), aiohttp.ClientSession(timeout=timeout) as http:
@@ -223,7 +229,8 @@ async def _target(config: LoadTestConfig) -> AsyncIterator[tuple[ServerTarget, d
         return
     async with spawn_server(config.out / "server.log", api_key=config.api_key,
                             extra_env=config.server_env) as proc:
-        info = {"url": proc.url, "mode": "spawned", "pid": proc.pid, "env": dict(proc.env),
+        info = {"url": proc.url, "mode": "spawned", "pid": proc.pid, "script": str(proc.script),
+                "env": redact(proc.env),
                 "log": str(config.out / "server.log")}
         yield ServerTarget(proc.url, config.api_key, proc.pid, proc.data_dir, proc.exit_code), info
 
@@ -238,4 +245,5 @@ def _settings(config: LoadTestConfig) -> dict[str, Any]:
     settings = asdict(config)
     settings.pop("api_key")
     return {**settings, "out": str(config.out), "media": str(config.media),
+            "sources": {k: str(v) for k, v in asdict(config.sources).items()},
             "slo": asdict(config.slo), "server_env": redact(config.server_env)}

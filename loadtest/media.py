@@ -13,36 +13,11 @@ from pathlib import Path
 
 import av
 
+from testing.tracks import EncodedClip, SpeechClip
+
 __all__ = ["EncodedClip", "MediaLibrary", "SpeechClip"]
 
 AUDIO_FRAME_S = 0.02
-
-
-@dataclass(frozen=True)
-class EncodedClip:
-    """One stream's packets in order; each is one RTP frame's payload."""
-
-    payloads: tuple[bytes, ...]
-    keyframes: tuple[bool, ...]
-    frame_s: float
-
-    @property
-    def duration_s(self) -> float:
-        return len(self.payloads) * self.frame_s
-
-
-@dataclass(frozen=True)
-class SpeechClip:
-    name: str
-    text: str
-    clip: EncodedClip
-    voiced_start_s: float
-    voiced_end_s: float
-
-    @property
-    def voiced_end_packet(self) -> int:
-        """Index of the packet that carries the end of the speech."""
-        return min(len(self.clip.payloads) - 1, int(self.voiced_end_s / self.clip.frame_s))
 
 
 @dataclass(frozen=True)

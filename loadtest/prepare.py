@@ -37,6 +37,8 @@ from PIL import Image
 __all__ = [
     "DEFAULT_CACHE",
     "PHOTOS",
+    "PHOTOS_DIR",
+    "SPEECH_DIR",
     "MediaSources",
     "SpeechInfo",
     "ensure_media",

@@ -227,7 +227,8 @@ async def _final_row(http: aiohttp.ClientSession, target: ServerTarget,
                 row = await resp.json() if resp.status == 200 else row
         except (TimeoutError, aiohttp.ClientError, ValueError):
             pass
-        if row is not None and row.get("status") != "in_progress":
+        closing = ((row or {}).get("session_information") or {}).get("closing")
+        if row is not None and row.get("status") != "in_progress" and not closing:
             return row
         # The server saves asynchronously after the candidate leaves; it has
         # no notification to wait on, so ask again shortly.

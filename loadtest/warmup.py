@@ -13,9 +13,9 @@ import time
 
 import aiohttp
 
+from loadtest.candidate import PING_S, Peer
 from loadtest.media import MediaLibrary
-from loadtest.peer import CandidatePeer, EventLog
-from loadtest.tracks import CameraTrack, InterviewerEar, MicrophoneTrack
+from testing import CameraTrack, EventLog, InterviewerEar, MicrophoneTrack
 
 __all__ = ["warm_up"]
 
@@ -33,12 +33,12 @@ async def warm_up(http: aiohttp.ClientSession, url: str, api_key: str | None,
             raise RuntimeError(f"warm-up: creating a session gave HTTP {resp.status}")
         session = await resp.json()
     log, ear = EventLog(), InterviewerEar()
-    peer = CandidatePeer(MicrophoneTrack(library.silence),
-                         CameraTrack(library.video["one_person"]), log, ear)
+    peer = Peer(MicrophoneTrack(library.silence), CameraTrack(library.video["one_person"]),
+                log=log, ear=ear)
     started = time.monotonic()
     try:
         await peer.connect(http, f"{url}/sessions/{session['session_id']}/offer",
-                           {"Authorization": f"Bearer {session['token']}"})
+                           headers={"Authorization": f"Bearer {session['token']}"}, ping_s=PING_S)
         if await log.wait_for(lambda e: e.type == "state", timeout=STATE_TIMEOUT_S) is not None:
             await ear.wait_onset_after(started, VOICE_TIMEOUT_S)
         return time.monotonic() - started

@@ -102,7 +102,7 @@ class WebRtcCall:
         self.totals_closed = True  # counted in `closed` from now on, not as live
         if self.conversation is not None:
             await self.conversation.close()
-            await self.interview.finish()
+            self.interview.finish()
         self._commit_user_turn()
         if self._writes:
             await asyncio.wait(self._writes, timeout=10)
@@ -244,6 +244,7 @@ class WebRtcCall:
             return
         if transcript.text:
             self._pieces.append(transcript.text)
+            self.session.answer_in_progress(" ".join(self._pieces))
         if transcript.utterance_done:
             self._commit_user_turn()
 
@@ -251,6 +252,7 @@ class WebRtcCall:
         if self._pieces:
             self.session.add_turn("user", " ".join(self._pieces))
             self._pieces = []
+            self.session.answer_in_progress("")
 
     # -- anomalies and messages ---------------------------------------------------------
 

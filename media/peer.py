@@ -87,9 +87,10 @@ class InterviewPeer:
         try:
             await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type=kind))
             await self.pc.setLocalDescription(await self.pc.createAnswer())
-        except (ValueError, TypeError, AttributeError, IndexError, KeyError,
+        # aiortc's SDP parser also asserts on what it cannot read (found by fuzzing).
+        except (ValueError, TypeError, AttributeError, IndexError, KeyError, AssertionError,
                 InvalidAccessError, InvalidStateError, OperationError) as exc:
-            raise SignalingError(f"cannot answer this offer: {exc}") from exc
+            raise SignalingError(f"cannot answer this offer: {exc!r}") from exc
         self.seen()
         self._watchdog = asyncio.create_task(self._watch(), name=f"{self.name}-keepalive")
         return self.pc.localDescription.sdp

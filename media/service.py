@@ -17,7 +17,7 @@ import uuid
 from config import Config
 from adapters.gemini import GeminiLlm
 from engine.interview import Interview, InterviewerSettings, new_conversation
-from engine.ports import InterviewerLlm
+from engine.ports import InterviewerLlm, RecordingAdmission
 from engine.registry import InterviewTable
 from engine.session import InterviewSession
 from media.call import WebRtcCall
@@ -43,12 +43,14 @@ class MediaService:
         metrics: MediaMetrics,
         *,
         models: MediaModels | None = None,
+        recordings: RecordingAdmission | None = None,
     ) -> None:
         self._config = config
         self.metrics = metrics
         metrics.frame_counters(self._frame_totals)
         metrics.queue_loads(self._queue_loads)
         self._table = table
+        self._recordings = recordings
         self._models = models
         self._runtime: MediaRuntime | None = None
         self._loading = asyncio.Lock()
@@ -160,6 +162,10 @@ class MediaService:
             return None
         if not isinstance(interview.recording, SessionRecorder):
             session_id = interview.session_id
+            admission = self._recordings
+            if admission is not None and not admission.admit_recording(
+                    f"session {session_id}'s recording"):
+                return None
             settings = RecorderSettings(max_fps=self._config.record_fps)
             interview.recording = SessionRecorder(
                 runtime.layout.recording(session_id), settings, name=f"rec-{str(session_id)[:8]}"

@@ -25,7 +25,6 @@ import argparse
 import asyncio
 import fractions
 import logging
-import sys
 import tempfile
 import time
 import wave
@@ -40,8 +39,6 @@ import numpy as np
 import numpy.typing as npt
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 from adapters.silero import SileroVadModel
 from adapters.whisper import (
     WhisperSettings,
@@ -50,7 +47,7 @@ from adapters.whisper import (
 )
 from engine.vad import SAMPLE_RATE, VadEvent, VoiceActivityDetector
 from media.audio_track import AudioStats, AudioTranscriber, Transcript
-from tests.wer import word_errors
+from testing import word_errors
 
 SPEECH = Path(__file__).resolve().parent.parent / "tests" / "data" / "speech"
 CLIPS = [f"sense_and_sensibility_01_austen_64kb-{n}" for n in ("0870", "0880", "0890", "0920")]

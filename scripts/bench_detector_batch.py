@@ -13,16 +13,12 @@ Timing: one onnxruntime thread, as served; sizes alternate round by round.
 
 from __future__ import annotations
 
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import onnx
-
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 from adapters.detectors import DEFAULT_NANODET_PATH
 from adapters.onnx import onnx_session

@@ -5,7 +5,7 @@ ICE_LOOPBACK_ONLY=1, the embedded PostgreSQL, no API key; INTERVIEWER=0 for
 the pure media figures, or on with `--interviewer`). The session is created
 from a 24-question job template inserted in that database, so an interviewer
 never runs out of questions. The candidate is a real aiortc peer in this
-process (`tests/media_client.py`) and sends:
+process (the kit's `testing.Candidate`) and sends:
 
 * audio: recorded LibriVox answers from `tests/data/speech/` (nine answers,
   63.5 s of recordings, each followed by a 2.5 s pause), paced in real time;
@@ -48,7 +48,6 @@ import logging
 import math
 import os
 import re
-import signal
 import sys
 import tempfile
 import time
@@ -62,14 +61,20 @@ import asyncpg
 import av
 import numpy as np
 import psutil  # type: ignore[import-untyped]
-from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from prometheus_client.parser import text_string_to_metric_families
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+import testing
+from testing import (
+    Candidate,
+    InterviewerEar,
+    PhotoTrack,
+    ScriptedSpeech,
+    read_wav,
+    start_server,
+    word_errors,
+)
 
-from tests.media_client import Candidate, PhotoTrack, ScriptedSpeech, read_wav
-from tests.wer import word_errors
+REPO = Path(__file__).resolve().parent.parent
 
 __all__ = [
     "JOB_ROLE",
@@ -239,48 +244,36 @@ async def scrape(http: aiohttp.ClientSession) -> Scrape:
 
 # -- the server under test -----------------------------------------------------------
 
-# Variables that would point the server elsewhere than a local, keyless,
-# embedded-database run.
-_SCRUBBED = ("DATABASE_URL", "SUPABASE_DB_URL", "API_KEY", "GEMINI_API_KEY", "GOOGLE_API_KEY",
-             "GEMINI_BASE_URL", "PUBLIC_URL")
-_SERVING = re.compile(r"Serving on (http://\S+)")
-
-
 @dataclass
 class ServerProcess:
-    """`server.py` in a subprocess; its output goes to `log_path`."""
+    """`server.py` in a subprocess, started by the kit; its output goes to `log_path`."""
 
-    proc: asyncio.subprocess.Process
-    url: str
+    server: testing.ServerProcess
     data_dir: Path
     log_path: Path
-    started_in_s: float
-    _drain: asyncio.Task[None]
+    _stack: contextlib.AsyncExitStack
 
     @classmethod
     async def start(cls, data_dir: Path, settings: Mapping[str, str]) -> ServerProcess:
-        env = {k: v for k, v in os.environ.items() if k not in _SCRUBBED}
-        env.update(HF_HUB_OFFLINE="1", PORT="0", DATA_DIR=str(data_dir), ICE_LOOPBACK_ONLY="1")
-        env.update(settings)
+        env = {"HF_HUB_OFFLINE": "1", "DATA_DIR": str(data_dir), "ICE_LOOPBACK_ONLY": "1",
+               **settings}
         log_path = data_dir.parent / f"{data_dir.name}-server.log"
-        started = time.monotonic()
-        proc = await asyncio.create_subprocess_exec(
-            str(REPO / ".venv" / "bin" / "python"), "server.py", cwd=REPO, env=env,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-        )
-        ready: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-        drain = asyncio.create_task(_drain_output(proc, log_path, ready), name="server-output")
-        try:
-            url = await asyncio.wait_for(ready, 120)
-        except BaseException:
-            proc.kill()
-            await proc.wait()
-            raise
-        return cls(proc, url, data_dir, log_path, time.monotonic() - started, drain)
+        stack = contextlib.AsyncExitStack()
+        server = await stack.enter_async_context(
+            start_server(env, log_path=log_path, start_timeout_s=120, stop_timeout_s=90))
+        return cls(server, data_dir, log_path, stack)
+
+    @property
+    def url(self) -> str:
+        return self.server.url
 
     @property
     def pid(self) -> int:
-        return self.proc.pid
+        return self.server.pid
+
+    @property
+    def started_in_s(self) -> float:
+        return self.server.started_in_s
 
     def postgres(self) -> psutil.Process | None:
         """The embedded PostgreSQL's postmaster (from DATA_DIR/postgres/postmaster.pid)."""
@@ -291,17 +284,9 @@ class ServerProcess:
 
     async def stop(self, timeout_s: float = 90) -> float:
         """SIGTERM (the server ends and saves every session), wait; seconds taken."""
-        started = time.monotonic()
-        if self.proc.returncode is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(self.proc.wait(), timeout_s)
-            except TimeoutError:
-                log.warning("server did not stop in %.0fs; killing it", timeout_s)
-                self.proc.kill()
-                await self.proc.wait()
-        await self._drain
-        return time.monotonic() - started
+        taken = await self.server.stop(timeout_s)
+        await self._stack.aclose()
+        return taken
 
     def problems(self) -> list[str]:
         """The server's WARNING/ERROR log lines, minus the local-mode notice."""
@@ -310,21 +295,6 @@ class ServerProcess:
             line for line in lines
             if re.search(r" (WARNING|ERROR|CRITICAL) |Traceback", line) and "API_KEY is not set" not in line
         ]
-
-
-async def _drain_output(
-    proc: asyncio.subprocess.Process, log_path: Path, ready: asyncio.Future[str]
-) -> None:
-    assert proc.stdout is not None
-    with log_path.open("w") as out:
-        async for raw in proc.stdout:
-            line = raw.decode(errors="replace")
-            out.write(line)
-            out.flush()
-            if not ready.done() and (match := _SERVING.search(line)):
-                ready.set_result(match.group(1))
-    if not ready.done():
-        ready.set_exception(RuntimeError(f"the server exited before serving; see {log_path}"))
 
 
 def cpu_seconds(process: psutil.Process | None, *, with_children: bool = False) -> float:
@@ -459,13 +429,11 @@ class TimedSpeech(ScriptedSpeech):
         self.sent_at: list[float] = []  # monotonic, by frame index
 
     def play(self, answer: Answer) -> PlayedClip:
-        # Where `say()` puts the clip: after what is queued, or at the next frame.
-        start = max(len(self._pcm), self._n * self._samples)
+        start = self.next_start()
         self.say(answer.path)
-        voiced_end = start + round(answer.voiced_end_s * self._rate)
-        return PlayedClip(
-            answer, start / self._rate, start // self._samples, (voiced_end - 1) // self._samples
-        )
+        voiced_end = start + round(answer.voiced_end_s * self.rate)
+        samples = self.frame_samples
+        return PlayedClip(answer, start / self.rate, start // samples, (voiced_end - 1) // samples)
 
     def sent(self, frame: int) -> float:
         return self.sent_at[frame] if frame < len(self.sent_at) else math.nan
@@ -496,30 +464,20 @@ class TimedPhotos(PhotoTrack):
         return frame
 
 
-class BenchCandidate(Candidate):
-    """A `Candidate` that stamps every message's arrival and every audible
-    frame of the interviewer's voice (without keeping the audio)."""
+class BenchCandidate(Candidate[TimedSpeech, TimedPhotos | None]):
+    """A `Candidate` whose ear stamps every audible frame of the interviewer's
+    voice (without keeping the audio); its log stamps every message's arrival."""
 
-    def __init__(self, audio: MediaStreamTrack | None, video: MediaStreamTrack | None) -> None:
-        super().__init__(audio, video)
-        self.arrived_at: list[float] = []  # parallel to `events`
-        self.audible_at: list[float] = []
-        self._changed = asyncio.Event()
+    def __init__(self, audio: TimedSpeech, video: TimedPhotos | None) -> None:
+        super().__init__(audio, video, ear=InterviewerEar(threshold=AUDIBLE + 1,
+                                                          keep_audible_times=True))
 
     def timed(self, kind: str) -> list[tuple[float, dict[str, Any]]]:
-        return [(t, e) for t, e in zip(self.arrived_at, self.events) if e.get("type") == kind]
+        return [(e.at, e.body) for e in self.log.of(kind)]
 
     async def until(self, ready: Callable[[], bool], timeout: float) -> bool:
         """Wait for a message after which `ready()` holds; False on timeout."""
-        async def reached() -> None:
-            while not ready():
-                self._changed.clear()
-                await self._changed.wait()
-        try:
-            await asyncio.wait_for(reached(), timeout)
-        except TimeoutError:
-            return False
-        return True
+        return await self.log.until(ready, timeout)
 
     async def ping(self, timeout: float = 5) -> float:
         """Data-channel round trip, `ping` sent -> `pong` received (NaN on timeout):
@@ -532,23 +490,8 @@ class BenchCandidate(Candidate):
         return self.timed("pong")[pongs][0] - sent
 
     def first_audible_after(self, t: float) -> float:
-        return next((a for a in self.audible_at if a > t), math.nan)
-
-    def _on_message(self, raw: str) -> None:
-        now, before = time.monotonic(), len(self.events)
-        super()._on_message(raw)
-        if len(self.events) > before:
-            self.arrived_at.append(now)
-        self._changed.set()
-
-    async def _listen(self, track: MediaStreamTrack) -> None:
-        while True:
-            try:
-                frame = await track.recv()
-            except MediaStreamError:  # the track ended
-                return
-            if isinstance(frame, av.AudioFrame) and np.abs(frame.to_ndarray()).max() > AUDIBLE:
-                self.audible_at.append(time.monotonic())
+        found = self.ear.audible_after(t)
+        return math.nan if found is None else found
 
 
 async def create_template(data_dir: Path) -> str:
@@ -567,16 +510,16 @@ async def create_template(data_dir: Path) -> str:
     return str(template_id)
 
 
-async def join(http: aiohttp.ClientSession, candidate: Candidate, body: dict[str, Any]) -> str:
+async def join(http: aiohttp.ClientSession, candidate: BenchCandidate, body: dict[str, Any]) -> str:
     """Create a session with `body` and connect `candidate` to it; the session id."""
     async with http.post("/sessions", json=body) as resp:
         resp.raise_for_status()
         session_id: str = (await resp.json())["session_id"]
-    await candidate.join(http, session_id)  # type: ignore[arg-type]  # same post() as TestClient
+    await candidate.join(http, session_id)
     return session_id
 
 
-async def finish(http: aiohttp.ClientSession, candidate: Candidate, session_id: str) -> float:
+async def finish(http: aiohttp.ClientSession, candidate: BenchCandidate, session_id: str) -> float:
     """Say `end` as the candidate, then wait until the final row is stored.
 
     Seconds from `end` to a stored row that is no longer `in_progress` (the

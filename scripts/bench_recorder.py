@@ -32,10 +32,8 @@ import av
 import numpy as np
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from media.recorder import RecorderSettings, SessionRecorder  # noqa: E402
-from tests.media_client import read_wav  # noqa: E402
+from media.recorder import RecorderSettings, SessionRecorder
+from testing import read_wav
 
 REPO = Path(__file__).resolve().parent.parent
 SPEECH = REPO / "tests" / "data" / "speech" / "longer.wav"

@@ -19,18 +19,14 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from adapters.tts import EspeakSynthesizer, PiperSynthesizer  # noqa: E402
-from engine.ports import Synthesizer  # noqa: E402
-from engine.resample import resample_to_48k  # noqa: E402
-from engine.sentences import split_sentences  # noqa: E402
+from adapters.tts import EspeakSynthesizer, PiperSynthesizer
+from engine.ports import Synthesizer
+from engine.resample import resample_to_48k
+from engine.sentences import split_sentences
 
 SENTENCES = [
     "Thanks for joining me today.",

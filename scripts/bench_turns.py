@@ -10,7 +10,7 @@ server's `state` becomes `listening`; the short clip (7 words) draws the
 offline engine's follow-up, so both kinds of reply are measured.
 
 Engines: `offline` (the structured interviewer) or `gemini`, through the
-real google-genai SDK against `tests/gemini_stub.py` in this process: each
+real google-genai SDK against `testing/gemini_stub.py` in this process: each
 reply streams after `--first-token-ms` (default 400), then a chunk of three
 words every `--chunk-ms` (default 40).
 
@@ -71,9 +71,7 @@ from bench_media import (
     scrape,
     spread,
 )
-
-# Importable because bench_media put the repository on sys.path.
-from tests.gemini_stub import Chunk, GeminiStub, Reply
+from testing import Chunk, GeminiStub, Reply
 
 GREETING = "Hello, I'm Serin, and I'll be your interviewer today. Let's begin."
 ACKS = ("Thanks, that's helpful.", "I see, thank you.", "Got it, thanks.",

@@ -17,7 +17,6 @@ import argparse
 import asyncio
 import fractions
 import statistics
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -28,12 +27,11 @@ import numpy as np
 from aiortc.mediastreams import MediaStreamTrack
 from PIL import Image
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
 from adapters.detectors import NanoDetDetector
 from engine.anomaly import Anomaly, AnomalyRules
 from media.video_track import ChangeGate, VideoAnalyzer
+
+REPO = Path(__file__).resolve().parents[1]
 
 PHOTOS = REPO.parent / "shared" / "testdata" / "photos"
 ONE = "coco_000000000436_1person_eating_closeup.jpg"

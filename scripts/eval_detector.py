@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -23,11 +22,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
 from adapters.detectors import DEFAULT_NANODET_PATH, NanoDetDetector
 from engine.detector import Detection
+
+REPO = Path(__file__).resolve().parents[1]
 
 CLASSES = ("person", "laptop", "cell phone", "tv", "keyboard", "mouse", "remote")
 MATCH_IOU = 0.3

@@ -10,9 +10,6 @@ WebM files of real speech (Opus) and real photos (VP8, 640x480, 10 fps) that
 from __future__ import annotations
 
 import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from loadtest.prepare import main
 

@@ -18,7 +18,6 @@ same photos, timed alternately with int8 in the same run.
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
@@ -34,13 +33,11 @@ from onnxruntime.quantization import (
 )
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "scripts"))
-
 from adapters.detectors import DEFAULT_NANODET_PATH, NanoDetDetector
 from engine.detector import Candidates
 from eval_detector import ClassStats, evaluate, load_photos, print_table
+
+REPO = Path(__file__).resolve().parents[1]
 
 Photo = tuple[str, dict[str, object], np.ndarray]
 

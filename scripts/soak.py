@@ -13,9 +13,8 @@ warm-up and the rows lost over all rounds, and writes `soak.json` and
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
-import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -26,27 +25,9 @@ from pathlib import Path
 
 import psutil
 
+from testing import start_server
+
 REPO = Path(__file__).resolve().parents[1]
-
-
-def start_server(data_dir: str, extra_env: dict[str, str]) -> tuple[subprocess.Popen[str], str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "API_KEY")}
-    env.update(PORT="0", DATA_DIR=data_dir, ICE_LOOPBACK_ONLY="1", PYTHONUNBUFFERED="1",
-               **extra_env)
-    proc = subprocess.Popen([sys.executable, str(REPO / "server.py")], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        if line.startswith("Serving on "):
-            threading.Thread(target=_drain, args=(proc.stdout,), daemon=True).start()
-            return proc, line.split()[-1]
-    raise SystemExit("the server exited before serving")
-
-
-def _drain(stream: object) -> None:
-    """Keep reading the server's output so it never blocks on a full pipe."""
-    for _ in stream:  # type: ignore[attr-defined]
-        pass
 
 
 def sample(pid: int, every_s: float, stop: threading.Event, out: list[dict[str, float]]) -> None:
@@ -117,6 +98,24 @@ def plot(samples: list[dict[str, float]], warmup_s: float, path: Path) -> None:
     fig.savefig(path, dpi=100)
 
 
+async def soak(args: argparse.Namespace, extra: dict[str, str]
+               ) -> tuple[list[dict[str, object]], list[dict[str, float]]]:
+    """One server for every round, sampled throughout; (rounds, samples)."""
+    samples: list[dict[str, float]] = []
+    with tempfile.TemporaryDirectory(prefix="soak-") as data_dir:
+        env = {"DATA_DIR": data_dir, "ICE_LOOPBACK_ONLY": "1", **extra}
+        async with start_server(env, log_path=args.out / "server.log", stop_timeout_s=120) as server:
+            stop = threading.Event()
+            sampler = threading.Thread(target=sample, args=(server.pid, args.sample_s, stop, samples))
+            sampler.start()
+            try:
+                rounds = await asyncio.to_thread(run_rounds, server.url, args, args.out)
+            finally:
+                stop.set()
+                await asyncio.to_thread(sampler.join)
+    return rounds, samples
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=30)
@@ -130,19 +129,7 @@ def main() -> None:
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     extra = dict(item.split("=", 1) for item in args.server_env)
-    with tempfile.TemporaryDirectory(prefix="soak-") as data_dir:
-        proc, url = start_server(data_dir, extra)
-        samples: list[dict[str, float]] = []
-        stop = threading.Event()
-        sampler = threading.Thread(target=sample, args=(proc.pid, args.sample_s, stop, samples))
-        sampler.start()
-        try:
-            rounds = run_rounds(url, args, args.out)
-        finally:
-            stop.set()
-            sampler.join()
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(timeout=120)
+    rounds, samples = asyncio.run(soak(args, extra))
     first, last, pct = growth(samples, args.warmup_s)
     lost = sum(int(r["rows"].get("lost", 0)) for r in rounds)  # type: ignore[union-attr]
     expected = sum(int(r["rows"].get("expected", 0)) for r in rounds)  # type: ignore[union-attr]

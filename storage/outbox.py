@@ -5,6 +5,11 @@ replaces the earlier one, since a row is always a full snapshot. Files are
 written to a temporary name, fsync'd, renamed and the directory fsync'd, so a
 crash leaves either the old snapshot or the new one, never half of one.
 
+What can never be written goes to `quarantine/` beside the rows, kept for a
+person to look at, never retried: a row PostgreSQL refused for its content
+(`<session_id>.json`, the newest snapshot, with the error), and an outbox file
+that cannot be read back (moved there as it was, with a `.error` note).
+
 All methods block: callers run them in an executor.
 """
 
@@ -14,69 +19,142 @@ import json
 import logging
 import os
 import uuid
+from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 from engine.session import SessionRow
 
-__all__ = ["Outbox"]
+__all__ = ["Outbox", "OutboxCorrupt"]
 
 log = logging.getLogger(__name__)
+
+
+class OutboxCorrupt(Exception):
+    """An outbox file that cannot be read back as a row."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        super().__init__(f"{path.name}: {reason}")
+        self.path = path
+        self.reason = reason
 
 
 class Outbox:
     def __init__(self, directory: Path) -> None:
         self.directory = directory
+        self.quarantine_dir = directory / "quarantine"
         directory.mkdir(parents=True, exist_ok=True)
+        try:
+            # Made now, while there is room: quarantining a file later is then
+            # a rename, which a full disk still allows.
+            self.quarantine_dir.mkdir(exist_ok=True)
+        except OSError as exc:
+            log.warning("cannot create %s yet: %s", self.quarantine_dir, exc)
 
     def put(self, row: SessionRow) -> None:
-        path = self._path(row.session_id)
-        tmp = path.with_suffix(".tmp")
+        """Write the row's snapshot; raise OSError (a full disk) or TypeError/ValueError."""
         data = json.dumps(row.to_json()).encode()
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.write(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-        self._fsync_directory()
+        self._write_atomically(self._path(row.session_id), data)
 
     def get(self, session_id: uuid.UUID) -> SessionRow | None:
+        """The queued snapshot, None if there is none; raise `OutboxCorrupt`."""
+        path = self._path(session_id)
         try:
-            return self._read(self._path(session_id))
+            raw = path.read_bytes()
         except FileNotFoundError:
             return None
+        try:
+            return SessionRow.from_json(json.loads(raw))
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            # JSONDecodeError and UnicodeDecodeError are ValueErrors.
+            raise OutboxCorrupt(path, f"{type(exc).__name__}: {exc}") from exc
 
     def discard(self, session_id: uuid.UUID) -> None:
         try:
             self._path(session_id).unlink()
         except FileNotFoundError:
             return
-        self._fsync_directory()
+        self._fsync_directory(self.directory)
 
     def pending(self) -> list[uuid.UUID]:
         """Session ids waiting in the outbox, oldest first."""
-        files = sorted(self.directory.glob("*.json"), key=lambda p: p.stat().st_mtime)
         ids = []
-        for path in files:
+        for path in sorted(self._files(), key=_mtime):
             try:
                 ids.append(uuid.UUID(path.stem))
             except ValueError:
                 log.warning("ignoring stray outbox file %s", path.name)
         return ids
 
-    def __len__(self) -> int:
-        return sum(1 for _ in self.directory.glob("*.json"))
+    def quarantine_row(self, row: SessionRow, reason: str) -> Path:
+        """Keep a row the database refused, with why; drop its queued snapshot."""
+        record: dict[str, Any] = {
+            "quarantined_at": datetime.now(timezone.utc).isoformat(),
+            "error": reason,
+            "row": row.to_json(),
+        }
+        # `default=repr`: whatever made the row unserialisable is kept as text
+        # rather than losing the row.
+        data = json.dumps(record, default=repr, indent=1).encode()
+        self.quarantine_dir.mkdir(exist_ok=True)
+        path = self.quarantine_dir / f"{row.session_id}.json"
+        self._write_atomically(path, data)
+        self.discard(row.session_id)
+        return path
 
-    def _read(self, path: Path) -> SessionRow:
-        return SessionRow.from_json(json.loads(path.read_bytes()))
+    def quarantine_file(self, path: Path, reason: str) -> Path:
+        """Move an unreadable outbox file aside as it is, with a note saying why."""
+        self.quarantine_dir.mkdir(exist_ok=True)
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+        target = self.quarantine_dir / f"{path.stem}.{stamp}.corrupt"
+        os.replace(path, target)
+        self._fsync_directory(self.directory)
+        try:
+            note = target.with_name(target.name + ".error")
+            self._write_atomically(note, f"{reason}\n".encode())
+        except OSError as exc:  # the file itself is safe; the note needs room
+            log.warning("no note written for %s: %s", target.name, exc)
+        return target
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self._files())
+
+    def _files(self) -> list[Path]:
+        return [p for p in self.directory.glob("*.json") if p.is_file()]
 
     def _path(self, session_id: uuid.UUID) -> Path:
         return self.directory / f"{session_id}.json"
 
-    def _fsync_directory(self) -> None:
-        fd = os.open(self.directory, os.O_RDONLY)
+    def _write_atomically(self, path: Path, data: bytes) -> None:
+        tmp = path.with_name(path.name + ".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            try:
+                view = memoryview(data)
+                while view:  # a nearly full disk may take part of a write
+                    view = view[os.write(fd, view):]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, path)
+        except BaseException:
+            # Never leave a partial file behind: it would hold the space a
+            # full disk needs back.
+            tmp.unlink(missing_ok=True)
+            raise
+        self._fsync_directory(path.parent)
+
+    @staticmethod
+    def _fsync_directory(directory: Path) -> None:
+        fd = os.open(directory, os.O_RDONLY)
         try:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except FileNotFoundError:  # discarded meanwhile
+        return 0.0

@@ -18,7 +18,7 @@ import asyncpg
 
 from engine.session import SessionRow
 
-__all__ = ["DatabaseUnavailable", "SessionStore", "Template", "SCHEMA"]
+__all__ = ["DatabaseUnavailable", "SessionStore", "Template", "SCHEMA", "refused_for_content"]
 
 log = logging.getLogger(__name__)
 
@@ -61,10 +61,15 @@ ON CONFLICT (session_id) DO UPDATE SET
     recording_url = EXCLUDED.recording_url, resume_url = EXCLUDED.resume_url
 """
 
-_SELECT = """
-SELECT session_id, interviewee_id, template_id, start_time, end_time, status,
-    session_information, "Interview_report", recording_url, resume_url
-FROM interview_sessions WHERE session_id = $1
+_COLUMNS = """session_id, interviewee_id, template_id, start_time, end_time, status,
+    session_information, "Interview_report", recording_url, resume_url"""
+
+_SELECT = f"SELECT {_COLUMNS} FROM interview_sessions WHERE session_id = $1"
+
+# Invitations this instance handed out that nobody has joined yet.
+_SELECT_SCHEDULED = f"""
+SELECT {_COLUMNS} FROM interview_sessions
+WHERE status = 'scheduled' AND session_information->>'server_instance' = $1
 """
 
 # Rows left `in_progress` by an earlier process of this instance (same data
@@ -92,8 +97,29 @@ _TRANSIENT = (
 )
 
 
+# What says "this row, as it is, will never be taken": retrying cannot help.
+_REFUSED = (
+    asyncpg.DataError,  # class 22: a NUL character, a lone surrogate, bad JSON...
+    asyncpg.IntegrityConstraintViolationError,  # class 23
+    asyncpg.ProgramLimitExceededError,  # class 54: a value too large
+)
+
+
 class DatabaseUnavailable(Exception):
     """The database could not be reached; the operation may be retried."""
+
+
+def refused_for_content(exc: BaseException) -> bool:
+    """Whether `exc` refuses a row for what it holds rather than for the database's state.
+
+    asyncpg reports a value its encoders cannot take (a lone surrogate, an
+    object JSON cannot encode) as `asyncpg.DataError` too. Everything else a
+    write raises (connection loss, a full disk on the database's side,
+    permissions, an unexpected error) may pass, and is retried.
+    """
+    if isinstance(exc, DatabaseUnavailable):
+        return False
+    return isinstance(exc, (*_REFUSED, ValueError, TypeError))
 
 
 @dataclass(frozen=True)
@@ -159,20 +185,11 @@ class SessionStore:
 
     async def fetch(self, session_id: uuid.UUID) -> SessionRow | None:
         record = await self._fetchrow(_SELECT, session_id)
-        if record is None:
-            return None
-        return SessionRow(
-            session_id=record["session_id"],
-            interviewee_id=record["interviewee_id"],
-            template_id=record["template_id"],
-            start_time=record["start_time"],
-            end_time=record["end_time"],
-            status=record["status"],
-            session_information=record["session_information"],
-            interview_report=record["Interview_report"],
-            recording_url=record["recording_url"],
-            resume_url=record["resume_url"],
-        )
+        return None if record is None else _row(record)
+
+    async def fetch_scheduled(self, server_instance: str) -> list[SessionRow]:
+        """The `scheduled` rows (open invitations) of `server_instance`."""
+        return [_row(record) for record in await self._fetch(_SELECT_SCHEDULED, server_instance)]
 
     async def fetch_template(self, template_id: uuid.UUID) -> Template | None:
         record = await self._fetchrow(
@@ -236,17 +253,16 @@ class _Connection:
         try:
             self._conn = await self._pool.acquire()
             await self._store._ensure_schema(self._conn)
-        except _TRANSIENT as exc:
+        except BaseException as exc:
             await self._release()
-            raise DatabaseUnavailable(_describe(exc)) from exc
-        except BaseException:
-            await self._release()
+            if _transient(exc):
+                raise DatabaseUnavailable(_describe(exc)) from exc
             raise
         return self._conn
 
     async def __aexit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
         await self._release()
-        if exc is not None and isinstance(exc, _TRANSIENT):
+        if exc is not None and _transient(exc):
             raise DatabaseUnavailable(_describe(exc)) from exc
 
     async def _release(self) -> None:
@@ -272,5 +288,26 @@ def _behind_pgbouncer(dsn: str) -> bool:
     return port == 6543 or "pooler." in (parts.hostname or "")
 
 
+def _transient(exc: BaseException) -> bool:
+    # asyncpg's client-side DataError is an InterfaceError and a ValueError:
+    # a value refused, not a connection lost.
+    return isinstance(exc, _TRANSIENT) and not isinstance(exc, ValueError)
+
+
 def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+def _row(record: asyncpg.Record) -> SessionRow:
+    return SessionRow(
+        session_id=record["session_id"],
+        interviewee_id=record["interviewee_id"],
+        template_id=record["template_id"],
+        start_time=record["start_time"],
+        end_time=record["end_time"],
+        status=record["status"],
+        session_information=record["session_information"],
+        interview_report=record["Interview_report"],
+        recording_url=record["recording_url"],
+        resume_url=record["resume_url"],
+    )

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import uuid
-import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -17,23 +16,18 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from config import Config
+from testing import start_database
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
+SPEECH = REPO / "tests" / "data" / "speech"
+CLIP = SPEECH / "sense_and_sensibility_01_austen_64kb-0870"
 
 
 def with_database(dsn: str, database: str) -> str:
     """`dsn` pointed at another database on the same server."""
     parts = urlsplit(dsn)
     return urlunsplit(parts._replace(path=f"/{database}"))
-
-
-def start_pgserver(pgdata: Path) -> Any:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        import pgserver
-    pgdata.mkdir(parents=True, exist_ok=True)
-    return pgserver.get_server(pgdata, cleanup_mode="stop")
 
 
 @pytest.fixture(scope="session")
@@ -43,9 +37,9 @@ def pg_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if dsn:
         yield dsn
         return
-    server = start_pgserver(tmp_path_factory.mktemp("pgcluster") / "pg")
-    yield server.get_uri()
-    server.cleanup()
+    cluster = start_database(tmp_path_factory.mktemp("pgcluster"))
+    yield cluster.dsn
+    cluster.stop()
 
 
 @pytest.fixture

@@ -35,6 +35,7 @@ ROUTE_TABLE = {
     ("GET", "/healthz"): P, ("HEAD", "/healthz"): P,
     ("GET", "/metrics"): M, ("HEAD", "/metrics"): M,
     ("GET", "/config"): P, ("HEAD", "/config"): P,
+    ("GET", "/openapi.json"): P, ("HEAD", "/openapi.json"): P,
     ("GET", "/"): P, ("HEAD", "/"): P,
     ("GET", "/static"): P, ("HEAD", "/static"): P,
 }

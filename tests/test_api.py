@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import uuid
@@ -14,6 +15,7 @@ from aiohttp.test_utils import TestClient
 from pypdf import PdfWriter
 
 from tests.conftest import AppFactory
+from testing import Candidate
 
 
 def pdf_bytes(pages: int = 1) -> bytes:
@@ -44,7 +46,7 @@ async def test_create_returns_id_token_and_join_url(client: TestClient, db: asyn
     assert body["join_url"].startswith(str(client.make_url("/")))
     assert f"session={session_id}" in body["join_url"] and body["token"] in body["join_url"]
     row = await row_of(db, body["session_id"])
-    assert row["status"] == "in_progress"
+    assert row["status"] == "scheduled"  # nobody joined yet
     info = json.loads(row["session_information"])
     assert info["job_role"] == "Backend engineer"
 
@@ -74,7 +76,7 @@ async def test_save_is_an_idempotent_upsert(client: TestClient, db: asyncpg.Conn
         assert saved["message"]
     count = await db.fetchval("SELECT count(*) FROM interview_sessions")
     assert count == 1
-    assert (await row_of(db, body["session_id"]))["status"] == "in_progress"
+    assert (await row_of(db, body["session_id"]))["status"] == "scheduled"
     # The session stays live after a save.
     assert (await client.get(f"/sessions/{body['session_id']}/info")).status == 200
 
@@ -111,7 +113,7 @@ async def test_get_session_reads_live_then_stored(client: TestClient):
     body = await create(client, {"job_role": "SRE"})
     sid = body["session_id"]
     live = await (await client.get(f"/sessions/{sid}")).json()
-    assert live["status"] == "in_progress"
+    assert live["status"] == "scheduled"
     assert set(live) == {"session_id", "interviewee_id", "template_id", "start_time", "end_time",
                          "status", "session_information", "Interview_report", "recording_url",
                          "resume_url"}
@@ -243,3 +245,26 @@ async def test_api_key_guards_management(make_client: AppFactory):
     assert (await client.post(f"/sessions/{other['session_id']}/end", headers=good)).status == 200
     assert (await client.get("/healthz")).status == 200
     assert (await client.get("/metrics", headers=good)).status == 200
+
+
+async def test_an_unused_invitation_expires_and_is_closed(
+    make_client: AppFactory, db: asyncpg.Connection
+):
+    client = await make_client(invite_ttl_s=0.5, checkpoint_s=0.1)
+    resp = await client.post("/sessions", json={"job_role": "Baker"})
+    sid = (await resp.json())["session_id"]
+    row = await db.fetchrow("SELECT status FROM interview_sessions WHERE session_id = $1",
+                            uuid.UUID(sid))
+    assert row["status"] == "scheduled"
+    for _ in range(50):
+        row = await db.fetchrow("SELECT status, end_time FROM interview_sessions "
+                                "WHERE session_id = $1", uuid.UUID(sid))
+        if row["status"] != "scheduled":
+            break
+        await asyncio.sleep(0.1)
+    assert row["status"] == "expired" and row["end_time"] is not None
+    candidate = Candidate(None, None)
+    offer = {"sdp": await candidate.offer(), "type": "offer"}
+    await candidate.close()
+    resp = await client.post(f"/sessions/{sid}/offer", json=offer)
+    assert resp.status == 409  # it has ended

@@ -43,7 +43,7 @@ from engine.vad import (
     VoiceActivityDetector,
 )
 from media.audio_track import AudioStats, AudioTranscriber, Transcript
-from tests.wer import word_errors
+from testing import word_errors
 
 SPEECH = Path(__file__).parent / "data" / "speech"
 CLIPS = [f"sense_and_sensibility_01_austen_64kb-{n}" for n in ("0870", "0880", "0890", "0920")]

@@ -226,3 +226,23 @@ def test_default_plan_and_repeat_request():
     assert move.kind is MoveKind.NEXT and engine.plan.questions[1] in move.text
     # Out of time: the next answer closes the interview.
     assert engine.decide(LONG_ANSWER, time_left_s=10, nudges=0).kind is MoveKind.CLOSE
+
+
+async def test_the_answer_in_progress_is_checkpointed_until_it_becomes_a_turn():
+    h = Harness(PLAN)
+    h.conversation.start()
+    await h.state("listening")
+    c = h.conversation
+    c.voice(True)
+    c.voice(False)
+    c.transcript("I worked on billing systems for years and", utterance_done=True,
+                 latency_s=0.0, speech_s=2)
+    # Mid-answer: a checkpoint now carries what was heard so far.
+    info = h.session.session_information()
+    assert info["answer_in_progress"] == "I worked on billing systems for years and"
+    assert [t["role"] for t in info["conversation_history"]] == ["assistant"]
+    await h.state("thinking", timeout=5)
+    info = h.session.session_information()
+    assert "answer_in_progress" not in info
+    assert info["conversation_history"][1]["content"].startswith("I worked on billing")
+    await h.conversation.close()

@@ -18,7 +18,7 @@ from adapters.gemini import GeminiLlm
 from engine.interviewer import GeminiInterviewer, InterviewPlan, StructuredInterviewer
 from engine.report import evaluate
 from engine.session import Turn
-from tests.gemini_stub import Drop, Fail, GeminiStub, Reply, Stall, chunks
+from testing import Drop, Fail, GeminiStub, Reply, Stall, chunks
 from tests.test_conversation import LONG_ANSWER, Harness
 
 PLAN = InterviewPlan(
@@ -128,7 +128,7 @@ async def test_evaluation_keeps_only_quotes_from_the_transcript(stub: GeminiStub
 
 
 async def test_server_uses_gemini_when_a_key_is_set(stub: GeminiStub, make_client: Any, db: Any):
-    from tests.media_client import Candidate, SpeechTrack
+    from testing import Candidate, SpeechTrack
     from tests.test_interview import wait_for_state
     from tests.test_media import stored_row
 

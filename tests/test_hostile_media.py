@@ -19,7 +19,7 @@ from engine.detector import Detection
 from media.peer import MESSAGE_BURST, SignalingError, check_offer
 from media.video_track import ANALYSE_SIDE, VideoAnalyzer
 from tests.conftest import AppFactory
-from tests.media_client import Candidate
+from testing import Candidate
 from tests.test_media import live_client, new_session
 
 

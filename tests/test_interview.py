@@ -17,10 +17,9 @@ import numpy as np
 
 from adapters.whisper import WhisperTranscriber, resolve_asr_model
 from engine.resample import resample
-from tests.conftest import AppFactory
-from tests.media_client import SPEECH, Candidate, ScriptedSpeech
+from testing import Candidate, InterviewerEar, ScriptedSpeech, wer
+from tests.conftest import SPEECH, AppFactory
 from tests.test_media import assert_recording, stored_row
-from tests.wer import wer
 
 ANSWERS = [SPEECH / "sense_and_sensibility_01_austen_64kb-0870.wav",
            SPEECH / "sense_and_sensibility_01_austen_64kb-0890.wav"]
@@ -37,7 +36,7 @@ async def test_offline_interview_end_to_end(make_client: AppFactory, db: asyncpg
     resp = await client.post("/sessions", json={"template_id": str(template_id)})
     sid = (await resp.json())["session_id"]
     voice = ScriptedSpeech()
-    candidate = Candidate(voice, None)
+    candidate = Candidate(voice, None, ear=InterviewerEar(keep_audio=True))
     try:
         await candidate.join(client, sid)
         for turn, answer in enumerate(ANSWERS, start=1):
@@ -73,7 +72,7 @@ async def test_offline_interview_end_to_end(make_client: AppFactory, db: asyncpg
     await assert_recording(client, row["recording_url"], min_seconds=30, video=False)
 
     # Round trip: what the candidate heard transcribes back to what was said.
-    heard = candidate.heard_audio()
+    heard = candidate.ear.heard_audio()
     assert np.abs(heard).max() > 1000
     whisper = WhisperTranscriber(resolve_asr_model(None)[0])
     pcm16k = resample(heard, 48000, 16000).astype(np.float32) / 32768

@@ -35,7 +35,7 @@ def table(rows: Rows, **kwargs: float) -> InterviewTable:
     return InterviewTable(rows, **options)  # type: ignore[arg-type]
 
 
-async def test_racing_ends_close_the_call_once_and_save_one_final_row():
+async def test_racing_ends_close_the_call_once_and_save_the_final_row_once_per_stage():
     rows, call = Rows(), SlowCall()
     interviews = table(rows)
     session = InterviewSession(job_role="Welder")
@@ -47,7 +47,8 @@ async def test_racing_ends_close_the_call_once_and_save_one_final_row():
     results = await asyncio.gather(*(interviews.end(session.session_id) for _ in range(3)))
     assert results == ["saved"] * 3
     assert call.closed == 1
-    assert [r.status for r in rows.rows] == ["in_progress", "completed"]
+    # Created; ended (before the call drained); after the drain.
+    assert [r.status for r in rows.rows] == ["scheduled", "completed", "completed"]
     assert interviews.interview(session.session_id) is None  # gone for good
     assert interview.state is InterviewState.ENDED and interview.call is None
 
@@ -91,7 +92,7 @@ async def test_checkpoints_save_changed_live_interviews_only():
         await interviews.close()
     later = rows.rows[saved:]
     assert [r.session_id for r in later] == [live.session_id]
-    assert later[0].status == "in_progress"
+    assert later[0].status == "scheduled"  # changed, but nobody joined yet
     assert interviews.checkpoints == 1
 
 
@@ -124,3 +125,54 @@ async def test_ending_a_parked_interview_closes_its_rejoin_window():
     assert interviews.parked(session.session_id) is None
     assert interviews.rejoin(session.session_id) is None
     assert rows.rows[-1].status == "completed" and rows.rows[-1].end_time is not None
+
+
+class HeldCall:
+    """A call whose close waits until the test lets it finish (a long drain)."""
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+
+    async def close(self) -> None:
+        await self.release.wait()
+
+
+async def test_the_final_status_is_saved_before_the_call_drains():
+    rows, call = Rows(), HeldCall()
+    interviews = table(rows)
+    session = InterviewSession(job_role="A")
+    await interviews.add(session)
+    interviews.interview(session.session_id).attach(call)  # type: ignore[union-attr]
+    ending = asyncio.create_task(interviews.end(session.session_id))
+    await asyncio.sleep(0.1)
+    assert not ending.done()  # still draining...
+    assert rows.rows[-1].status == "completed"  # ...but the row is closed already
+    assert rows.rows[-1].end_time is not None
+    assert rows.rows[-1].session_information["closing"] is True  # type: ignore[index]
+    session.add_turn("user", "The last words, heard while draining.")
+    call.release.set()
+    assert await ending == "saved"
+    final = rows.rows[-1].session_information
+    assert final is not None and final["conversation_history"][-1]["role"] == "user"
+    assert "closing" not in final
+
+
+async def test_an_invitation_nobody_joined_is_not_refreshed_and_outlives_shutdown():
+    rows = Rows()
+    interviews = table(rows, checkpoint_s=0.05, heartbeat_s=0.05)
+    invited, joined = InterviewSession(job_role="A"), InterviewSession(job_role="B")
+    for session in (invited, joined):
+        await interviews.add(session)
+    interviews.interview(joined.session_id).attach(SlowCall())  # type: ignore[union-attr]
+    await interviews.start()
+    try:
+        await asyncio.sleep(0.4)
+    finally:
+        await interviews.close()
+    saved = [r.session_id for r in rows.rows]
+    assert saved.count(invited.session_id) == 1  # its first row only: no heartbeat
+    assert saved.count(joined.session_id) >= 3  # refreshed while live
+    assert rows.rows[0].status == "scheduled"
+    await interviews.end_all()
+    last = {r.session_id: r.status for r in rows.rows}
+    assert last == {invited.session_id: "scheduled", joined.session_id: "completed"}

@@ -18,7 +18,7 @@ from adapters.gemini import OPENING_TURN, GeminiLlm
 from engine.ports import InterviewerLlm, LlmError, LlmErrorKind, LlmRequest
 from engine.sentences import sentences
 from engine.session import Turn
-from tests.gemini_stub import Chunk, Drop, Fail, GeminiStub, Reply, Stall, chunks
+from testing import Chunk, Drop, Fail, GeminiStub, Reply, Stall, chunks
 
 pytestmark = pytest.mark.timeout(30)
 

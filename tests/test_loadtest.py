@@ -18,11 +18,10 @@ import pytest
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
 from loadtest.analysis import stats
-from loadtest.media import EncodedClip, SpeechClip
 from loadtest.monitor import HistogramSummary, MetricsSnapshot
 from loadtest.prepare import PHOTOS_DIR
 from loadtest.scenarios import MIXED_ORDER, scenario_for
-from loadtest.tracks import CameraTrack, MicrophoneTrack
+from testing import CameraTrack, EncodedClip, MicrophoneTrack, SpeechClip
 from tests.conftest import REPO
 
 needs_photos = pytest.mark.skipif(

@@ -15,9 +15,8 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from api.keys import MEDIA, REGISTRY
-from tests.conftest import SHARED, AppFactory
-from tests.media_client import CLIP, SPEECH, Candidate, PhotoTrack, SpeechTrack, transcript_of
-from tests.wer import wer
+from testing import Candidate, PhotoTrack, SpeechTrack, transcript_of, wer
+from tests.conftest import CLIP, SHARED, SPEECH, AppFactory
 
 PHOTOS = SHARED / "testdata" / "photos"
 ONE_PERSON = PHOTOS / "coco_000000000436_1person_eating_closeup.jpg"
@@ -43,13 +42,16 @@ async def stored_row(
     db: asyncpg.Connection, sid: str, timeout: float = 30,
     until: Callable[[asyncpg.Record], bool] = lambda row: True,
 ) -> asyncpg.Record:
-    """The row once it is no longer in progress (and `until` holds)."""
+    """The row once it is final: no longer in progress, no call still draining
+    into it (and `until` holds)."""
     async def ended() -> asyncpg.Record:
         while True:
             row = await db.fetchrow(
                 "SELECT * FROM interview_sessions WHERE session_id = $1", uuid.UUID(sid)
             )
-            if row is not None and row["status"] != "in_progress" and until(row):
+            if row is not None and row["status"] != "in_progress" and until(row) and not (
+                json.loads(row["session_information"] or "{}").get("closing")
+            ):
                 return row
             await asyncio.sleep(0.2)
     return await asyncio.wait_for(ended(), timeout)
@@ -209,6 +211,9 @@ async def test_whip_ingest(make_client: AppFactory, db: asyncpg.Connection):
         assert resp.content_type == "application/sdp"
         location = resp.headers["Location"]
         await candidate.accept(await resp.text())
+        # Connected before the DELETE: closing a peer mid-ICE trips an aiortc
+        # race (its connect task raises "RTCIceTransport is closed", unretrieved).
+        await asyncio.wait_for(candidate.opened.wait(), 20)
         resp = await client.patch(location, data="a=candidate:1",
                                   headers={"Content-Type": "application/trickle-ice-sdpfrag"})
         assert resp.status == 405 and "DELETE" in resp.headers["Allow"]

@@ -14,7 +14,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from api.keys import REGISTRY, WRITER
 from config import Config
 from server import make_app
-from tests.conftest import start_pgserver
+from testing import start_database
 
 
 async def start_app(dsn: str, data_dir: Path, **overrides: Any) -> TestClient:
@@ -36,15 +36,15 @@ async def status_of(dsn: str, session_id: str) -> str | None:
 
 async def test_rows_survive_a_database_outage(tmp_path: Path, loop_errors: list[Any]):
     pgdata = tmp_path / "pg"
-    cluster = await asyncio.to_thread(start_pgserver, pgdata)
-    dsn = cluster.get_uri()
+    cluster = await asyncio.to_thread(start_database, pgdata)
+    dsn = cluster.dsn
     client = await start_app(dsn, tmp_path / "data")
     try:
         live = (await (await client.post("/sessions", json={"job_role": "QA"})).json())["session_id"]
         ended = (await (await client.post("/sessions", json={"job_role": "SRE"})).json())["session_id"]
-        assert await status_of(dsn, live) == "in_progress"
+        assert await status_of(dsn, live) == "scheduled"
 
-        await asyncio.to_thread(cluster.cleanup)  # the database goes down
+        await asyncio.to_thread(cluster.stop)  # the database goes down
 
         saved = await (await client.post(f"/sessions/{live}/save")).json()
         assert saved["status"] == "queued"
@@ -62,14 +62,14 @@ async def test_rows_survive_a_database_outage(tmp_path: Path, loop_errors: list[
         health = await (await client.get("/healthz")).json()
         assert health["outbox"] == 2
 
-        cluster = await asyncio.to_thread(start_pgserver, pgdata)  # and comes back
+        cluster = await asyncio.to_thread(start_database, pgdata)  # and comes back
         await asyncio.wait_for(client.server.app[WRITER].wait_idle(), 60)
         assert await status_of(dsn, live) == "completed"
         assert await status_of(dsn, ended) == "completed"
         assert not list((tmp_path / "data" / "outbox").glob("*.json"))
     finally:
         await client.close()
-        await asyncio.to_thread(cluster.cleanup)
+        await asyncio.to_thread(cluster.stop)
 
 
 async def test_outbox_is_replayed_after_a_restart(tmp_path: Path, database_url: str,
@@ -82,7 +82,9 @@ async def test_outbox_is_replayed_after_a_restart(tmp_path: Path, database_url: 
         assert resp.status == 201
         sid = (await resp.json())["session_id"]
         app = client.server.app
-        app[REGISTRY].get(uuid.UUID(sid)).add_turn("assistant", "Hello, I'm Serin.")
+        session = app[REGISTRY].get(uuid.UUID(sid))
+        session.start_time = session.created_at  # as a candidate's joining does
+        session.add_turn("assistant", "Hello, I'm Serin.")
         assert (await (await client.post(f"/sessions/{sid}/save")).json())["status"] == "queued"
     finally:
         # A server stopped while the database is down: shutdown ends the
@@ -118,4 +120,4 @@ async def test_live_sessions_are_checkpointed(make_client: Any, db: asyncpg.Conn
             break
         await asyncio.sleep(0.1)
     assert history == [{"role": "user", "content": "I led the migration to PostgreSQL."}]
-    assert await db.fetchval("SELECT status FROM interview_sessions") == "in_progress"
+    assert await db.fetchval("SELECT status FROM interview_sessions") == "scheduled"

@@ -13,43 +13,16 @@ from pathlib import Path
 import aiohttp
 import asyncpg
 
+from testing import start_server
 from tests.conftest import REPO
+from testing import Candidate
 
 
 @asynccontextmanager
 async def server_process(env: dict[str, str]) -> AsyncIterator[tuple[asyncio.subprocess.Process, str]]:
     """`python server.py` with `env`; yields the process and its base URL."""
-    full_env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "API_KEY")}
-    full_env.update({"PORT": "0", "PYTHONUNBUFFERED": "1"}, **env)
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, str(REPO / "server.py"), cwd=REPO, env=full_env,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-    )
-    try:
-        url = await asyncio.wait_for(_serving_url(proc), 60)
-        yield proc, url
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-
-
-async def _serving_url(proc: asyncio.subprocess.Process) -> str:
-    assert proc.stdout is not None
-    seen = []
-    while line := (await proc.stdout.readline()).decode():
-        seen.append(line)
-        if line.startswith("Serving on "):
-            # Keep draining the output so the server never blocks on a full pipe.
-            asyncio.get_running_loop().create_task(_drain(proc))
-            return line.split()[-1]
-    raise AssertionError("server exited before serving:\n" + "".join(seen))
-
-
-async def _drain(proc: asyncio.subprocess.Process) -> None:
-    assert proc.stdout is not None
-    while await proc.stdout.readline():
-        pass
+    async with start_server(env, start_timeout_s=60) as server:
+        yield server.process, server.url
 
 
 async def create(http: aiohttp.ClientSession, url: str, role: str) -> str:
@@ -68,7 +41,8 @@ async def statuses(dsn: str) -> dict[str, str]:
 
 
 async def test_embedded_default_start_and_sigterm(tmp_path: Path):
-    """The README's command: no keys, no database; SIGTERM saves every live session."""
+    """The README's command: no keys, no database; SIGTERM saves every live
+    session, and an invitation nobody used yet survives it."""
     env = {"DATA_DIR": str(tmp_path / "data")}
     async with server_process(env) as (proc, url), aiohttp.ClientSession() as http:
         first = await create(http, url, "Backend engineer")
@@ -79,23 +53,53 @@ async def test_embedded_default_start_and_sigterm(tmp_path: Path):
         assert await asyncio.wait_for(proc.wait(), 60) == 0
     # Read the rows back through a second run of the same embedded database.
     async with server_process(env) as (proc, url), aiohttp.ClientSession() as http:
-        for sid in (first, second):
-            async with http.get(f"{url}/sessions/{sid}") as resp:
-                row = await resp.json()
-                assert row["status"] == "completed" and row["end_time"] is not None
+        async with http.get(f"{url}/sessions/{first}") as resp:
+            row = await resp.json()
+            assert row["status"] == "completed" and row["end_time"] is not None
+        async with http.get(f"{url}/sessions/{second}") as resp:
+            row = await resp.json()
+            assert row["status"] == "scheduled" and row["end_time"] is None
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(proc.wait(), 60) == 0
 
 
+async def join(http: aiohttp.ClientSession, url: str, sid: str, token: str = "") -> Candidate:
+    """A real peer (data channel only) joins the session."""
+    candidate = Candidate(None, None)
+    offer = {"sdp": await candidate.offer(), "type": "offer"}
+    async with http.post(f"{url}/sessions/{sid}/offer", json=offer,
+                         params={"token": token} if token else {}) as resp:
+        assert resp.status == 200, await resp.text()
+        await candidate.accept((await resp.json())["sdp"])
+    await asyncio.wait_for(candidate.opened.wait(), 20)
+    return candidate
+
+
+async def wait_status(dsn: str, sid: str, status: str) -> None:
+    for _ in range(100):
+        if (await statuses(dsn)).get(sid) == status:
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"{sid} is {(await statuses(dsn)).get(sid)}, not {status}")
+
+
+MEDIA_LIGHT = {"ICE_LOOPBACK_ONLY": "1", "INTERVIEWER": "0", "RECORDING": "0"}
+
+
 async def test_killed_server_rows_become_interrupted(tmp_path: Path, database_url: str):
-    env = {"DATA_DIR": str(tmp_path / "data"), "DATABASE_URL": database_url, "CHECKPOINT_S": "0.2"}
+    env = {"DATA_DIR": str(tmp_path / "data"), "DATABASE_URL": database_url, "CHECKPOINT_S": "0.2",
+           **MEDIA_LIGHT}
     async with server_process(env) as (proc, url), aiohttp.ClientSession() as http:
         sid = await create(http, url, "QA")
+        candidate = await join(http, url, sid)
+        await wait_status(database_url, sid, "in_progress")  # joined: checkpointed
         proc.kill()
         await proc.wait()
+        await candidate.close()
     assert (await statuses(database_url))[sid] == "in_progress"
     async with server_process(env) as (proc, url), aiohttp.ClientSession() as http:
         fresh = await create(http, url, "SRE")
+        fresh_candidate = await join(http, url, fresh)
         for _ in range(100):  # the start-up sweep runs in the background
             found = await statuses(database_url)
             if found[sid] != "in_progress":
@@ -103,10 +107,47 @@ async def test_killed_server_rows_become_interrupted(tmp_path: Path, database_ur
             await asyncio.sleep(0.1)
         assert found[sid] == "interrupted"
         # The new process's own live session is left alone.
-        assert found[fresh] == "in_progress"
+        await wait_status(database_url, fresh, "in_progress")
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(proc.wait(), 60) == 0
+        await fresh_candidate.close()
     assert (await statuses(database_url))[fresh] == "completed"
+
+
+async def test_invitations_survive_a_crash_and_keep_their_tokens(tmp_path: Path, database_url: str):
+    env = {"DATA_DIR": str(tmp_path / "data"), "DATABASE_URL": database_url, "CHECKPOINT_S": "0.2",
+           "API_KEY": "k", **MEDIA_LIGHT}
+    key = {"Authorization": "Bearer k"}
+    async with server_process(env) as (proc, url), aiohttp.ClientSession() as http:
+        invites = []
+        for role in ("QA", "SRE"):
+            async with http.post(f"{url}/sessions", json={"job_role": role}, headers=key) as resp:
+                invites.append(await resp.json())
+        proc.kill()  # a crash: nothing is saved on the way out
+        await proc.wait()
+    first, second = (i["session_id"] for i in invites)
+    assert {s for i, s in (await statuses(database_url)).items()} == {"scheduled"}
+    async with server_process(env) as (proc, url), aiohttp.ClientSession() as http:
+        await asyncio.sleep(1.0)  # the start-up sweep has run: it leaves invitations alone
+        assert (await statuses(database_url))[first] == "scheduled"
+        async with http.get(f"{url}/sessions/{first}", headers=key) as resp:
+            assert (await resp.json())["session_information"]["job_role"] == "QA"
+        # Only the session's own token opens it, as before the crash.
+        stranger = Candidate(None, None)
+        offer = {"sdp": await stranger.offer(), "type": "offer"}
+        await stranger.close()
+        async with http.post(f"{url}/sessions/{first}/offer", json=offer,
+                             params={"token": invites[1]["token"]}) as resp:
+            assert resp.status in (401, 404)
+        candidate = await join(http, url, first, invites[0]["token"])
+        await wait_status(database_url, first, "in_progress")
+        async with http.post(f"{url}/sessions/{first}/end", headers=key) as resp:
+            assert resp.status == 200
+        await candidate.close()
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 60) == 0
+    found = await statuses(database_url)
+    assert found[first] == "completed" and found[second] == "scheduled"
 
 
 async def test_bad_configuration_exits_with_a_clear_message(tmp_path: Path):

@@ -19,8 +19,8 @@ import pytest
 from PIL import Image
 
 from media.recorder import RecorderSettings, SessionRecorder
+from testing import read_wav
 from tests.conftest import REPO
-from tests.media_client import read_wav
 
 pytestmark = pytest.mark.timeout(120)
 

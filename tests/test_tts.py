@@ -20,7 +20,7 @@ from adapters.whisper import WhisperTranscriber, resolve_asr_model
 from engine.ports import Synthesizer, SynthesizerUnavailable
 from engine.resample import resample, resample_to_48k
 from engine.sentences import split_sentences
-from tests.wer import wer
+from testing import wer
 
 QUESTION = "Tell me about a project you are proud of."
 ASR_RATE = 16_000
@@ -32,7 +32,7 @@ ASR_RATE = 16_000
 PIPER_TAKES = 3
 MAX_PIPER_WER = 0.25
 MAX_ESPEAK_WER = 0.25
-# tests/wer.py counts "you're" for "you are" as two errors; undo that here.
+# testing/wer.py counts "you're" for "you are" as two errors; undo that here.
 CONTRACTIONS = {"you're": "you are", "i'm": "i am", "we're": "we are", "it's": "it is"}
 Int16Array = npt.NDArray[np.int16]
 

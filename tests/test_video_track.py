@@ -15,7 +15,7 @@ import numpy as np
 from engine.anomaly import DEVICES_DETECTED, MULTIPLE_PERSONS, Anomaly, AnomalyRules
 from engine.detector import Detection
 from media.video_track import ChangeGate, VideoAnalyzer, changed_fraction
-from tests.media_client import PhotoTrack
+from testing import PhotoTrack
 from tests.test_media import ONE_PERSON, PHOTOS, TWO_PERSONS, needs_photos
 
 PHONE = PHOTOS / "coco_000000168974_1person_child_holding_phone.jpg"

@@ -18,9 +18,9 @@ import asyncpg
 from routing import worker_of
 from config import Config
 from media.ice import use_loopback_only
-from tests.media_client import CLIP, Candidate, SpeechTrack, transcript_of
+from testing import Candidate, SpeechTrack, transcript_of, wer
+from tests.conftest import CLIP
 from tests.test_process import server_process
-from tests.wer import wer
 from workers import WorkerSettings, attach
 
 
@@ -39,11 +39,7 @@ async def test_two_workers_share_the_sessions(tmp_path, database_url: str):
         assert sorted(worker_of(i, 2) for i in ids) == [0, 0, 1, 1]  # spread over both
         candidate = Candidate(SpeechTrack(CLIP.with_suffix(".wav")), None)
         try:
-            offer = {"sdp": await candidate.offer(), "type": "offer"}
-            async with http.post(f"{url}/sessions/{ids[1]}/offer", json=offer) as resp:
-                assert resp.status == 200
-                await candidate.accept((await resp.json())["sdp"])
-            await asyncio.wait_for(candidate.opened.wait(), 20)
+            await candidate.connect(http, f"{url}/sessions/{ids[1]}/offer", timeout_s=20)
             (transcript,) = await candidate.wait_for("transcript", timeout=60)
             assert wer(transcript_of(CLIP), transcript["text"]) <= 0.15
             async with http.get(f"{url}/metrics") as resp:
@@ -61,11 +57,12 @@ async def test_two_workers_share_the_sessions(tmp_path, database_url: str):
             assert turn["role"] == "user"
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(proc.wait(), 60) == 0
-    # SIGTERM ended and saved the other live sessions in every worker.
+    # SIGTERM left the invitations nobody used open, in every worker.
     async with server_process(env) as (proc, url), aiohttp.ClientSession() as http:
         for session_id in ids:
             async with http.get(f"{url}/sessions/{session_id}") as resp:
-                assert (await resp.json())["status"] == "completed"
+                expected = "completed" if session_id == ids[1] else "scheduled"
+                assert (await resp.json())["status"] == expected
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(proc.wait(), 60) == 0
 
@@ -84,12 +81,12 @@ async def test_workers_stop_when_the_supervisor_is_killed(tmp_path, database_url
         gone, alive = await asyncio.to_thread(psutil.wait_procs, workers, 30)
         assert not alive and len(gone) == 2
     conn = await asyncpg.connect(database_url)
-    try:  # the orphaned worker ended and saved its live session on the way out
+    try:  # the orphaned workers stopped cleanly; the unused invitation stays open
         status = await conn.fetchval("SELECT status FROM interview_sessions WHERE session_id = $1",
                                      uuid.UUID(session_id))
     finally:
         await conn.close()
-    assert status == "completed"
+    assert status == "scheduled"
 
 
 KEY = "front-test-key"
@@ -155,14 +152,14 @@ async def test_a_killed_worker_comes_back_and_its_sessions_wait_for_it(
         assert back["workers"][1]["restarts"] == 1
         assert back["workers"][1]["pid"] not in (None, killed)
         # Same slot, same data directory: the restarted worker answers for the
-        # dead one's session, whose row its start-up sweep marks interrupted.
-        row = await _row_until(http, url, owned[1], "interrupted")
+        # dead one's session, an invitation nobody used yet: it waits again.
+        row = await _row_until(http, url, owned[1], "scheduled")
         assert row["session_information"]["job_role"] == "QA"
         # The least loaded worker (none live) is the restarted one.
         fresh = await _create(http, url)
         assert worker_of(fresh, 2) == 1
         async with http.get(f"{url}/sessions/{fresh}", headers=AUTH) as resp:
-            assert (await resp.json())["status"] == "in_progress"
+            assert (await resp.json())["status"] == "scheduled"
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(proc.wait(), 60) == 0
 

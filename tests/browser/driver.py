@@ -17,9 +17,7 @@ import argparse
 import asyncio
 import contextlib
 import json
-import os
 import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -31,10 +29,9 @@ from aiohttp import web
 from playwright.async_api import BrowserContext, Frame, Page, async_playwright
 from playwright.async_api import TimeoutError as PlaywrightTimeout
 
+from testing import start_server, transcript_of, wer
 from tests.browser.media import fake_camera, fake_microphone
-from tests.conftest import REPO
-from tests.media_client import CLIP, transcript_of
-from tests.wer import wer
+from tests.conftest import CLIP
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -131,38 +128,9 @@ async def guarded(checks: Checks, name: str, step: Awaitable[Any]) -> Any:
 @asynccontextmanager
 async def server(data_dir: Path, log_path: Path) -> AsyncIterator[str]:
     """`python server.py` on a free port, its output in `log_path`; yields the base URL."""
-    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "API_KEY")}
-    env.update(PORT="0", PYTHONUNBUFFERED="1", DATA_DIR=str(data_dir), ICE_LOOPBACK_ONLY="1")
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, str(REPO / "server.py"), cwd=REPO, env=env,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-    )
-    serving: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-    copier = asyncio.create_task(_copy_output(proc, log_path, serving), name="server-log")
-    try:
-        yield await asyncio.wait_for(asyncio.shield(serving), 60)
-    finally:
-        if proc.returncode is None:
-            proc.terminate()
-            try:
-                await asyncio.wait_for(proc.wait(), 20)
-            except TimeoutError:
-                proc.kill()
-                await proc.wait()
-        await copier
-
-
-async def _copy_output(proc: asyncio.subprocess.Process, log_path: Path,
-                       serving: asyncio.Future[str]) -> None:
-    assert proc.stdout is not None
-    with log_path.open("w") as log:
-        while line := (await proc.stdout.readline()).decode(errors="replace"):
-            log.write(line)
-            log.flush()
-            if line.startswith("Serving on ") and not serving.done():
-                serving.set_result(line.split()[-1])
-    if not serving.done():
-        serving.set_exception(RuntimeError(f"the server exited before serving; see {log_path}"))
+    env = {"DATA_DIR": str(data_dir), "ICE_LOOPBACK_ONLY": "1"}
+    async with start_server(env, log_path=log_path, start_timeout_s=60, stop_timeout_s=20) as proc:
+        yield proc.url
 
 
 async def create_session(http: aiohttp.ClientSession, url: str, role: str) -> dict[str, str]:
