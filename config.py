@@ -17,6 +17,8 @@ from urllib.parse import urlsplit
 from routing import MAX_WORKERS
 
 __all__ = [
+    "DEFAULT_DETECT_CHANGE",
+    "DEFAULT_DETECT_MAX_INTERVAL_S",
     "DEFAULT_DEVICE_LABELS",
     "DEFAULT_END_OF_TURN_S",
     "DEFAULT_GEMINI_MODEL",
@@ -37,6 +39,12 @@ __all__ = [
 DEFAULT_DEVICE_LABELS: tuple[str, ...] = (
     "laptop", "cell phone", "tv", "keyboard", "mouse", "remote",
 )
+# The video change gate (`media.video_track.ChangeGate`): the detector runs on a
+# sampled frame when this fraction of its 64x48 grey thumbnail changed since
+# the last analysed frame (0.003: about 9 thumbnail pixels, a 30x30 px object
+# at 640x480), and at least every DEFAULT_DETECT_MAX_INTERVAL_S seconds anyway.
+DEFAULT_DETECT_CHANGE = 0.003
+DEFAULT_DETECT_MAX_INTERVAL_S = 3.0
 DEFAULT_INTERVIEWER_NAME = "Serin"
 DEFAULT_INTERVIEW_MINUTES = 20.0
 DEFAULT_END_OF_TURN_S = 1.2
@@ -72,6 +80,9 @@ class Config:
     ice_loopback_only: bool = False
     cors_origins: tuple[str, ...] = ()
     detect_fps: float = 2.0
+    # 0 turns the change gate off: every sampled frame gets a detector run.
+    detect_max_interval_s: float = DEFAULT_DETECT_MAX_INTERVAL_S
+    detect_change: float = DEFAULT_DETECT_CHANGE
     keepalive_timeout_s: float = 8.0
     detector_kind: str = "nanodet"
     detector_model: str | None = None
@@ -154,6 +165,9 @@ class Config:
             ice_loopback_only=_flag(env, "ICE_LOOPBACK_ONLY"),
             cors_origins=_csv(env, "CORS_ORIGINS"),
             detect_fps=_positive_float(env, "DETECT_FPS", cls.detect_fps),
+            detect_max_interval_s=_non_negative_float(
+                env, "DETECT_MAX_INTERVAL_S", cls.detect_max_interval_s),
+            detect_change=_fraction(env, "DETECT_CHANGE", cls.detect_change),
             keepalive_timeout_s=_positive_float(env, "KEEPALIVE_TIMEOUT_S", cls.keepalive_timeout_s),
             detector_kind=_choice(env, "DETECTOR", ("nanodet", "yolo"), cls.detector_kind),
             detector_model=_existing_file(env, "DETECTOR_MODEL"),
@@ -238,6 +252,13 @@ def _positive_float(env: Mapping[str, str], name: str, default: float) -> float:
 
 def _non_negative_float(env: Mapping[str, str], name: str, default: float) -> float:
     return _float(env, name, default, allow_zero=True)
+
+
+def _fraction(env: Mapping[str, str], name: str, default: float) -> float:
+    value = _non_negative_float(env, name, default)
+    if value > 1.0:
+        raise ConfigError(f"{name} must be a fraction from 0 to 1, got {value}")
+    return value
 
 
 def _positive_int(env: Mapping[str, str], name: str, default: int) -> int:

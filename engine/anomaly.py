@@ -5,6 +5,11 @@ the anomalies that *start* on it. An anomaly starts when its condition held on
 `onset_frames` consecutive sampled frames (so a single-frame flicker never
 makes a record) and ends after `clear_frames` consecutive frames without it;
 only then can the same type start a new episode.
+
+The counts are per *sample*, not per detector run: when the video change gate
+skips the detector on an unchanged frame, the previous frame's detections are
+fed again. The gate only skips while `settled()` holds, so an onset or an end
+is always confirmed by a real detector run, as before.
 """
 
 from __future__ import annotations
@@ -111,6 +116,15 @@ class AnomalyRules:
         if kind == NO_PERSON:
             return self.settings.no_person_onset_frames
         return self.settings.onset_frames
+
+    def settled(self) -> bool:
+        """No episode is about to start or end: feeding the last detections
+        again cannot record anything. False while an onset or a clear is being
+        counted (a first sighting still needs its confirming frame)."""
+        return all(
+            (e.active and e.clear == 0) or (not e.active and e.streak == 0)
+            for e in self._episodes.values()
+        )
 
     def active(self) -> Iterable[str]:
         return (kind for kind, e in self._episodes.items() if e.active)

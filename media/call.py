@@ -120,6 +120,7 @@ class WebRtcCall:
             v = self.video.stats
             totals.video_in, totals.video_analysed = v.frames_in, v.samples_analysed
             totals.video_dropped = v.samples_dropped
+            totals.video_unchanged = v.samples_unchanged
             totals.video_refused = v.frames_refused
         totals.extra_track_frames = self.extra_track_frames
         totals.messages_refused = self.peer.messages_refused
@@ -183,6 +184,7 @@ class WebRtcCall:
             on_anomalies=self._handle_anomalies,
             on_frame=self._candidate_video,
             on_sample=runtime.metrics.detect_seconds.observe,
+            gate=runtime.detect_gate,
             name=self._name,
         )
 

@@ -32,7 +32,8 @@ class FrameTotals:
     audio_in: int = 0
     audio_dropped: int = 0
     video_in: int = 0
-    video_analysed: int = 0
+    video_analysed: int = 0  # samples handled: a detector run or the change gate's "unchanged"
+    video_unchanged: int = 0  # of those, the ones the gate spared the detector
     video_dropped: int = 0
     pieces_dropped: int = 0
     recording_dropped: int = 0
@@ -119,6 +120,11 @@ class _FrameCollector(Collector):
                                       labels=["result"])
         samples.add_metric(["analysed"], total.video_analysed)
         samples.add_metric(["dropped"], total.video_dropped)
+        skipped = CounterMetricFamily(
+            "interview_detector_runs_skipped",
+            "Analysed video samples the change gate found unchanged: they reused the "
+            "last detector run's result (detector runs = analysed - skipped)")
+        skipped.add_metric([], total.video_unchanged)
         pieces = CounterMetricFamily("interview_speech_pieces_dropped",
                                      "Speech pieces dropped because transcription was behind")
         pieces.add_metric([], total.pieces_dropped)
@@ -134,7 +140,7 @@ class _FrameCollector(Collector):
         refused.add_metric(["extra_track_frame"], total.extra_track_frames)
         refused.add_metric(["message_rate"], total.messages_refused)
         refused.add_metric(["event_unread"], total.events_dropped)
-        yield from (received, dropped, samples, pieces, recording, refused)
+        yield from (received, dropped, samples, skipped, pieces, recording, refused)
 
 
 class _QueueCollector(Collector):

@@ -23,6 +23,7 @@ from engine.vad import VadSettings
 from layout import DataLayout, PublicUrls
 from media.metrics import MediaMetrics
 from media.queues import MeteredExecutor, QueueLoad
+from media.video_track import ChangeGate
 
 __all__ = ["MediaModels", "MediaRuntime", "load_models"]
 
@@ -66,6 +67,8 @@ class MediaRuntime:
     urls: PublicUrls = field(default_factory=PublicUrls)
     ice_servers: tuple[dict[str, Any], ...] = ()
     detect_fps: float = 2.0
+    # None: a detector run on every sampled frame (DETECT_MAX_INTERVAL_S=0).
+    detect_gate: ChangeGate | None = field(default_factory=ChangeGate)
     keepalive_timeout_s: float = 8.0
     vad_settings: VadSettings = field(default_factory=VadSettings)
     turn_settings: TurnSettings = field(default_factory=TurnSettings)
@@ -84,6 +87,8 @@ class MediaRuntime:
             urls=PublicUrls(config.public_url or ""),
             ice_servers=config.ice_servers,
             detect_fps=config.detect_fps,
+            detect_gate=ChangeGate(config.detect_change, config.detect_max_interval_s)
+            if config.detect_max_interval_s > 0 else None,
             keepalive_timeout_s=config.keepalive_timeout_s,
             metrics=metrics,
             asr_executor=MeteredExecutor(config.asr_workers, "asr"),

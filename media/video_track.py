@@ -4,6 +4,15 @@ One pump task only awaits `track.recv()` and puts the frame in a latest-wins
 slot (aiortc's own queue is unbounded: a track nobody reads grows without
 limit). A sampler task takes the newest frame `fps` times a second and runs
 conversion and inference in the detector's executor, never on the loop.
+
+A webcam interview is a still scene most of the time, so a change gate
+(`ChangeGate`) spares the detector: each sampled frame is shrunk to a 64x48
+grey thumbnail (PyAV's swscale, area-averaged, in the executor) and compared
+with the thumbnail of the last frame the detector saw. The detector runs when
+enough of it changed, at least every `max_interval_s` anyway, and on every
+sample while an anomaly's onset or end is still being counted
+(`AnomalyRules.settled()`). A skipped sample counts as the previous result,
+so the debounce still advances once per sample.
 """
 
 from __future__ import annotations
@@ -19,6 +28,9 @@ from typing import cast
 import av
 import numpy as np
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from av.video.reformatter import VideoReformatter
+
+from config import DEFAULT_DETECT_CHANGE, DEFAULT_DETECT_MAX_INTERVAL_S
 
 from engine.aio import cancel_and_wait
 from engine.anomaly import Anomaly, AnomalyRules
@@ -26,7 +38,7 @@ from engine.detector import Detection
 from engine.ports import Detector
 from engine.session import utc_now
 
-__all__ = ["VideoAnalyzer", "VideoStats"]
+__all__ = ["ChangeGate", "VideoAnalyzer", "VideoStats", "changed_fraction"]
 
 log = logging.getLogger(__name__)
 
@@ -37,18 +49,61 @@ log = logging.getLogger(__name__)
 MAX_PIXELS = 4096 * 2304
 ANALYSE_SIDE = 1280
 
+# The change gate's thumbnail, and how far (in grey levels, 0-255) one of its
+# pixels must move to count as changed: VP8 noise and sensor noise stay under 1
+# level once averaged this small; a 6-level brightness drift stays under it too.
+THUMB_SIZE = (64, 48)
+PIXEL_DELTA = 12
+
 AnomalySink = Callable[[list[Anomaly], np.ndarray], None]
+
+
+@dataclass(frozen=True)
+class ChangeGate:
+    """When a sampled frame gets a detector run.
+
+    ``min_changed``: the fraction of the thumbnail's pixels that must have
+    moved by more than ``PIXEL_DELTA`` since the last analysed frame.
+    ``max_interval_s``: the longest a still scene goes without a run.
+    """
+
+    min_changed: float = DEFAULT_DETECT_CHANGE
+    max_interval_s: float = DEFAULT_DETECT_MAX_INTERVAL_S
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.min_changed <= 1.0:
+            raise ValueError(f"min_changed must be a fraction, got {self.min_changed}")
+        if self.max_interval_s <= 0:
+            raise ValueError(f"max_interval_s must be positive, got {self.max_interval_s}")
 
 
 @dataclass
 class VideoStats:
     frames_in: int = 0
     samples_due: int = 0
+    # Samples handled: a detector run, or the gate's "unchanged" (which
+    # reuses the last run's result). Either way the anomaly rules saw them.
     samples_analysed: int = 0
+    # Of those, the ones the gate spared the detector.
+    samples_unchanged: int = 0
     # Sample slots that passed while the detector was still busy.
     samples_dropped: int = 0
     frames_refused: int = 0
-    detect_seconds: float = 0.0
+    detect_seconds: float = 0.0  # conversion + detection, detector runs only
+
+    @property
+    def detector_runs(self) -> int:
+        return self.samples_analysed - self.samples_unchanged
+
+
+@dataclass(frozen=True)
+class _Analysis:
+    """A worker's answer: the frame's thumbnail, and the run's result unless
+    the gate found the frame unchanged (``detections is None``)."""
+
+    thumb: np.ndarray | None
+    rgb: np.ndarray | None = None
+    detections: list[Detection] | None = None
 
 
 class VideoAnalyzer:
@@ -64,7 +119,10 @@ class VideoAnalyzer:
         name: str,
         on_frame: Callable[[av.VideoFrame], None] | None = None,
         on_sample: Callable[[float], None] | None = None,
+        gate: ChangeGate | None = ChangeGate(),
     ) -> None:
+        """``on_sample`` gets the seconds of each detector run; ``gate=None``
+        runs the detector on every sample."""
         self._track = track
         self._detector = detector
         self._executor = executor
@@ -76,6 +134,12 @@ class VideoAnalyzer:
         self._latest: av.VideoFrame | None = None
         self._fresh = asyncio.Event()
         self._ended = False
+        self._gate = gate
+        # One reformatter per track keeps swscale's context between samples.
+        self._shrinker = VideoReformatter()
+        self._reference: np.ndarray | None = None  # thumbnail of the last analysed frame
+        self._last_run = 0.0
+        self._last: tuple[np.ndarray, list[Detection]] | None = None
         self.stats = VideoStats()
         self._tasks = [
             asyncio.create_task(self._pump(), name=f"{name}-video-pump"),
@@ -114,15 +178,52 @@ class VideoAnalyzer:
                 continue
             started = loop.time()
             self.stats.samples_due += 1
-            rgb, detections = await loop.run_in_executor(self._executor, _detect, self._detector, frame)
-            self.stats.samples_analysed += 1
+            reference = None if self._must_run(started) else self._reference
+            result = await loop.run_in_executor(
+                self._executor, self._analyse, frame, reference)
             elapsed = loop.time() - started
-            self.stats.detect_seconds += elapsed
-            if self._on_sample is not None:
-                self._on_sample(elapsed)
+            rgb, detections = self._take(result, started, elapsed)
+            self.stats.samples_analysed += 1
             self._note_missed_slots(elapsed)
             self._apply(rgb, detections)
             await asyncio.sleep(max(0.0, self._interval - elapsed))
+
+    def _must_run(self, now: float) -> bool:
+        """A detector run whatever the thumbnail says."""
+        return (
+            self._gate is None
+            or self._reference is None
+            or self._last is None
+            or now - self._last_run >= self._gate.max_interval_s
+            or not self._rules.settled()
+        )
+
+    def _analyse(self, frame: av.VideoFrame, reference: np.ndarray | None) -> _Analysis:
+        """Worker thread: the gate's thumbnail, then a detector run unless the
+        frame matches ``reference`` (None: run anyway)."""
+        if self._gate is None:
+            return _Analysis(None, *_detect(self._detector, frame))
+        thumb = self._shrinker.reformat(
+            frame, width=THUMB_SIZE[0], height=THUMB_SIZE[1], format="gray",
+            interpolation="AREA").to_ndarray()
+        if reference is not None and changed_fraction(reference, thumb) < self._gate.min_changed:
+            return _Analysis(thumb)
+        return _Analysis(thumb, *_detect(self._detector, frame))
+
+    def _take(
+        self, result: _Analysis, started: float, elapsed: float
+    ) -> tuple[np.ndarray, list[Detection]]:
+        """The sample's frame and detections: this run's, or the last run's."""
+        if result.rgb is None or result.detections is None:
+            assert self._last is not None  # the gate never skips the first sample
+            self.stats.samples_unchanged += 1
+            return self._last
+        self._reference, self._last_run = result.thumb, started
+        self._last = (result.rgb, result.detections)
+        self.stats.detect_seconds += elapsed
+        if self._on_sample is not None:
+            self._on_sample(elapsed)
+        return self._last
 
     def _note_missed_slots(self, elapsed: float) -> None:
         missed = int(elapsed / self._interval)
@@ -134,6 +235,14 @@ class VideoAnalyzer:
         started = self._rules.update(detections, utc_now())
         if started:
             self._on_anomalies(started, rgb)
+
+
+def changed_fraction(a: np.ndarray, b: np.ndarray) -> float:
+    """The fraction of pixels of two same-size grey images that differ by more
+    than ``PIXEL_DELTA`` levels: a local change (a phone raised, a second face)
+    counts as much as its area, and faint noise everywhere counts for nothing."""
+    diff = np.abs(a.astype(np.int16) - b.astype(np.int16))
+    return float(np.count_nonzero(diff > PIXEL_DELTA)) / diff.size
 
 
 def _detect(detector: Detector, frame: av.VideoFrame) -> tuple[np.ndarray, list[Detection]]:

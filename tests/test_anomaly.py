@@ -77,3 +77,18 @@ def test_device_labels_are_configurable():
 def test_bad_settings_are_refused():
     with pytest.raises(ValueError):
         AnomalySettings(onset_frames=0)
+
+
+def test_settled_only_between_onsets_and_ends():
+    """The video change gate may skip the detector only while settled: a first
+    sighting, or the first frames without an active episode's cause, still get
+    their confirming detector run."""
+    rules = AnomalyRules()
+    states = []
+    frames = [[person()], [person(), phone()], [person(), phone()], [person(), phone()],
+              [person()], [person()], [person()], [person()]]
+    for i, detections in enumerate(frames):
+        rules.update(detections, T0 + timedelta(seconds=i / 2))
+        states.append(rules.settled())
+    # phone seen (onset pending), phone recorded, still, then three frames to clear it.
+    assert states == [True, False, True, True, False, False, True, True]

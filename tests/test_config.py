@@ -45,9 +45,16 @@ def test_ice_servers_json():
         ({"ICE_SERVERS": "stun:x"}, "ICE_SERVERS must be JSON"),
         ({"ICE_SERVERS": '[{"urls": "http://x"}]'}, "stun:, turn: or turns:"),
         ({"PUBLIC_URL": "example.org"}, "PUBLIC_URL must be an absolute"),
+        ({"DETECT_CHANGE": "2"}, "DETECT_CHANGE must be a fraction"),
+        ({"DETECT_MAX_INTERVAL_S": "-1"}, "DETECT_MAX_INTERVAL_S must be"),
     ],
 )
 def test_bad_values_are_refused_precisely(env: dict[str, str], message: str):
     with pytest.raises(ConfigError, match=message) as info:
         Config.from_env(env)
     assert "secret" not in str(info.value)
+
+
+def test_change_gate_settings():
+    config = Config.from_env({"DETECT_CHANGE": "0.01", "DETECT_MAX_INTERVAL_S": "0"})
+    assert (config.detect_change, config.detect_max_interval_s) == (0.01, 0.0)

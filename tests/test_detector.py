@@ -228,3 +228,24 @@ def test_person_pass_finds_held_phones_without_new_alarms(
     # Measured: 1 -> 3 of 11 phones; 1 of 12 phone-free photos (459: a camera in hand).
     assert hits["refined"] >= hits["plain"] + 2
     assert alarms <= 2
+
+
+@needs_photos
+def test_person_pass_runs_only_on_frames_with_people(
+    photos: dict[str, tuple[dict[str, object], np.ndarray]],
+) -> None:
+    """One network call for an empty room; one more per person (up to 3) otherwise."""
+
+    class Counting(NanoDetDetector):
+        calls = 0
+
+        def _candidates(self, rgb: np.ndarray) -> Candidates:
+            self.calls += 1
+            return super()._candidates(rgb)
+
+    detector = Counting(DEFAULT_NANODET_PATH, person_pass=True)
+    for coco_id, crops in (("516008", 0), ("555009", 0), ("165", 2), ("436", 1)):
+        detector.calls = 0
+        found = detector.detect(photos[coco_id][1])
+        assert len(labels(found, "person")) == crops
+        assert detector.calls == 1 + crops, coco_id

@@ -87,6 +87,7 @@ async def test_speech_and_two_people_make_a_transcript_and_an_anomaly(
             assert f'interview_queue_depth{{queue="{queue}"}}' in metrics
             assert f'interview_queue_oldest_seconds{{queue="{queue}"}}' in metrics
         assert "interview_recording_frames_dropped_total 0.0" in metrics
+        assert "interview_detector_runs_skipped_total" in metrics  # the change gate's
         candidate.send({"type": "end"})
         row = await stored_row(db, sid)
     finally:

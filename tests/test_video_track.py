@@ -1,4 +1,5 @@
-"""The video pipeline under a slow detector: latest wins, missed samples counted."""
+"""The video pipeline: latest wins under a slow detector, missed samples counted;
+the change gate spares the detector on a still scene and keeps onsets on time."""
 
 from __future__ import annotations
 
@@ -11,11 +12,13 @@ from typing import Any
 
 import numpy as np
 
-from engine.anomaly import AnomalyRules
+from engine.anomaly import DEVICES_DETECTED, MULTIPLE_PERSONS, Anomaly, AnomalyRules
 from engine.detector import Detection
-from media.video_track import VideoAnalyzer
+from media.video_track import ChangeGate, VideoAnalyzer, changed_fraction
 from testing import PhotoTrack
-from tests.test_media import ONE_PERSON, needs_photos
+from tests.test_media import ONE_PERSON, PHOTOS, TWO_PERSONS, needs_photos
+
+PHONE = PHOTOS / "coco_000000168974_1person_child_holding_phone.jpg"
 
 
 class SlowDetector:
@@ -38,7 +41,8 @@ async def test_slow_detector_drops_samples_and_memory_stays_flat(loop_errors: li
     detector = SlowDetector()
     with ThreadPoolExecutor(1, thread_name_prefix="detect") as executor:
         analyzer = VideoAnalyzer(track, detector=detector, executor=executor, fps=10,
-                                 rules=AnomalyRules(), on_anomalies=lambda *_: None, name="slow")
+                                 rules=AnomalyRules(), on_anomalies=lambda *_: None, name="slow",
+                                 gate=None)  # every sample is due a detector run
         await asyncio.sleep(1.0)  # warm up
         tracemalloc.start()
         before = tracemalloc.take_snapshot()
@@ -54,3 +58,114 @@ async def test_slow_detector_drops_samples_and_memory_stays_flat(loop_errors: li
     assert grown < 2_000_000, f"memory grew by {grown} bytes in 3 s"  # no queue of frames
     assert detector.threads and all(t.startswith("detect") for t in detector.threads)
     assert not [t for t in asyncio.all_tasks() if t.get_name().startswith("slow-")]
+
+
+class CountingDetector:
+    """Fast, and sees one person: only the number of runs matters."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def detect(self, rgb: np.ndarray) -> list[Detection]:
+        self.calls += 1
+        return [Detection("person", 0.9, (0, 0, 10, 10))]
+
+
+def test_changed_fraction_counts_pixels_that_moved_past_the_delta() -> None:
+    a = np.full((48, 64), 100, np.uint8)
+    assert changed_fraction(a, a + 5) == 0.0  # faint change everywhere: nothing
+    b = a.copy()
+    b[:12, :16] = 200  # a sixteenth of the picture
+    assert changed_fraction(a, b) == 1 / 16 == changed_fraction(b, a)
+
+
+@needs_photos
+async def test_still_scene_is_analysed_at_the_floor_rate_and_a_change_at_once(loop_errors: list[Any]):
+    track = PhotoTrack(ONE_PERSON, fps=30)
+    detector = CountingDetector()
+    with ThreadPoolExecutor(1, thread_name_prefix="detect") as executor:
+        analyzer = VideoAnalyzer(track, detector=detector, executor=executor, fps=10,
+                                 rules=AnomalyRules(), on_anomalies=lambda *_: None, name="gate",
+                                 gate=ChangeGate(max_interval_s=60.0))
+        await asyncio.sleep(2.0)
+        still = detector.calls, analyzer.stats.samples_analysed
+        track.show(TWO_PERSONS)
+        await asyncio.sleep(1.0)
+        changed = detector.calls
+        await analyzer.close()
+    assert still[0] == 1 and still[1] >= 10  # one run (the first sample), then all reused
+    assert changed == 2  # the new photo is analysed, then it is still again
+    stats = analyzer.stats
+    assert stats.samples_unchanged == stats.samples_analysed - 2 == stats.samples_analysed - stats.detector_runs
+
+
+@needs_photos
+async def test_max_interval_is_the_floor_rate(loop_errors: list[Any]):
+    track = PhotoTrack(ONE_PERSON, fps=30)
+    detector = CountingDetector()
+    with ThreadPoolExecutor(1, thread_name_prefix="detect") as executor:
+        analyzer = VideoAnalyzer(track, detector=detector, executor=executor, fps=10,
+                                 rules=AnomalyRules(), on_anomalies=lambda *_: None, name="floor",
+                                 gate=ChangeGate(max_interval_s=0.5))
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await asyncio.sleep(3.0)
+        await analyzer.close()
+        elapsed = loop.time() - started
+    samples = analyzer.stats.samples_analysed
+    # One run per 0.5 s (every 5th sample at 10 fps); never more, however slow
+    # the machine; the other samples are reused.
+    assert 3 <= detector.calls <= elapsed / 0.5 + 1
+    assert analyzer.stats.samples_unchanged == samples - detector.calls
+    assert samples >= 10 and detector.calls <= samples / 2
+
+
+async def _feed_photos(
+    detector: Any, script: list[tuple[Any, float]], gate: ChangeGate | None, fps: float = 2.0
+) -> tuple[list[tuple[int, Anomaly]], list[int], VideoAnalyzer]:
+    """Show each (photo, seconds) in turn to a VideoAnalyzer at `fps`, as a 15 fps
+    camera; return the anomalies with the sample count they started on, and the
+    sample count at each photo switch."""
+    started: list[tuple[int, Anomaly]] = []
+    switches: list[int] = []
+    track = PhotoTrack(script[0][0], fps=15)
+    with ThreadPoolExecutor(1, thread_name_prefix="detect") as executor:
+        analyzer = VideoAnalyzer(
+            track, detector=detector, executor=executor, fps=fps, rules=AnomalyRules(),
+            on_anomalies=lambda found, _: started.extend(
+                (analyzer.stats.samples_analysed, a) for a in found),
+            name="photos", gate=gate)
+        for photo, seconds in script:
+            track.show(photo)
+            switches.append(analyzer.stats.samples_analysed)
+            await asyncio.sleep(seconds)
+        await analyzer.close()
+    return started, switches, analyzer
+
+
+@needs_photos
+async def test_onsets_and_episode_ends_with_the_gate_match_every_sample_analysed(
+    loop_errors: list[Any],
+):
+    """NanoDet on real photos: one person, a second person, one person, a phone
+    (held still for 5 s), one person, the phone again. With the gate, each
+    anomaly starts no later than one second (2 samples) after it does with a
+    detector run on every sample; a still phone scene stays one episode; the
+    phone's return after an end is a new one."""
+    from adapters.detectors import NanoDetDetector
+
+    detector = NanoDetDetector()
+    # The gaps leave a loaded machine (a run may take 1 s) time for the 3 clear samples.
+    script = [(ONE_PERSON, 3.0), (TWO_PERSONS, 3.0), (ONE_PERSON, 4.0), (PHONE, 5.0),
+              (ONE_PERSON, 4.0), (PHONE, 3.0)]
+    results = {}
+    for name, gate in (("every", None), ("gated", ChangeGate(max_interval_s=2.0))):
+        results[name] = await _feed_photos(detector, script, gate)
+    for name, (started, switches, analyzer) in results.items():
+        kinds = [a.type for _, a in started]
+        assert kinds == [MULTIPLE_PERSONS, DEVICES_DETECTED, DEVICES_DETECTED], (name, kinds)
+    (every, every_switch, _), (gated, gated_switch, analyzer) = results["every"], results["gated"]
+    onsets = [(n - every_switch[i]) for (n, _), i in zip(every, (1, 3, 5))]
+    gated_onsets = [(n - gated_switch[i]) for (n, _), i in zip(gated, (1, 3, 5))]
+    assert all(g <= e + 2 for g, e in zip(gated_onsets, onsets)), (onsets, gated_onsets)
+    assert analyzer.stats.samples_unchanged > 0  # the gate did skip runs
