@@ -54,6 +54,8 @@ class TranscriptResult:
     audio_s: float
     elapsed_s: float
     language: str | None = None
+    # How it was decoded (e.g. "pad30", "fit+1s/1s>=2s"); None: not said.
+    decoding: str | None = None
 
 
 class Transcriber(Protocol):
