@@ -21,6 +21,7 @@ from adapters.whisper import WhisperSettings, WhisperTranscriber, resolve_asr_mo
 from engine.ports import Detector, Synthesizer, Transcriber, VadModel
 from engine.vad import VadSettings
 from layout import DataLayout, PublicUrls
+from media.asr_scheduler import AsrScheduler
 from media.metrics import MediaMetrics
 from media.queues import MeteredExecutor, QueueLoad
 
@@ -49,7 +50,12 @@ def load_models(config: Config) -> MediaModels:
         detector=load_detector(config.detector_kind, config.detector_model),
         transcriber=WhisperTranscriber(
             model,
-            WhisperSettings(cpu_threads=config.asr_threads, num_workers=config.asr_workers),
+            WhisperSettings(
+                cpu_threads=config.asr_threads,
+                num_workers=config.asr_workers,
+                encoder=config.asr_encoder,
+                fit_margin_s=config.asr_fit_margin_s,
+            ),
         ),
         vad_model=SileroVadModel(),
         asr_model=label,
@@ -71,7 +77,8 @@ class MediaRuntime:
     turn_settings: TurnSettings = field(default_factory=TurnSettings)
     metrics: MediaMetrics = field(default_factory=MediaMetrics)
     detect_executor: Executor = field(default_factory=_single("detect"))
-    asr_executor: Executor = field(default_factory=_single("asr"))
+    # One scheduler for every session's pieces (fair, bounded): media.asr_scheduler.
+    asr_executor: Executor = field(default_factory=lambda: AsrScheduler(1, "asr"))
     vad_executor: Executor = field(default_factory=_single("vad"))
     tts_executor: Executor = field(default_factory=_single("tts"))
     file_executor: Executor = field(default_factory=_single("media-files"))
@@ -86,7 +93,10 @@ class MediaRuntime:
             detect_fps=config.detect_fps,
             keepalive_timeout_s=config.keepalive_timeout_s,
             metrics=metrics,
-            asr_executor=MeteredExecutor(config.asr_workers, "asr"),
+            asr_executor=AsrScheduler(
+                config.asr_workers, "asr",
+                max_pending=config.asr_max_pending, max_wait_s=config.asr_max_wait_s,
+            ),
             detect_executor=MeteredExecutor(config.detect_workers, "detect"),
             turn_settings=TurnSettings(
                 end_of_turn_s=config.end_of_turn_s,
@@ -102,7 +112,7 @@ class MediaRuntime:
     def job_loads(self) -> dict[str, QueueLoad]:
         """Jobs waiting for each executor's threads (`<name>_jobs`)."""
         return {f"{name}_jobs": ex.load() for name, ex in self.executors().items()
-                if isinstance(ex, MeteredExecutor)}
+                if isinstance(ex, (MeteredExecutor, AsrScheduler))}
 
     def shutdown(self) -> None:
         for executor in self.executors().values():
