@@ -76,6 +76,7 @@ class Config:
     asr_fit_margin_s: float = 1.0
     asr_max_pending: int = 64  # transcriptions waiting across sessions; more are dropped
     asr_max_wait_s: float = 5.0  # a piece waiting this long goes before shorter ones
+    asr_max_batch: int = 4  # pieces from different sessions decoded in one pass (1: never)
     detect_workers: int = 1
     device_labels: tuple[str, ...] = DEFAULT_DEVICE_LABELS
     max_framerate: int = 10
@@ -134,6 +135,7 @@ class Config:
             asr_fit_margin_s=_non_negative_float(env, "ASR_FIT_MARGIN_S", cls.asr_fit_margin_s),
             asr_max_pending=_positive_int(env, "ASR_MAX_PENDING", cls.asr_max_pending),
             asr_max_wait_s=_positive_float(env, "ASR_MAX_WAIT_S", cls.asr_max_wait_s),
+            asr_max_batch=_positive_int(env, "ASR_MAX_BATCH", cls.asr_max_batch),
             detect_workers=_positive_int(env, "DETECT_WORKERS", cls.detect_workers),
             device_labels=_csv(env, "DEVICE_LABELS") or cls.device_labels,
             max_framerate=_positive_int(env, "MAX_FRAMERATE", cls.max_framerate),

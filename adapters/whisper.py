@@ -188,6 +188,10 @@ class WhisperTranscriber:
         started = time.perf_counter()
         chunks = [self._model.feature_extractor(a)[:, :-1][:, :_MAX_FRAMES] for a in pieces]
         texts, language = self._decode_chunks(chunks, self.settings.language)
+        for i, text in enumerate(texts):
+            if _compression_ratio(text) > _COMPRESSION_RATIO_THRESHOLD:
+                self.refits += 1
+                texts[i] = self._decode_chunks([chunks[i]], language, _MAX_FRAMES)[0][0]
         elapsed = (time.perf_counter() - started) / max(len(pieces), 1)
         return [
             TranscriptResult(

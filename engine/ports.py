@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Literal, Protocol, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
@@ -34,6 +34,7 @@ __all__ = [
     "Synthesizer",
     "SynthesizerUnavailable",
     "TranscriptResult",
+    "BatchTranscriber",
     "Transcriber",
     "VadModel",
 ]
@@ -63,6 +64,15 @@ class Transcriber(Protocol):
 
     def transcribe(self, audio: Float32Array) -> TranscriptResult:
         """Transcribe the whole of `audio`; runs in the caller's thread."""
+        ...
+
+
+@runtime_checkable
+class BatchTranscriber(Transcriber, Protocol):
+    """A transcriber that can also decode several pieces of at most 30 s in one pass."""
+
+    def transcribe_batch(self, pieces: list[Float32Array]) -> list[TranscriptResult]:
+        """One result per piece, in order; runs in the caller's thread."""
         ...
 
 

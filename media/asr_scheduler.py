@@ -11,9 +11,15 @@ free, picks the next job in rounds:
    piece first among the sessions not yet served in this round.
 
 It is bounded: past `max_pending` waiting jobs, `submit_piece` raises
-`AsrBacklogFull` and counts the drop. Pieces are not batched: on CPU a
-batch of fitted pieces costs as much as the pieces one by one, or more once
-their lengths differ (BENCHMARKS.md, "ASR sized to the answer").
+`AsrBacklogFull` and counts the drop.
+
+Transcriptions (`submit_transcription`) that are due together are decoded
+in one batch, up to `max_batch`, when the transcriber can batch: on CPU a
+batch of 2-4 fitted pieces costs 0.55-0.70 of the pieces one by one
+(BENCHMARKS.md, "ASR sized to the answer"). A batch pads every piece to
+its longest one, so only pieces at most `batch_ratio` times as long as
+the one picked by the rules above join it, one per session, in the
+order those rules would serve them next.
 
 It is also an `Executor`: `run_in_executor(scheduler, fn)` jobs go in a
 lane of their own, so code that only knows an executor keeps working.
@@ -30,6 +36,7 @@ from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
 from typing import Any, ParamSpec, TypeVar
 
+from engine.ports import BatchTranscriber, Transcriber, TranscriptResult
 from media.queues import QueueLoad
 
 __all__ = ["AsrBacklogFull", "AsrScheduler", "SchedulerStats"]
@@ -37,6 +44,8 @@ __all__ = ["AsrBacklogFull", "AsrScheduler", "SchedulerStats"]
 T = TypeVar("T")
 P = ParamSpec("P")
 _EXECUTOR_LANE = "(executor)"
+_SAMPLE_RATE = 16_000
+_MAX_BATCH_S = 30.0  # one encoder window: longer pieces are chunked, never batched
 
 
 class AsrBacklogFull(RuntimeError):
@@ -48,6 +57,8 @@ class SchedulerStats:
     served: int = 0
     dropped: int = 0
     overdue: int = 0  # jobs picked because they had waited max_wait_s
+    batches: int = 0  # decodes of more than one piece
+    batched: int = 0  # pieces decoded in those
 
 
 @dataclass
@@ -56,19 +67,26 @@ class _Job:
     future: Future[Any]
     audio_s: float
     queued_at: float = field(default_factory=time.monotonic)
+    # Set for a transcription: who decodes it and what, so it can join a batch.
+    transcriber: Transcriber | None = None
+    audio: Any = None
 
 
 class AsrScheduler(Executor):
     """`workers` threads that take jobs from per-session lanes, fairly."""
 
     def __init__(
-        self, workers: int, name: str, *, max_pending: int = 64, max_wait_s: float = 5.0
+        self, workers: int, name: str, *, max_pending: int = 64, max_wait_s: float = 5.0,
+        max_batch: int = 4, batch_ratio: float = 1.5,
     ) -> None:
-        if workers < 1 or max_pending < 1 or max_wait_s <= 0:
+        if workers < 1 or max_pending < 1 or max_wait_s <= 0 or max_batch < 1 or batch_ratio < 1:
             raise ValueError(
-                f"need workers >= 1, max_pending >= 1, max_wait_s > 0; got "
-                f"{workers}, {max_pending}, {max_wait_s}"
+                f"need workers >= 1, max_pending >= 1, max_wait_s > 0, max_batch >= 1, "
+                f"batch_ratio >= 1; got {workers}, {max_pending}, {max_wait_s}, "
+                f"{max_batch}, {batch_ratio}"
             )
+        self._max_batch = max_batch
+        self._batch_ratio = batch_ratio
         self._workers = workers
         self._name = name
         self._max_pending = max_pending
@@ -91,7 +109,21 @@ class AsrScheduler(Executor):
         RuntimeError after `shutdown`.
         """
         future: Future[T] = Future()
-        job = _Job(lambda: fn(*args, **kwargs), future, audio_s)
+        self._queue(session, _Job(lambda: fn(*args, **kwargs), future, audio_s))
+        return future
+
+    def submit_transcription(
+        self, session: str, transcriber: Transcriber, audio: Any
+    ) -> Future[TranscriptResult]:
+        """Queue `transcriber.transcribe(audio)` for `session`; it may join a batch."""
+        future: Future[TranscriptResult] = Future()
+        audio_s = len(audio) / _SAMPLE_RATE
+        job = _Job(lambda: transcriber.transcribe(audio), future, audio_s, transcriber=transcriber,
+                   audio=audio)
+        self._queue(session, job)
+        return future
+
+    def _queue(self, session: str, job: _Job) -> None:
         with self._cond:
             if self._closed:
                 raise RuntimeError("cannot schedule new jobs after shutdown")
@@ -103,7 +135,6 @@ class AsrScheduler(Executor):
             if len(self._threads) < self._workers:
                 self._start_thread()
             self._cond.notify()
-        return future
 
     def submit(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Future[T]:
         """`Executor.submit`: a job with no session, in a lane of its own."""
@@ -142,30 +173,73 @@ class AsrScheduler(Executor):
         thread.start()
 
     def _work(self) -> None:
-        while (job := self._next_job()) is not None:
-            if not job.future.set_running_or_notify_cancel():
-                continue  # cancelled while it waited
-            try:
-                result = job.fn()
-            except BaseException as error:  # handed to whoever awaits the future
-                job.future.set_exception(error)
-            else:
-                job.future.set_result(result)
+        while jobs := self._next_jobs():
+            jobs = [job for job in jobs if job.future.set_running_or_notify_cancel()]
+            if len(jobs) == 1:
+                _run(jobs[0])
+            elif jobs:
+                self._run_batch(jobs)
 
-    def _next_job(self) -> _Job | None:
-        """Block until there is a job (None: shut down and drained)."""
+    def _run_batch(self, jobs: list[_Job]) -> None:
+        transcriber = jobs[0].transcriber
+        assert isinstance(transcriber, BatchTranscriber)
+        try:
+            results = transcriber.transcribe_batch([job.audio for job in jobs])
+        except BaseException as error:
+            for job in jobs:
+                job.future.set_exception(error)
+            return
+        for job, result in zip(jobs, results):
+            job.future.set_result(result)
+
+    def _next_jobs(self) -> list[_Job]:
+        """Block until there is work: one job, or a batch ([]: shut down and drained)."""
         with self._cond:
             while not self._pending:
                 if self._closed:
-                    return None
+                    return []
                 self._cond.wait()
-            session = self._pick(time.monotonic())
-            job = self._lanes[session].popleft()
-            if not self._lanes[session]:
-                del self._lanes[session]
-            self._pending -= 1
-            self.stats.served += 1
-            return job
+            now = time.monotonic()
+            session = self._pick(now)
+            jobs, used = [self._take(session)], {session}
+            first = jobs[0]
+            if not self._batchable(first, first):
+                return jobs
+            while len(jobs) < self._max_batch:
+                candidates = [s for s, lane in self._lanes.items()
+                              if s not in used and self._batchable(lane[0], first)]
+                if not candidates:
+                    break
+                # Those not served this round first, then shortest, then oldest.
+                session = min(candidates, key=lambda s: (
+                    s in self._served_this_round, self._lanes[s][0].audio_s,
+                    self._lanes[s][0].queued_at))
+                self._served_this_round.add(session)
+                used.add(session)
+                jobs.append(self._take(session))
+            if len(jobs) > 1:
+                self.stats.batches += 1
+                self.stats.batched += len(jobs)
+            return jobs
+
+    def _take(self, session: str) -> _Job:
+        job = self._lanes[session].popleft()
+        if not self._lanes[session]:
+            del self._lanes[session]
+        self._pending -= 1
+        self.stats.served += 1
+        return job
+
+    def _batchable(self, job: _Job, first: _Job) -> bool:
+        """Can `job` join a batch led by `first`?"""
+        return (
+            self._max_batch > 1
+            and job.transcriber is not None
+            and job.transcriber is first.transcriber
+            and isinstance(job.transcriber, BatchTranscriber)
+            and 0 < job.audio_s <= _MAX_BATCH_S
+            and job.audio_s <= self._batch_ratio * max(first.audio_s, 1.0)
+        )
 
     def _pick(self, now: float) -> str:
         """The lane to serve next (called with the lock held, some lane non-empty)."""
@@ -182,3 +256,12 @@ class AsrScheduler(Executor):
             chosen = min(fresh, key=lambda s: (heads[s].audio_s, heads[s].queued_at))
         self._served_this_round.add(chosen)
         return chosen
+
+
+def _run(job: _Job) -> None:
+    try:
+        result = job.fn()
+    except BaseException as error:  # handed to whoever awaits the future
+        job.future.set_exception(error)
+    else:
+        job.future.set_result(result)

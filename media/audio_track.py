@@ -242,10 +242,7 @@ class AudioTranscriber:
     async def _transcribe(self, piece: SpeechSegment) -> TranscriptResult:
         executor = self._asr_executor
         if isinstance(executor, AsrScheduler):
-            audio_s = piece.end - piece.start
-            future = executor.submit_piece(
-                self._name, audio_s, self._transcriber.transcribe, piece.audio
-            )
+            future = executor.submit_transcription(self._name, self._transcriber, piece.audio)
             return await asyncio.wrap_future(future)
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(executor, self._transcriber.transcribe, piece.audio)

@@ -96,6 +96,7 @@ class MediaRuntime:
             asr_executor=AsrScheduler(
                 config.asr_workers, "asr",
                 max_pending=config.asr_max_pending, max_wait_s=config.asr_max_wait_s,
+                max_batch=config.asr_max_batch,
             ),
             detect_executor=MeteredExecutor(config.detect_workers, "detect"),
             turn_settings=TurnSettings(

@@ -267,6 +267,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
 PIECE_SETTINGS = {
     "default VAD": VadSettings(),
     "short pieces": VadSettings(split_after_ms=2000, max_segment_ms=4000),
+    "4 s pieces": VadSettings(split_after_ms=4000, max_segment_ms=8000),
+    "8 s pieces": VadSettings(split_after_ms=8000, max_segment_ms=12000),
 }
 
 
@@ -290,13 +292,14 @@ def vad_pieces(pcm: Int16Array, settings: VadSettings) -> list[SpeechSegment]:
 
 
 def run_variants(
-    whisper: WhisperTranscriber, pieces: list[SpeechSegment], rounds: int
+    whisper: WhisperTranscriber, pieces: list[SpeechSegment], rounds: int, variants: list[str]
 ) -> dict[str, Tally]:
     """Each round transcribes every piece with every variant, in turn (A B C A B C)."""
     base = whisper.settings
-    tallies = {label: Tally() for label in VARIANTS}
+    tallies = {label: Tally() for label in variants}
     for _ in range(rounds):
-        for label, overrides in VARIANTS.items():
+        for label in variants:
+            overrides = VARIANTS[label]
             whisper.settings = dataclasses.replace(base, **overrides)
             tally = tallies[label]
             cpu0, wall0 = time.process_time(), time.perf_counter()
@@ -324,9 +327,9 @@ def variant_wer(
 
 def report_variants(
     whisper: WhisperTranscriber, label: str, sources: list[Source],
-    pieces: list[SpeechSegment], rounds: int,
-) -> None:
-    tallies = run_variants(whisper, pieces, rounds)
+    pieces: list[SpeechSegment], rounds: int, variants: list[str],
+) -> dict[str, Tally]:
+    tallies = run_variants(whisper, pieces, rounds, variants)
     audio_s = rounds * sum(len(p.audio) for p in pieces) / SAMPLE_RATE
     lengths = sorted(round(len(p.audio) / SAMPLE_RATE, 1) for p in pieces)
     print(f"\n{label}: {len(pieces)} pieces, lengths {lengths} s, {rounds} rounds")
@@ -344,6 +347,24 @@ def report_variants(
             f"| {tally.cpu_s / audio_s:.3f} | {tally.wall_s / audio_s:.3f} "
             f"| {float(np.median(ratios)):.2f}x |"
         )
+    return tallies
+
+
+def pooled_wer(
+    pooled: list[tuple[list[Source], list[SpeechSegment]]], whisper: WhisperTranscriber,
+    variant: str, texts: dict[str, list[str]],
+) -> float:
+    """WER over every piece set at once (word errors and words summed)."""
+    errors = words = 0
+    for (sources, pieces), joined in zip(pooled, texts[variant]):
+        piece_texts = dict(enumerate(joined.split(" | ")))
+        for source in sources:
+            end = source.offset_s + source.span_s
+            text = " ".join(piece_texts[i] for i, p in enumerate(pieces)
+                            if source.offset_s <= p.start < end)
+            e, w = word_errors(source.reference, text)
+            errors, words = errors + e, words + w
+    return errors / words
 
 
 def report_batching(whisper: WhisperTranscriber, pieces: list[SpeechSegment], rounds: int) -> None:
@@ -375,13 +396,25 @@ def encoders(args: argparse.Namespace) -> None:
     sources, pcm = build_stream()
     print(f"stream {len(pcm) / SAMPLE_RATE:.1f}s; cpu_threads={args.cpu_threads}; "
           f"CPU {cpu_model()}")
-    piece_sets = {label: vad_pieces(pcm, s) for label, s in PIECE_SETTINGS.items()}
+    piece_sets = {label: vad_pieces(pcm, PIECE_SETTINGS[label]) for label in args.pieces.split(",")}
+    variants = args.variants.split(",")
     for spec in args.models.split(","):
         path, label = resolve_asr_model(spec, args.cache_dir)
         settings = WhisperSettings(cpu_threads=args.cpu_threads, device="cpu", compute_type="int8")
         whisper = WhisperTranscriber(path, settings)
+        texts: dict[str, list[str]] = {v: [] for v in variants}
+        pooled: list[tuple[list[Source], list[SpeechSegment]]] = []
         for pieces_label, pieces in piece_sets.items():
-            report_variants(whisper, f"{label}, {pieces_label}", sources, pieces, args.rounds)
+            tallies = report_variants(
+                whisper, f"{label}, {pieces_label}", sources, pieces, args.rounds, variants
+            )
+            for v in variants:
+                texts[v].append(" | ".join(tallies[v].texts[i] for i in range(len(pieces))))
+            pooled.append((sources, pieces))
+        if len(piece_sets) > 1:
+            print(f"\n{label}, every piece set pooled: WER "
+                  + ", ".join(f"{v} {pooled_wer(pooled, whisper, v, texts):.3f}" for v in variants))
+        print(f"{label}: fitted chunks decoded again at 30 s (too repetitive): {whisper.refits}")
         if args.batching:
             report_batching(whisper, piece_sets["default VAD"], args.rounds)
 
@@ -405,6 +438,8 @@ def main() -> None:
     parser.add_argument("--models", default="tiny.en", help="with --encoders: comma-separated")
     parser.add_argument("--rounds", type=int, default=2, help="with --encoders")
     parser.add_argument("--batching", action="store_true", help="with --encoders")
+    parser.add_argument("--variants", default=",".join(VARIANTS), help="with --encoders")
+    parser.add_argument("--pieces", default="default VAD,short pieces", help="with --encoders")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     if args.encoders:
