@@ -71,8 +71,9 @@ class Config:
     asr_model: str | None = None
     asr_threads: int = 1
     asr_workers: int = 1
-    # "fit": the Whisper encoder sees the piece plus a margin; "pad30": 30 s.
-    asr_encoder: Literal["fit", "pad30"] = "fit"
+    # "fit": the Whisper encoder sees the piece plus a margin (3-6x less ASR
+    # CPU, about +1.5 WER points: BENCHMARKS.md); "pad30": every piece at 30 s.
+    asr_encoder: Literal["fit", "pad30"] = "pad30"
     asr_fit_margin_s: float = 1.0
     asr_max_pending: int = 64  # transcriptions waiting across sessions; more are dropped
     asr_max_wait_s: float = 5.0  # a piece waiting this long goes before shorter ones
