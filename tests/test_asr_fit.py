@@ -320,3 +320,16 @@ async def test_pipeline_counts_a_piece_the_full_scheduler_drops(
     assert filler.done()
     assert (pipeline.stats.pieces_dropped, pipeline.stats.pieces) == (1, 0)
     assert sink.transcripts == [] and scheduler.stats.dropped == 1
+
+
+def test_asr_settings_come_from_the_environment() -> None:
+    from config import Config, ConfigError
+
+    config = Config.from_env({"ASR_ENCODER": "fit", "ASR_FIT_MARGIN_S": "0.5",
+                              "ASR_MAX_PENDING": "8", "ASR_MAX_WAIT_S": "2", "ASR_MAX_BATCH": "1"})
+    assert (config.asr_encoder, config.asr_fit_margin_s) == ("fit", 0.5)
+    assert (config.asr_max_pending, config.asr_max_wait_s, config.asr_max_batch) == (8, 2.0, 1)
+    assert Config.from_env({}).asr_encoder == "pad30"
+    for bad in ({"ASR_ENCODER": "fast"}, {"ASR_MAX_BATCH": "0"}, {"ASR_FIT_MARGIN_S": "-1"}):
+        with pytest.raises(ConfigError):
+            Config.from_env(bad)
