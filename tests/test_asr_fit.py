@@ -210,6 +210,18 @@ def test_pieces_due_together_are_batched_and_read_the_same(
     finally:
         single.shutdown()
     assert single.stats.batches == 0
+    # At 30 s a batch does not pay: nothing is batched.
+    padded30 = with_encoder(whisper, encoder="pad30")
+    assert padded30.max_batch == 1
+    at30 = AsrScheduler(1, "test-asr", max_batch=4, batch_ratio=2.0)
+    try:
+        release, _ = gate(at30)
+        futures = [at30.submit_transcription(f"s{i}", padded30, a) for i, a in enumerate(pieces)]
+        release.set()
+        [f.result(120) for f in futures]
+    finally:
+        at30.shutdown()
+    assert at30.stats.batches == 0
 
 
 def test_rounds_alternate_sessions_and_a_long_wait_goes_first() -> None:
