@@ -28,7 +28,10 @@ from media.audio_track import AudioTranscriber
 from tests.test_asr_engine import (
     CLIPS, ClipTrack, FakeTranscriber, Sink, load_wav, padded, reference, room_tone,
 )
-from tests.wer import word_errors
+try:  # main moved the WER helper into the `testing` kit
+    from testing import word_errors
+except ImportError:
+    from tests.wer import word_errors
 
 Float32Array = npt.NDArray[np.float32]
 # Measured (BENCHMARKS.md, "ASR sized to the answer"): fitted and 30-s texts
