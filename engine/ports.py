@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Literal, Protocol, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
@@ -35,6 +35,7 @@ __all__ = [
     "Synthesizer",
     "SynthesizerUnavailable",
     "TranscriptResult",
+    "BatchTranscriber",
     "Transcriber",
     "VadModel",
 ]
@@ -55,6 +56,8 @@ class TranscriptResult:
     audio_s: float
     elapsed_s: float
     language: str | None = None
+    # How it was decoded (e.g. "pad30", "fit+1s/1s>=2s"); None: not said.
+    decoding: str | None = None
 
 
 class Transcriber(Protocol):
@@ -62,6 +65,22 @@ class Transcriber(Protocol):
 
     def transcribe(self, audio: Float32Array) -> TranscriptResult:
         """Transcribe the whole of `audio`; runs in the caller's thread."""
+        ...
+
+
+@runtime_checkable
+class BatchTranscriber(Transcriber, Protocol):
+    """A transcriber that can also decode several pieces of at most 30 s in one pass.
+
+    `max_batch` is how many pieces a batch may usefully hold now (1: batching
+    does not pay, e.g. when every piece is padded to 30 s anyway).
+    """
+
+    @property
+    def max_batch(self) -> int: ...
+
+    def transcribe_batch(self, pieces: list[Float32Array]) -> list[TranscriptResult]:
+        """One result per piece, in order; runs in the caller's thread."""
         ...
 
 

@@ -5,7 +5,10 @@ Three tasks per track, each owning one step:
   (O(1); a full queue drops the frame and counts it);
 - the VAD worker resamples and runs Silero VAD on batches of frames in the
   VAD executor, and puts finished speech pieces in a bounded queue;
-- the ASR worker transcribes those pieces one by one in the ASR executor.
+- the ASR worker transcribes those pieces one by one in the ASR executor;
+  when that is the process's `AsrScheduler`, each piece is queued in this
+  session's lane there, so sessions are served fairly (round-robin,
+  shortest piece first) instead of first come, first served.
 
 Long answers are committed in pieces by the VAD (`SpeechCut`), so the wait
 from the candidate's last voiced frame to the final transcript does not grow
@@ -27,7 +30,7 @@ import av
 import numpy as np
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
-from engine.ports import Transcriber
+from engine.ports import Transcriber, TranscriptResult
 from engine.vad import (
     SpeechEnded,
     SpeechSegment,
@@ -35,6 +38,7 @@ from engine.vad import (
     VadState,
     VoiceActivityDetector,
 )
+from media.asr_scheduler import AsrBacklogFull, AsrScheduler
 from media.queues import QueueLoad, StampedQueue
 
 __all__ = ["AudioStats", "AudioTranscriber", "Transcript"]
@@ -58,6 +62,7 @@ class Transcript:
     utterance_done: bool  # the candidate stopped speaking after this piece
     latency_s: float  # last voiced frame's arrival → this transcript
     asr_s: float = 0.0  # Whisper time for this piece (0: silence, not transcribed)
+    asr_decoding: str | None = None  # how Whisper decoded it ("pad30", "fit+1s/..."), if said
 
 
 @dataclass
@@ -91,6 +96,7 @@ class AudioTranscriber:
         self._vad_executor = vad_executor
         self._asr_executor = asr_executor
         self._on_transcript = on_transcript
+        self._name = name
         self._on_frame = on_frame
         self._on_voice = on_voice
         self._voiced = False
@@ -211,23 +217,35 @@ class AudioTranscriber:
         loop = asyncio.get_running_loop()
         while (item := await self._pieces.get()) is not None:
             piece, voiced_arrival = item
-            text, asr_s = "", 0.0
+            result: TranscriptResult | None = None
             if piece.last_voiced_at > piece.start:  # a piece with no voiced window is silence
-                result = await loop.run_in_executor(
-                    self._asr_executor, self._transcriber.transcribe, piece.audio
-                )
+                try:
+                    result = await self._transcribe(piece)
+                except AsrBacklogFull:
+                    self.stats.pieces_dropped += 1
+                    log.warning("transcription is behind: dropped %.1fs of speech",
+                                piece.end - piece.start)
+                    continue
                 self.stats.pieces += 1
                 self.stats.asr_seconds += result.elapsed_s
-                text, asr_s = result.text.strip(), result.elapsed_s
             transcript = Transcript(
-                text=text,
+                text="" if result is None else result.text.strip(),
                 start=piece.start,
                 end=piece.end,
                 utterance_done=isinstance(piece, SpeechEnded),
                 latency_s=loop.time() - voiced_arrival,
-                asr_s=asr_s,
+                asr_s=0.0 if result is None else result.elapsed_s,
+                asr_decoding=None if result is None else result.decoding,
             )
             self._on_transcript(transcript)
+
+    async def _transcribe(self, piece: SpeechSegment) -> TranscriptResult:
+        executor = self._asr_executor
+        if isinstance(executor, AsrScheduler):
+            future = executor.submit_transcription(self._name, self._transcriber, piece.audio)
+            return await asyncio.wrap_future(future)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(executor, self._transcriber.transcribe, piece.audio)
 
     def _arrival_of(self, piece: SpeechSegment) -> float:
         """When the frame holding the piece's last voiced sample arrived (loop time).

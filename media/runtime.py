@@ -21,6 +21,7 @@ from adapters.whisper import WhisperSettings, WhisperTranscriber, resolve_asr_mo
 from engine.ports import Detector, Synthesizer, Transcriber, VadModel
 from engine.vad import VadSettings
 from layout import DataLayout, PublicUrls
+from media.asr_scheduler import AsrScheduler
 from media.metrics import MediaMetrics
 from media.queues import MeteredExecutor, QueueLoad
 from media.video_track import ChangeGate
@@ -50,7 +51,12 @@ def load_models(config: Config) -> MediaModels:
         detector=load_detector(config.detector_kind, config.detector_model),
         transcriber=WhisperTranscriber(
             model,
-            WhisperSettings(cpu_threads=config.asr_threads, num_workers=config.asr_workers),
+            WhisperSettings(
+                cpu_threads=config.asr_threads,
+                num_workers=config.asr_workers,
+                encoder=config.asr_encoder,
+                fit_margin_s=config.asr_fit_margin_s,
+            ),
         ),
         vad_model=SileroVadModel(),
         asr_model=label,
@@ -74,7 +80,8 @@ class MediaRuntime:
     turn_settings: TurnSettings = field(default_factory=TurnSettings)
     metrics: MediaMetrics = field(default_factory=MediaMetrics)
     detect_executor: Executor = field(default_factory=_single("detect"))
-    asr_executor: Executor = field(default_factory=_single("asr"))
+    # One scheduler for every session's pieces (fair, bounded): media.asr_scheduler.
+    asr_executor: Executor = field(default_factory=lambda: AsrScheduler(1, "asr"))
     vad_executor: Executor = field(default_factory=_single("vad"))
     tts_executor: Executor = field(default_factory=_single("tts"))
     file_executor: Executor = field(default_factory=_single("media-files"))
@@ -91,7 +98,11 @@ class MediaRuntime:
             if config.detect_max_interval_s > 0 else None,
             keepalive_timeout_s=config.keepalive_timeout_s,
             metrics=metrics,
-            asr_executor=MeteredExecutor(config.asr_workers, "asr"),
+            asr_executor=AsrScheduler(
+                config.asr_workers, "asr",
+                max_pending=config.asr_max_pending, max_wait_s=config.asr_max_wait_s,
+                max_batch=config.asr_max_batch,
+            ),
             detect_executor=MeteredExecutor(config.detect_workers, "detect"),
             turn_settings=TurnSettings(
                 end_of_turn_s=config.end_of_turn_s,
@@ -107,7 +118,7 @@ class MediaRuntime:
     def job_loads(self) -> dict[str, QueueLoad]:
         """Jobs waiting for each executor's threads (`<name>_jobs`)."""
         return {f"{name}_jobs": ex.load() for name, ex in self.executors().items()
-                if isinstance(ex, MeteredExecutor)}
+                if isinstance(ex, (MeteredExecutor, AsrScheduler))}
 
     def shutdown(self) -> None:
         for executor in self.executors().values():

@@ -16,13 +16,24 @@ server sizes them. Prints:
   factor of plain offline faster-whisper (`WhisperModel.transcribe`, one
   call on the same audio), and WER of both.
 
+`--encoders` instead compares how the encoder is fed (no live stream):
+the same stream goes through the product VAD (default settings, and
+short-piece settings) and every piece it commits is transcribed with each
+variant (pad30 = faster-whisper's `transcribe`, fit-* = features sized to
+the piece), variants alternated round by round. Prints WER per variant and
+encoder+decode time per audio second (process CPU and wall), the per-piece
+wall ratio against pad30, and what batching fitted pieces saves.
+
 Usage: HF_HUB_OFFLINE=1 .venv/bin/python scripts/bench_asr.py [--speed 1] [--model base]
+       HF_HUB_OFFLINE=1 .venv/bin/python scripts/bench_asr.py --encoders \
+           [--models tiny.en,base] [--rounds 2]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import fractions
 import logging
 import tempfile
@@ -45,7 +56,7 @@ from adapters.whisper import (
     WhisperTranscriber,
     resolve_asr_model,
 )
-from engine.vad import SAMPLE_RATE, VadEvent, VoiceActivityDetector
+from engine.vad import SAMPLE_RATE, SpeechSegment, VadEvent, VadSettings, VoiceActivityDetector
 from media.audio_track import AudioStats, AudioTranscriber, Transcript
 from testing import word_errors
 
@@ -236,6 +247,185 @@ def offline(path: str, settings: WhisperSettings, audio: npt.NDArray[np.float32]
         )
 
 
+# --- --encoders: how the encoder is fed ------------------------------------
+
+# label -> WhisperSettings overrides. "fit-30s" is the fitted code path at
+# 30 s: it must agree with pad30, which checks the decoding options match.
+VARIANTS: dict[str, dict[str, Any]] = {
+    "pad30": {"encoder": "pad30"},
+    "fit-30s": {"encoder": "fit", "fit_margin_s": 0.0, "fit_round_s": 30.0, "fit_min_s": 0.0},
+    "fit-exact": {"encoder": "fit", "fit_margin_s": 0.0, "fit_round_s": 0.02, "fit_min_s": 0.0},
+    "fit+0.5s": {"encoder": "fit", "fit_margin_s": 0.5, "fit_round_s": 0.02, "fit_min_s": 0.0},
+    "fit+1s": {"encoder": "fit", "fit_margin_s": 1.0, "fit_round_s": 0.02, "fit_min_s": 0.0},
+    "fit-ceil5s": {"encoder": "fit", "fit_margin_s": 0.0, "fit_round_s": 5.0, "fit_min_s": 0.0},
+    "fit-ceil10s": {"encoder": "fit", "fit_margin_s": 0.0, "fit_round_s": 10.0, "fit_min_s": 0.0},
+    # Called "default" in the first runs (BENCHMARKS.md): 1 s steps, at least 2 s.
+    "fit+1s/1s>=2s": {"encoder": "fit", "fit_margin_s": 1.0, "fit_round_s": 1.0, "fit_min_s": 2.0},
+}
+PIECE_SETTINGS = {
+    "default VAD": VadSettings(),
+    "short pieces": VadSettings(split_after_ms=2000, max_segment_ms=4000),
+    "4 s pieces": VadSettings(split_after_ms=4000, max_segment_ms=8000),
+    "8 s pieces": VadSettings(split_after_ms=8000, max_segment_ms=12000),
+}
+
+
+@dataclass
+class Tally:
+    """One variant's results over every round."""
+
+    texts: dict[int, str] = dataclasses.field(default_factory=dict)
+    cpu_s: float = 0.0
+    wall_s: float = 0.0
+    piece_wall: dict[int, list[float]] = dataclasses.field(default_factory=dict)
+
+
+def vad_pieces(pcm: Int16Array, settings: VadSettings) -> list[SpeechSegment]:
+    """The voiced pieces the product VAD commits, fed 20 ms at a time."""
+    vad = VoiceActivityDetector(SileroVadModel(), settings)
+    step = int(SAMPLE_RATE * FRAME_S)
+    events = [e for i in range(0, len(pcm), step) for e in vad.feed(pcm[i : i + step])]
+    events += vad.flush()
+    return [e for e in events if isinstance(e, SpeechSegment) and e.last_voiced_at > e.start]
+
+
+def run_variants(
+    whisper: WhisperTranscriber, pieces: list[SpeechSegment], rounds: int, variants: list[str]
+) -> dict[str, Tally]:
+    """Each round transcribes every piece with every variant, in turn (A B C A B C)."""
+    base = whisper.settings
+    tallies = {label: Tally() for label in variants}
+    for _ in range(rounds):
+        for label in variants:
+            overrides = VARIANTS[label]
+            whisper.settings = dataclasses.replace(base, **overrides)
+            tally = tallies[label]
+            cpu0, wall0 = time.process_time(), time.perf_counter()
+            for i, piece in enumerate(pieces):
+                started = time.perf_counter()
+                tally.texts[i] = whisper.transcribe(piece.audio).text
+                tally.piece_wall.setdefault(i, []).append(time.perf_counter() - started)
+            tally.cpu_s += time.process_time() - cpu0
+            tally.wall_s += time.perf_counter() - wall0
+    whisper.settings = base
+    return tallies
+
+
+def variant_wer(
+    sources: list[Source], pieces: list[SpeechSegment], texts: dict[int, str]
+) -> float:
+    errors = words = 0
+    for source in sources:
+        end = source.offset_s + source.span_s
+        text = " ".join(texts[i] for i, p in enumerate(pieces) if source.offset_s <= p.start < end)
+        e, w = word_errors(source.reference, text)
+        errors, words = errors + e, words + w
+    return errors / words
+
+
+def report_variants(
+    whisper: WhisperTranscriber, label: str, sources: list[Source],
+    pieces: list[SpeechSegment], rounds: int, variants: list[str],
+) -> dict[str, Tally]:
+    tallies = run_variants(whisper, pieces, rounds, variants)
+    audio_s = rounds * sum(len(p.audio) for p in pieces) / SAMPLE_RATE
+    lengths = sorted(round(len(p.audio) / SAMPLE_RATE, 1) for p in pieces)
+    print(f"\n{label}: {len(pieces)} pieces, lengths {lengths} s, {rounds} rounds")
+    print("| variant | encoder input | WER | CPU s / audio s | wall s / audio s "
+          "| per-piece wall vs pad30 (median) |")
+    print("|---|---|---|---|---|---|")
+    pad30 = tallies["pad30"].piece_wall
+    for name, tally in tallies.items():
+        settings = dataclasses.replace(whisper.settings, **VARIANTS[name])
+        frames = sorted(settings.fitted_frames(len(p.audio) // 160) for p in pieces)
+        ratios = [sum(pad30[i]) / sum(w) for i, w in tally.piece_wall.items()]
+        print(
+            f"| {name} ({settings.decoding}) | {frames[0] / 100:g}-{frames[-1] / 100:g} s "
+            f"| {variant_wer(sources, pieces, tally.texts):.3f} "
+            f"| {tally.cpu_s / audio_s:.3f} | {tally.wall_s / audio_s:.3f} "
+            f"| {float(np.median(ratios)):.2f}x |"
+        )
+    return tallies
+
+
+def pooled_wer(
+    pooled: list[tuple[list[Source], list[SpeechSegment]]], whisper: WhisperTranscriber,
+    variant: str, texts: dict[str, list[str]],
+) -> float:
+    """WER over every piece set at once (word errors and words summed)."""
+    errors = words = 0
+    for (sources, pieces), joined in zip(pooled, texts[variant]):
+        piece_texts = dict(enumerate(joined.split(" | ")))
+        for source in sources:
+            end = source.offset_s + source.span_s
+            text = " ".join(piece_texts[i] for i, p in enumerate(pieces)
+                            if source.offset_s <= p.start < end)
+            e, w = word_errors(source.reference, text)
+            errors, words = errors + e, words + w
+    return errors / words
+
+
+def report_batching(whisper: WhisperTranscriber, pieces: list[SpeechSegment], rounds: int) -> None:
+    """Fitted pieces one by one against the same pieces in one batch, alternated."""
+    audios = [p.audio for p in pieces]
+    by_length = sorted(audios, key=len)
+    groups = {
+        "2 similar": [by_length[-2:]],
+        "2 mixed": [[by_length[0], by_length[-1]]],
+        "4 mixed": [by_length[:2] + by_length[-2:]],
+        "4 same": [[by_length[-1]] * 4],
+    }
+    print("\n| batch | pieces (s) | one by one CPU s | batched CPU s | batched / one by one |")
+    print("|---|---|---|---|---|")
+    for label, (group,) in groups.items():
+        alone = batched = 0.0
+        for _ in range(rounds):
+            cpu0 = time.process_time()
+            for audio in group:
+                whisper.transcribe(audio)
+            cpu1 = time.process_time()
+            whisper.transcribe_batch(group)
+            alone, batched = alone + cpu1 - cpu0, batched + time.process_time() - cpu1
+        seconds = ", ".join(f"{len(a) / SAMPLE_RATE:.1f}" for a in group)
+        print(f"| {label} | {seconds} | {alone:.2f} | {batched:.2f} | {batched / alone:.2f} |")
+
+
+def encoders(args: argparse.Namespace) -> None:
+    sources, pcm = build_stream()
+    print(f"stream {len(pcm) / SAMPLE_RATE:.1f}s; cpu_threads={args.cpu_threads}; "
+          f"CPU {cpu_model()}")
+    piece_sets = {label: vad_pieces(pcm, PIECE_SETTINGS[label]) for label in args.pieces.split(",")}
+    variants = args.variants.split(",")
+    for spec in args.models.split(","):
+        path, label = resolve_asr_model(spec, args.cache_dir)
+        settings = WhisperSettings(
+            cpu_threads=args.cpu_threads, device="cpu", compute_type="int8", encoder=args.encoder
+        )
+        whisper = WhisperTranscriber(path, settings)
+        texts: dict[str, list[str]] = {v: [] for v in variants}
+        pooled: list[tuple[list[Source], list[SpeechSegment]]] = []
+        for pieces_label, pieces in piece_sets.items():
+            tallies = report_variants(
+                whisper, f"{label}, {pieces_label}", sources, pieces, args.rounds, variants
+            )
+            for v in variants:
+                texts[v].append(" | ".join(tallies[v].texts[i] for i in range(len(pieces))))
+            pooled.append((sources, pieces))
+        if len(piece_sets) > 1:
+            print(f"\n{label}, every piece set pooled: WER "
+                  + ", ".join(f"{v} {pooled_wer(pooled, whisper, v, texts):.3f}" for v in variants))
+        print(f"{label}: fitted chunks decoded again at 30 s (too repetitive): {whisper.refits}")
+        if args.batching:
+            report_batching(whisper, piece_sets["default VAD"], args.rounds)
+
+
+def cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return "unknown"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--model", default=None, help="ASR model spec (default tiny.en)")
@@ -244,11 +434,24 @@ def main() -> None:
     )
     parser.add_argument("--cpu-threads", type=int, default=1)
     parser.add_argument("--speed", type=float, default=1.0, help="1 = real time, 0 = unpaced")
+    parser.add_argument("--encoders", action="store_true", help="compare encoder input lengths")
+    parser.add_argument("--models", default="tiny.en", help="with --encoders: comma-separated")
+    parser.add_argument("--rounds", type=int, default=2, help="with --encoders")
+    parser.add_argument("--batching", action="store_true", help="with --encoders")
+    parser.add_argument("--variants", default=",".join(VARIANTS), help="with --encoders")
+    parser.add_argument("--encoder", choices=("fit", "pad30"), default="pad30",
+                        help="the live stream's path; with --encoders --batching, the one batched")
+    parser.add_argument("--pieces", default="default VAD,short pieces", help="with --encoders")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
+    if args.encoders:
+        encoders(args)
+        return
 
     path, label = resolve_asr_model(args.model, args.cache_dir)
-    settings = WhisperSettings(cpu_threads=args.cpu_threads, device="cpu", compute_type="int8")
+    settings = WhisperSettings(
+        cpu_threads=args.cpu_threads, device="cpu", compute_type="int8", encoder=args.encoder
+    )
     whisper = WhisperTranscriber(path, settings)
     vad = TimedVad(SileroVadModel())
     sources, pcm = build_stream()
