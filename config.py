@@ -99,6 +99,8 @@ class Config:
     nudge_s: float = DEFAULT_NUDGE_S
     end_of_turn_s: float = DEFAULT_END_OF_TURN_S
     tts: str = "auto"
+    tts_processes: int = 1  # Piper worker programs per server process
+    tts_cache_entries: int = 256  # sentences remembered per process; 0: none
     gemini_api_key: str | None = field(default=None, repr=False)
     gemini_model: str = DEFAULT_GEMINI_MODEL
     gemini_base_url: str | None = None
@@ -178,6 +180,8 @@ class Config:
             nudge_s=_positive_float(env, "NUDGE_S", cls.nudge_s),
             end_of_turn_s=_positive_float(env, "END_OF_TURN_S", cls.end_of_turn_s),
             tts=_choice(env, "TTS", ("auto", "piper", "espeak"), cls.tts),
+            tts_processes=_positive_int(env, "TTS_PROCESSES", cls.tts_processes),
+            tts_cache_entries=_non_negative_int(env, "TTS_CACHE_ENTRIES", cls.tts_cache_entries),
             gemini_api_key=_optional(env, "GEMINI_API_KEY") or _optional(env, "GOOGLE_API_KEY"),
             gemini_model=_optional(env, "GEMINI_MODEL") or cls.gemini_model,
             gemini_base_url=_optional(env, "GEMINI_BASE_URL"),
