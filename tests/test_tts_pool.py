@@ -21,10 +21,14 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import numpy.typing as npt
 import pytest
+from prometheus_client import generate_latest
 
 from adapters.tts import EspeakSynthesizer
 from adapters.tts_cache import CachedSynthesizer
 from adapters.tts_pool import PiperPool, WorkerFailed
+from config import Config
+from media.metrics import MediaMetrics
+from media.runtime import MediaModels, MediaRuntime
 from media.voice_track import InterviewerTrack, InterviewerVoice
 
 Int16Array = npt.NDArray[np.int16]
@@ -206,3 +210,16 @@ def test_cache_does_not_keep_fallback_audio() -> None:
     assert (cache.hits, cache.misses) == (0, 2)
     cache.synthesize("Goodbye!")
     assert cache.hits == 1
+
+
+def test_cache_counters_are_exported() -> None:
+    cache = CachedSynthesizer(CountingVoice())
+    for _ in range(3):
+        cache.synthesize("Thank you.")
+    metrics = MediaMetrics()
+    models = MediaModels(None, None, None, "none", cache)  # type: ignore[arg-type]
+    runtime = MediaRuntime.from_config(Config(), models, metrics)
+    runtime.shutdown()
+    text = generate_latest(metrics.registry).decode()
+    assert "interview_tts_cache_hits_total 2.0" in text
+    assert "interview_tts_cache_misses_total 1.0" in text
