@@ -9,7 +9,9 @@ each call borrows an idle worker.
 
 A worker that dies or stalls mid-sentence is killed and restarted, and the
 sentence is tried once more on the new one; if that fails too, espeak-ng
-(when installed) says that sentence, so the interview goes on.
+(when installed) says that sentence, so the interview goes on. A worker
+that dies while idle is restarted at once by the thread waiting on its
+process, so the next sentence does not wait for a start (seconds).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -51,11 +54,13 @@ class WorkerFailed(RuntimeError):
 class _Worker:
     """One worker program and its pipes; used by one thread at a time."""
 
-    def __init__(self, command: list[str]) -> None:
+    def __init__(self, command: list[str], on_exit: Callable[[_Worker, int], None]) -> None:
         self._command = command
+        self._on_exit = on_exit
         self._proc: subprocess.Popen[bytes] | None = None
         self.sample_rate = 0
         self.busy = False  # a request is on its way (tests kill it then)
+        self.lock = threading.Lock()  # held while speaking or restarting
 
     @property
     def pid(self) -> int | None:
@@ -72,6 +77,13 @@ class _Worker:
         if kind != b"R":
             raise WorkerFailed(f"worker sent {kind!r} instead of ready")
         self.sample_rate = int(json.loads(payload)["sample_rate"])
+        proc = self._proc
+        threading.Thread(target=self._watch, args=(proc,), name=f"piper-watch-{proc.pid}",
+                         daemon=True).start()
+
+    def _watch(self, proc: subprocess.Popen[bytes]) -> None:
+        proc.wait()
+        self._on_exit(self, proc.pid)
 
     def stop(self) -> None:
         proc, self._proc = self._proc, None
@@ -146,7 +158,8 @@ class PiperPool:
         if processes < 1:
             raise ValueError(f"processes must be >= 1, got {processes}")
         command = [sys.executable, "-m", "adapters.piper_worker", *worker_args]
-        self._workers = [_Worker(command) for _ in range(processes)]
+        self._workers = [_Worker(command, self._exited) for _ in range(processes)]
+        self._closed = False
         self._idle: queue.Queue[_Worker] = queue.Queue()
         self._fallback = fallback
         self._lock = threading.Lock()
@@ -182,16 +195,29 @@ class PiperPool:
             return np.zeros(0, np.int16), self.voice_name
         worker = self._idle.get()
         try:
-            for attempt in (1, 2):
-                try:
-                    return worker.speak(text), self.voice_name
-                except WorkerFailed as exc:
-                    logger.warning("Piper worker %s failed (attempt %d): %s", worker.pid, attempt, exc)
-                    if not self._restart(worker):
-                        break
-            return self._fall_back(text)
+            with worker.lock:
+                return self._speak_on(worker, text)
         finally:
             self._idle.put(worker)
+
+    def _speak_on(self, worker: _Worker, text: str) -> tuple[Int16Array, str]:
+        for attempt in (1, 2):
+            try:
+                return worker.speak(text), self.voice_name
+            except WorkerFailed as exc:
+                logger.warning("Piper worker %s failed (attempt %d): %s", worker.pid, attempt, exc)
+                if not self._restart(worker):
+                    break
+        return self._fall_back(text)
+
+    def _exited(self, worker: _Worker, pid: int) -> None:
+        """A worker's process ended: restart it now if it was idle, not at the next sentence."""
+        if self._closed or worker.pid != pid:
+            return  # stopped on purpose, or already replaced by a speaking thread
+        with worker.lock:
+            if not self._closed and worker.pid == pid:
+                logger.warning("Piper worker %s exited while idle; restarting it", pid)
+                self._restart(worker)
 
     def _restart(self, worker: _Worker) -> bool:
         worker.stop()
@@ -222,6 +248,7 @@ class PiperPool:
         closes). A call after `close` starts its worker again, so models
         handed to several apps in a test keep working.
         """
+        self._closed = True
         for worker in self._workers:
             worker.stop()
 

@@ -98,6 +98,17 @@ def test_worker_killed_mid_sentence_is_restarted(pool: PiperPool) -> None:
     assert rms(pool.synthesize("And the next question.")) > 1000
 
 
+def test_worker_dying_while_idle_is_restarted_before_the_next_sentence(pool: PiperPool) -> None:
+    first_pid = pool.pids[0]
+    os.kill(first_pid, signal.SIGKILL)
+    deadline = time.monotonic() + 60
+    while pool.restarts == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert pool.restarts == 1 and pool.pids[0] != first_pid
+    assert rms(pool.synthesize("Ready when you are.")) > 1000
+    assert pool.restarts == 1 and pool.fallbacks == 0
+
+
 @needs_espeak
 def test_worker_failing_twice_falls_back_to_espeak() -> None:
     pool = PiperPool(1, fallback=EspeakSynthesizer(), worker_args=("--crash-on", "zebra"))
