@@ -26,7 +26,7 @@ from prometheus_client import generate_latest
 from adapters.tts import EspeakSynthesizer
 from adapters.tts_cache import CachedSynthesizer
 from adapters.tts_pool import PiperPool, WorkerFailed
-from config import Config
+from config import Config, ConfigError
 from media.metrics import MediaMetrics
 from media.runtime import MediaModels, MediaRuntime
 from media.voice_track import InterviewerTrack, InterviewerVoice
@@ -234,3 +234,11 @@ def test_cache_counters_are_exported() -> None:
     text = generate_latest(metrics.registry).decode()
     assert "interview_tts_cache_hits_total 2.0" in text
     assert "interview_tts_cache_misses_total 1.0" in text
+
+
+def test_voice_settings_from_the_environment() -> None:
+    assert (Config.from_env({}).tts_processes, Config.from_env({}).tts_cache_entries) == (1, 256)
+    config = Config.from_env({"TTS_PROCESSES": "3", "TTS_CACHE_ENTRIES": "0"})
+    assert (config.tts_processes, config.tts_cache_entries) == (3, 0)
+    with pytest.raises(ConfigError, match="TTS_PROCESSES"):
+        Config.from_env({"TTS_PROCESSES": "0"})
