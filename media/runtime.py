@@ -16,7 +16,7 @@ from config import Config
 from engine.conversation import TurnSettings
 from adapters.detectors import load_detector
 from adapters.silero import SileroVadModel
-from adapters.tts import load_synthesizer
+from adapters.tts import TtsSettings, load_synthesizer
 from adapters.whisper import WhisperSettings, WhisperTranscriber, resolve_asr_model
 from engine.ports import Detector, Synthesizer, Transcriber, VadModel
 from engine.vad import VadSettings
@@ -60,8 +60,30 @@ def load_models(config: Config) -> MediaModels:
         ),
         vad_model=SileroVadModel(),
         asr_model=label,
-        synthesizer=load_synthesizer(config.tts) if config.interviewer else None,
+        synthesizer=load_synthesizer(_tts_settings(config)) if config.interviewer else None,
     )
+
+
+def _voice_counters(metrics: MediaMetrics, synthesizer: Synthesizer | None) -> None:
+    """The sentence cache's and the Piper pool's running totals, read at scrape time."""
+    pool = getattr(synthesizer, "inner", synthesizer)
+    for name, owner, attribute, documentation in (
+        ("interview_tts_cache_hits", synthesizer, "hits", "Sentences served from the TTS cache"),
+        ("interview_tts_cache_misses", synthesizer, "misses", "Sentences synthesized (cache misses)"),
+        ("interview_tts_worker_restarts", pool, "restarts", "Piper worker programs restarted"),
+        ("interview_tts_fallback_sentences", pool, "fallbacks",
+         "Sentences espeak-ng said because a Piper worker failed twice"),
+    ):
+        if hasattr(owner, attribute):
+            metrics.counter(name, documentation, _reader(owner, attribute))
+
+
+def _reader(owner: object, attribute: str) -> Callable[[], float]:
+    return lambda: float(getattr(owner, attribute))
+
+
+def _tts_settings(config: Config) -> TtsSettings:
+    return TtsSettings(config.tts, config.tts_processes, config.tts_cache_entries)
 
 
 @dataclass
@@ -88,6 +110,7 @@ class MediaRuntime:
 
     @classmethod
     def from_config(cls, config: Config, models: MediaModels, metrics: MediaMetrics) -> MediaRuntime:
+        _voice_counters(metrics, models.synthesizer)
         return cls(
             models=models,
             layout=DataLayout(config.data_dir),
@@ -104,6 +127,8 @@ class MediaRuntime:
                 max_batch=config.asr_max_batch,
             ),
             detect_executor=MeteredExecutor(config.detect_workers, "detect"),
+            # One thread per Piper worker program: each call borrows one.
+            tts_executor=MeteredExecutor(config.tts_processes, "tts"),
             turn_settings=TurnSettings(
                 end_of_turn_s=config.end_of_turn_s,
                 nudge_s=config.nudge_s,
@@ -123,3 +148,8 @@ class MediaRuntime:
     def shutdown(self) -> None:
         for executor in self.executors().values():
             executor.shutdown(wait=False, cancel_futures=True)
+        # Piper's worker programs; they would also exit on their own once
+        # this process is gone and their stdin closes.
+        close = getattr(self.models.synthesizer, "close", None)
+        if callable(close):
+            close()

@@ -15,7 +15,10 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from adapters.tts import EspeakSynthesizer, PiperSynthesizer, load_synthesizer, piper_voice_paths
+from adapters.piper_worker import PiperSynthesizer
+from adapters.tts import EspeakSynthesizer, TtsSettings, load_synthesizer, piper_voice_paths
+from adapters.tts_cache import CachedSynthesizer
+from adapters.tts_pool import PiperPool
 from adapters.whisper import WhisperTranscriber, resolve_asr_model
 from engine.ports import Synthesizer, SynthesizerUnavailable
 from engine.resample import resample, resample_to_48k
@@ -216,13 +219,18 @@ def test_espeak_missing_binary_is_a_clear_error() -> None:
 # --- choosing -------------------------------------------------------------------
 
 
-def test_load_synthesizer_prefers_piper() -> None:
-    assert isinstance(load_synthesizer("auto"), PiperSynthesizer)
+def test_load_synthesizer_prefers_piper_out_of_process() -> None:
+    voice = load_synthesizer("auto")
+    try:
+        assert isinstance(voice, CachedSynthesizer) and isinstance(voice.inner, PiperPool)
+    finally:
+        voice.close()
 
 
 @needs_espeak
 def test_load_synthesizer_by_name() -> None:
-    assert isinstance(load_synthesizer("espeak"), EspeakSynthesizer)
+    voice = load_synthesizer(TtsSettings("espeak", cache_entries=0))
+    assert isinstance(voice, EspeakSynthesizer)
 
 
 def test_load_synthesizer_rejects_unknown_kind() -> None:
