@@ -134,6 +134,7 @@ class InterviewSession:
     start_time: datetime | None = None
     end_time: datetime | None = None
     asr_model: str | None = None
+    asr_decoding: str | None = None  # how the pieces were decoded ("pad30", "fit+1s/...")
     llm_provider: str | None = None
     llm_model: str | None = None
     server_instance: str | None = None
@@ -203,6 +204,7 @@ class InterviewSession:
             "resume_url": self.resume_url,
             "recording_url": self.recording_url,
             "asr_model": self.asr_model,
+            "asr_decoding": self.asr_decoding,
             "llm_provider": self.llm_provider,
             "llm_model": self.llm_model,
             "server_instance": self.server_instance,

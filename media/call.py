@@ -231,6 +231,9 @@ class WebRtcCall:
         if transcript.asr_s:
             self._runtime.metrics.asr_seconds.observe(transcript.asr_s)
             self._runtime.metrics.transcript_latency.observe(transcript.latency_s)
+        if transcript.asr_decoding and transcript.asr_decoding != self.session.asr_decoding:
+            self.session.asr_decoding = transcript.asr_decoding
+            self.session.touch()
         if transcript.text:
             self.peer.send(TranscriptEvent(transcript.text, round(transcript.start, 3),
                                            round(transcript.end, 3)))
