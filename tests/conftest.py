@@ -89,12 +89,12 @@ async def make_client(
 
     clients: list[TestClient] = []
 
-    async def factory(**overrides: Any) -> TestClient:
+    async def factory(models: Any = None, **overrides: Any) -> TestClient:
         config = replace(
             Config(database_url=database_url, data_dir=tmp_path / "data", checkpoint_s=0.2),
             **overrides,
         )
-        client = TestClient(TestServer(make_app(config), host="127.0.0.1", port=0))
+        client = TestClient(TestServer(make_app(config, models), host="127.0.0.1", port=0))
         await client.start_server()
         clients.append(client)
         return client
