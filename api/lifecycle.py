@@ -112,7 +112,8 @@ async def registry_ctx(app: web.Application) -> AsyncIterator[None]:
     finally:
         await retention.close()
         # Shutdown (SIGTERM included) ends and saves every live session,
-        # closing its media first.
+        # closing its media first, briefly.
+        media.hurry()
         await registry.end_all()
         await media.close()
         await registry.close()

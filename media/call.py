@@ -97,7 +97,8 @@ class WebRtcCall:
         if self.video is not None:
             await self.video.close()
         if self.audio is not None:
-            await self.audio.close()  # the last transcripts reach the conversation
+            # The last transcripts reach the conversation.
+            await self.audio.close(drain_timeout_s=self._runtime.drain_s)
         self._runtime.metrics.closed.add(self.frame_totals())
         self.totals_closed = True  # counted in `closed` from now on, not as live
         if self.conversation is not None:
@@ -105,7 +106,7 @@ class WebRtcCall:
             self.interview.finish()
         self._commit_user_turn()
         if self._writes:
-            await asyncio.wait(self._writes, timeout=10)
+            await asyncio.wait(self._writes, timeout=self._runtime.drain_s)
 
     def queue_loads(self) -> dict[str, QueueLoad]:
         return {} if self.audio is None else self.audio.queue_loads()

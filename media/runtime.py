@@ -101,6 +101,9 @@ class MediaRuntime:
     vad_settings: VadSettings = field(default_factory=VadSettings)
     turn_settings: TurnSettings = field(default_factory=TurnSettings)
     metrics: MediaMetrics = field(default_factory=MediaMetrics)
+    # How long a closing call may drain what it was still hearing (and write
+    # its evidence); shorter at shutdown (`MediaService.hurry`).
+    drain_s: float = 10.0
     detect_executor: Executor = field(default_factory=_single("detect"))
     # One scheduler for every session's pieces (fair, bounded): media.asr_scheduler.
     asr_executor: Executor = field(default_factory=lambda: AsrScheduler(1, "asr"))

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import sys
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -14,8 +16,8 @@ import aiohttp
 import asyncpg
 
 from testing import start_server
-from tests.conftest import REPO
-from testing import Candidate
+from tests.conftest import CLIP, REPO
+from testing import Candidate, SpeechTrack
 
 
 @asynccontextmanager
@@ -174,3 +176,40 @@ async def test_second_process_on_the_same_data_dir_is_refused(tmp_path: Path, da
         assert other.returncode == 2 and b"in use by another server process" in err
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(proc.wait(), 60) == 0
+
+
+async def test_docker_stop_leaves_a_closed_row_and_a_finished_recording(
+    tmp_path: Path, database_url: str
+):
+    """`docker stop`: SIGTERM, then SIGKILL after 10 s. Whatever was live by then
+    is saved as ended, with its report, and its recording is a finished file."""
+    data = tmp_path / "data"
+    env = {"DATA_DIR": str(data), "DATABASE_URL": database_url, "ICE_LOOPBACK_ONLY": "1",
+           "INTERVIEWER": "0", "RECORDING": "1"}
+    async with server_process(env) as (proc, url), aiohttp.ClientSession() as http:
+        sid = await create(http, url, "QA")
+        candidate = Candidate(SpeechTrack(CLIP.with_suffix(".wav")), None)
+        offer = {"sdp": await candidate.offer(), "type": "offer"}
+        async with http.post(f"{url}/sessions/{sid}/offer", json=offer) as resp:
+            await candidate.accept((await resp.json())["sdp"])
+        await asyncio.wait_for(candidate.opened.wait(), 20)
+        await asyncio.sleep(3)  # mid-answer
+        proc.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(proc.wait(), 10)  # docker's default stop timeout
+        except asyncio.TimeoutError:
+            proc.kill()  # what docker does next
+            await proc.wait()
+        await candidate.close()
+    assert (await statuses(database_url))[sid] == "completed"
+    recordings = data / "recordings"
+    assert (recordings / f"{sid}.webm").is_file()
+    assert not list(recordings.glob("*.part"))
+    conn = await asyncpg.connect(database_url)
+    try:
+        info = await conn.fetchval(
+            "SELECT session_information FROM interview_sessions WHERE session_id = $1",
+            uuid.UUID(sid))
+    finally:
+        await conn.close()
+    assert "closing" not in json.loads(info)  # the second write (after the drain) landed too
