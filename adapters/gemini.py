@@ -31,6 +31,7 @@ from google.genai import errors as genai_errors
 from google.genai import types
 
 from config import DEFAULT_GEMINI_MODEL, DEFAULT_LLM_TIMEOUT_S
+from engine.aio import aclose_quietly
 from engine.ports import LlmError, LlmErrorKind, LlmRequest
 from engine.session import Turn
 
@@ -106,7 +107,7 @@ class GeminiLlm:
                 if text := progress.observe(response):
                     yield text
         finally:
-            await _close(responses)
+            await aclose_quietly(responses)
         progress.check_finished()
 
     async def complete(self, request: LlmRequest) -> str:
@@ -308,15 +309,3 @@ def _api_error_kind(code: int) -> LlmErrorKind:
 def _failed(kind: LlmErrorKind, message: str) -> LlmError:
     logger.warning("LLM call failed (%s): %s", kind, message)
     return LlmError(kind, message)
-
-
-async def _close(iterator: AsyncIterator[object]) -> None:
-    """Close an async generator early so its HTTP response is released now."""
-    aclose = getattr(iterator, "aclose", None)
-    if aclose is None:
-        return
-    try:
-        await aclose()
-    except Exception:
-        # Already failing or finished; the error that matters is elsewhere.
-        logger.debug("error while closing a stream", exc_info=True)

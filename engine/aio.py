@@ -7,7 +7,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Hashable
 
-__all__ = ["KeyedLock", "cancel_and_wait"]
+__all__ = ["KeyedLock", "aclose_quietly", "cancel_and_wait"]
 
 log = logging.getLogger(__name__)
 
@@ -52,3 +52,16 @@ class KeyedLock:
                 del self._locks[key]
             else:
                 self._locks[key] = (lock, users - 1)
+
+
+async def aclose_quietly(iterator: AsyncIterator[object]) -> None:
+    """Close an async generator early so what feeds it (an HTTP stream) is
+    released now; an error while closing is logged, not raised (the error
+    that matters, if any, is elsewhere)."""
+    aclose = getattr(iterator, "aclose", None)
+    if aclose is None:
+        return
+    try:
+        await aclose()
+    except Exception:
+        log.debug("error while closing a stream", exc_info=True)

@@ -20,13 +20,12 @@ spaces as a last resort. Whitespace inside a sentence becomes one space.
 
 from __future__ import annotations
 
-import logging
 import re
 from collections.abc import AsyncGenerator, AsyncIterator
 
-__all__ = ["MAX_SENTENCE_CHARS", "sentences", "split_sentences"]
+from engine.aio import aclose_quietly
 
-logger = logging.getLogger(__name__)
+__all__ = ["MAX_SENTENCE_CHARS", "sentences", "split_sentences"]
 
 MAX_SENTENCE_CHARS = 200
 
@@ -73,7 +72,7 @@ async def sentences(
             yield sentence
         raise
     finally:
-        await _close(deltas)
+        await aclose_quietly(deltas)
     for sentence in _finish(buffer, max_chars):
         yield sentence
 
@@ -156,15 +155,3 @@ def _split_at_spaces(text: str, max_chars: int) -> list[str]:
     if text:
         pieces.append(text)
     return pieces
-
-
-async def _close(iterator: AsyncIterator[str]) -> None:
-    """Close an async generator early so what feeds it (an HTTP stream) is released now."""
-    aclose = getattr(iterator, "aclose", None)
-    if aclose is None:
-        return
-    try:
-        await aclose()
-    except Exception:
-        # Already failing or finished; the error that matters is elsewhere.
-        logger.debug("error while closing a stream", exc_info=True)
