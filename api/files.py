@@ -21,34 +21,36 @@ EVIDENCE_NAME = r"[A-Za-z0-9_.-]+\.jpg"
 
 async def get_resume(request: web.Request) -> web.StreamResponse:
     session_id = parse_session_id(request)
-    path = request.app[LAYOUT].resume(session_id)
-    if not await _is_file(path):
-        raise json_error(web.HTTPNotFound, f"no resume for session {session_id}")
     # An attachment: a PDF opened inline runs the browser's PDF viewer on
     # whatever the candidate uploaded.
-    return web.FileResponse(path, headers=_file_headers(
-        "application/pdf", f'attachment; filename="{session_id}-resume.pdf"'))
+    return await _serve(request.app[LAYOUT].resume(session_id),
+                        f"no resume for session {session_id}",
+                        "application/pdf", f'attachment; filename="{session_id}-resume.pdf"')
 
 
 async def get_recording(request: web.Request) -> web.StreamResponse:
     """The session's recording (WebM), once it is finished."""
     session_id = parse_session_id(request)
-    path = request.app[LAYOUT].recording(session_id)
-    if not await _is_file(path):
-        raise json_error(web.HTTPNotFound, f"no finished recording for session {session_id}")
-    return web.FileResponse(path, headers=_file_headers(
-        "video/webm", f'inline; filename="{session_id}.webm"'))
+    return await _serve(request.app[LAYOUT].recording(session_id),
+                        f"no finished recording for session {session_id}",
+                        "video/webm", f'inline; filename="{session_id}.webm"')
 
 
 async def get_evidence(request: web.Request) -> web.StreamResponse:
     """An anomaly's evidence picture (JPEG)."""
     session_id = parse_session_id(request)
     name = request.match_info["name"]
-    path = request.app[LAYOUT].evidence(session_id, name)
+    return await _serve(request.app[LAYOUT].evidence(session_id, name), f"no evidence {name}",
+                        "image/jpeg", f'inline; filename="{session_id}-{name}"')
+
+
+async def _serve(
+    path: Path, missing: str, content_type: str, disposition: str
+) -> web.StreamResponse:
+    """The file at `path` (404 with `missing` when there is none)."""
     if not await _is_file(path):
-        raise json_error(web.HTTPNotFound, f"no evidence {name}")
-    return web.FileResponse(path, headers=_file_headers(
-        "image/jpeg", f'inline; filename="{session_id}-{name}"'))
+        raise json_error(web.HTTPNotFound, missing)
+    return web.FileResponse(path, headers=_file_headers(content_type, disposition))
 
 
 async def index(request: web.Request) -> web.StreamResponse:
