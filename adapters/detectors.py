@@ -16,11 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import numpy.typing as npt
 import onnxruntime as ort
 from PIL import Image
 
 from adapters.onnx import onnx_session
+from engine.arrays import Float32Array, RgbImage
 from engine.detector import (
     COCO_LABELS,
     DEFAULT_THRESHOLD,
@@ -42,8 +42,6 @@ __all__ = [
     "load_detector",
 ]
 
-FloatArray = npt.NDArray[np.float32]
-RgbImage = npt.NDArray[np.uint8]
 
 DEFAULT_NANODET_PATH = Path(__file__).resolve().parents[1] / "models" / "nanodet-m-416.onnx"
 
@@ -69,7 +67,7 @@ class Letterbox:
     pad_x: float
     pad_y: float
 
-    def to_image(self, boxes: FloatArray) -> FloatArray:
+    def to_image(self, boxes: Float32Array) -> Float32Array:
         """Boxes in network-input pixels mapped back to image pixels."""
         offset = np.array([self.pad_x, self.pad_y, self.pad_x, self.pad_y], np.float32)
         return ((boxes - offset) / self.scale).astype(np.float32)

@@ -38,15 +38,14 @@ from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
-import numpy.typing as npt
 
 from adapters.onnx import onnx_session
+from engine.arrays import Int16Array
 
 __all__ = ["HEADER", "PiperSynthesizer", "main", "piper_voice_paths", "read_frame", "write_frame"]
 
 logger = logging.getLogger(__name__)
 
-Int16Array = npt.NDArray[np.int16]
 
 HEADER = struct.Struct(">cI")
 MAX_FRAME = 64 * 1024 * 1024

@@ -11,15 +11,13 @@ import os
 from pathlib import Path
 
 import numpy as np
-import numpy.typing as npt
 
 from adapters.onnx import onnx_session
+from engine.arrays import Float32Array
 
 __all__ = ["SileroVadModel", "bundled_vad_model_path"]
 
 logger = logging.getLogger(__name__)
-
-Float32Array = npt.NDArray[np.float32]
 
 
 def bundled_vad_model_path() -> Path:

@@ -30,11 +30,11 @@ import wave
 from dataclasses import dataclass
 
 import numpy as np
-import numpy.typing as npt
 
 from adapters.piper_worker import piper_voice_paths
 from adapters.tts_cache import CachedSynthesizer
 from adapters.tts_pool import PiperPool
+from engine.arrays import Int16Array
 from engine.ports import Synthesizer, SynthesizerUnavailable
 from engine.resample import resample
 
@@ -47,7 +47,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-Int16Array = npt.NDArray[np.int16]
 
 _ESPEAK_RATE = 22_050
 _ESPEAK_TIMEOUT_S = 30.0

@@ -15,14 +15,11 @@ import threading
 from collections import OrderedDict
 from typing import Protocol, runtime_checkable
 
-import numpy as np
-import numpy.typing as npt
 
+from engine.arrays import Int16Array
 from engine.ports import Synthesizer
 
 __all__ = ["CachedSynthesizer"]
-
-Int16Array = npt.NDArray[np.int16]
 
 
 @runtime_checkable

@@ -30,9 +30,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-import numpy.typing as npt
 
 from adapters.piper_worker import HEADER, MAX_FRAME
+from engine.arrays import Int16Array
 from engine.ports import Synthesizer, SynthesizerUnavailable
 from engine.resample import resample
 
@@ -40,7 +40,6 @@ __all__ = ["PiperPool", "WorkerFailed"]
 
 logger = logging.getLogger(__name__)
 
-Int16Array = npt.NDArray[np.int16]
 
 _START_TIMEOUT_S = 60.0
 _SENTENCE_TIMEOUT_S = 20.0

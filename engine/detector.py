@@ -21,6 +21,8 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from engine.arrays import Float32Array, IntArray, RgbImage
+
 __all__ = [
     "COCO_LABELS",
     "DEFAULT_THRESHOLD",
@@ -36,9 +38,6 @@ __all__ = [
     "nms",
 ]
 
-FloatArray = npt.NDArray[np.float32]
-IntArray = npt.NDArray[np.intp]
-RgbImage = npt.NDArray[np.uint8]
 
 COCO_LABELS: tuple[str, ...] = (
     "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck",
@@ -99,8 +98,8 @@ class Detection:
 class Candidates:
     """Raw boxes before thresholds: ``boxes`` (N, 4) xyxy, ``scores``, ``classes``."""
 
-    boxes: FloatArray
-    scores: FloatArray
+    boxes: Float32Array
+    scores: Float32Array
     classes: IntArray
 
     @staticmethod
@@ -131,7 +130,7 @@ class Candidates:
         return Candidates(self.boxes + offset, self.scores, self.classes)
 
 
-def _above(boxes: FloatArray, class_scores: FloatArray, min_score: float) -> Candidates:
+def _above(boxes: Float32Array, class_scores: Float32Array, min_score: float) -> Candidates:
     """Every (box, class) pair scoring above ``min_score`` (multi-label)."""
     rows, cols = np.nonzero(class_scores > min_score)
     return Candidates(
@@ -141,13 +140,13 @@ def _above(boxes: FloatArray, class_scores: FloatArray, min_score: float) -> Can
     )
 
 
-def _softmax(x: FloatArray) -> FloatArray:
-    e: FloatArray = np.exp(x - x.max(axis=-1, keepdims=True))
+def _softmax(x: Float32Array) -> Float32Array:
+    e: Float32Array = np.exp(x - x.max(axis=-1, keepdims=True))
     return np.asarray(e / e.sum(axis=-1, keepdims=True), dtype=np.float32)
 
 
 def decode_nanodet(
-    outputs: Mapping[int, tuple[FloatArray, FloatArray]], input_size: int, min_score: float
+    outputs: Mapping[int, tuple[Float32Array, Float32Array]], input_size: int, min_score: float
 ) -> Candidates:
     """Decode NanoDet heads into boxes in network-input pixels.
 
@@ -173,7 +172,7 @@ def decode_nanodet(
     return Candidates.concat(parts)
 
 
-def decode_yolo(output: FloatArray, min_score: float) -> Candidates:
+def decode_yolo(output: Float32Array, min_score: float) -> Candidates:
     """Decode a YOLOv8/YOLO11 output [1, 84, N] (or [84, N]) into xyxy boxes.
 
     Rows 0-3 are box centre x, centre y, width, height in network-input pixels;
@@ -185,7 +184,7 @@ def decode_yolo(output: FloatArray, min_score: float) -> Candidates:
     return _above(boxes.astype(np.float32), table[:, 4:], min_score)
 
 
-def _iou(box: FloatArray, others: FloatArray) -> FloatArray:
+def _iou(box: Float32Array, others: Float32Array) -> Float32Array:
     x1 = np.maximum(box[0], others[:, 0])
     y1 = np.maximum(box[1], others[:, 1])
     x2 = np.minimum(box[2], others[:, 2])
@@ -196,7 +195,7 @@ def _iou(box: FloatArray, others: FloatArray) -> FloatArray:
     return np.asarray(inter / np.maximum(area + areas - inter, 1e-9), dtype=np.float32)
 
 
-def nms(boxes: FloatArray, scores: FloatArray, iou_threshold: float) -> IntArray:
+def nms(boxes: Float32Array, scores: Float32Array, iou_threshold: float) -> IntArray:
     """Indices of the boxes greedy non-maximum suppression keeps, best first."""
     order = np.argsort(-scores, kind="stable")
     keep: list[int] = []
@@ -218,7 +217,7 @@ def batched_nms(candidates: Candidates, iou_threshold: float) -> Candidates:
     return candidates.take(keep)
 
 
-def _class_thresholds(thresholds: Mapping[str, float], default: float) -> FloatArray:
+def _class_thresholds(thresholds: Mapping[str, float], default: float) -> Float32Array:
     """Per-class threshold vector; rejects unknown labels and out-of-range values."""
     unknown = sorted(set(thresholds) - set(_LABEL_INDEX))
     if unknown:
@@ -232,7 +231,7 @@ def _class_thresholds(thresholds: Mapping[str, float], default: float) -> FloatA
     return table
 
 
-def _person_region(box: FloatArray, width: int, height: int) -> tuple[int, int, int, int]:
+def _person_region(box: Float32Array, width: int, height: int) -> tuple[int, int, int, int]:
     """The upper part of a person ``box``, grown by a margin, clipped to the image."""
     x1, y1, x2, y2 = (float(v) for v in box)
     y2 = y1 + (y2 - y1) * _REGION_UPPER

@@ -18,9 +18,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Literal, Protocol, runtime_checkable
 
-import numpy as np
-import numpy.typing as npt
 
+from engine.arrays import Float32Array, Int16Array, RgbImage
 from engine.detector import Detection
 from engine.session import SessionRow, Turn
 
@@ -39,10 +38,6 @@ __all__ = [
     "Transcriber",
     "VadModel",
 ]
-
-Float32Array = npt.NDArray[np.float32]
-Int16Array = npt.NDArray[np.int16]
-RgbImage = npt.NDArray[np.uint8]
 
 
 # --- speech to text -----------------------------------------------------------

@@ -7,9 +7,10 @@ import math
 import numpy as np
 import numpy.typing as npt
 
+from engine.arrays import Int16Array
+
 __all__ = ["WEBRTC_RATE", "resample", "resample_to_48k"]
 
-Int16Array = npt.NDArray[np.int16]
 Float64Array = npt.NDArray[np.float64]
 
 WEBRTC_RATE = 48_000

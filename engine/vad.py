@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
+from engine.arrays import Float32Array
 from engine.ports import VadModel
 
 __all__ = [
@@ -50,8 +51,6 @@ SAMPLE_RATE = 16_000
 WINDOW_SAMPLES = 512  # 32 ms: the only window size v6 takes at 16 kHz
 CONTEXT_SAMPLES = 64  # v6 wants the previous window's tail prepended
 _STATE_SHAPE = (1, 1, 128)
-
-Float32Array = npt.NDArray[np.float32]
 
 
 def to_float32(pcm: npt.NDArray[np.int16] | Float32Array) -> Float32Array:
