@@ -21,6 +21,8 @@ __all__ = [
     "DEFAULT_DETECT_MAX_INTERVAL_S",
     "DEFAULT_DEVICE_LABELS",
     "DEFAULT_END_OF_TURN_S",
+    "DEFAULT_TURN_CEILING_S",
+    "DEFAULT_TURN_THRESHOLD",
     "DEFAULT_GEMINI_MODEL",
     "DEFAULT_INTERVIEWER_NAME",
     "DEFAULT_INTERVIEW_MINUTES",
@@ -48,6 +50,10 @@ DEFAULT_DETECT_MAX_INTERVAL_S = 3.0
 DEFAULT_INTERVIEWER_NAME = "Serin"
 DEFAULT_INTERVIEW_MINUTES = 20.0
 DEFAULT_END_OF_TURN_S = 1.2
+# The learned end of turn (engine/turns.py): Smart Turn's P(complete) that
+# ends an answer whose text reads as finished, and the silence that ends any.
+DEFAULT_TURN_THRESHOLD = 0.9
+DEFAULT_TURN_CEILING_S = 3.0
 DEFAULT_NUDGE_S = 20.0
 DEFAULT_GEMINI_MODEL = "gemini-2.5-flash"
 # How long the interviewer waits for the model's first words before it
@@ -118,6 +124,11 @@ class Config:
     interview_max_minutes: float = DEFAULT_INTERVIEW_MINUTES
     nudge_s: float = DEFAULT_NUDGE_S
     end_of_turn_s: float = DEFAULT_END_OF_TURN_S
+    # "smart-turn": the learned end of turn (engine/turns.py); "silence": the
+    # fixed END_OF_TURN_S rule.
+    turn_detection: Literal["smart-turn", "silence"] = "smart-turn"
+    turn_threshold: float = DEFAULT_TURN_THRESHOLD
+    turn_ceiling_s: float = DEFAULT_TURN_CEILING_S
     tts: str = "auto"
     tts_processes: int = 1  # Piper worker programs per server process
     tts_cache_entries: int = 256  # sentences remembered per process; 0: none
@@ -212,6 +223,12 @@ class Config:
             ),
             nudge_s=_positive_float(env, "NUDGE_S", cls.nudge_s),
             end_of_turn_s=_positive_float(env, "END_OF_TURN_S", cls.end_of_turn_s),
+            turn_detection=cast(
+                Literal["smart-turn", "silence"],
+                _choice(env, "TURN_DETECTION", ("smart-turn", "silence"), cls.turn_detection),
+            ),
+            turn_threshold=_probability(env, "TURN_THRESHOLD", cls.turn_threshold),
+            turn_ceiling_s=_positive_float(env, "TURN_CEILING_S", cls.turn_ceiling_s),
             tts=_choice(env, "TTS", ("auto", "piper", "espeak"), cls.tts),
             tts_processes=_positive_int(env, "TTS_PROCESSES", cls.tts_processes),
             tts_cache_entries=_non_negative_int(env, "TTS_CACHE_ENTRIES", cls.tts_cache_entries),
@@ -291,6 +308,13 @@ def _positive_int(env: Mapping[str, str], name: str, default: int) -> int:
 
 def _optional_positive_int(env: Mapping[str, str], name: str) -> int | None:
     return None if _optional(env, name) is None else _positive_int(env, name, 1)
+
+
+def _probability(env: Mapping[str, str], name: str, default: float) -> float:
+    value = _positive_float(env, name, default)
+    if value >= 1.0:
+        raise ConfigError(f"{name} must be a probability between 0 and 1 (exclusive), got {value!r}")
+    return value
 
 
 def _load_fraction(env: Mapping[str, str], name: str, default: float) -> float:

@@ -18,6 +18,9 @@ session's `asr_model`.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
+
 import importlib.util
 import logging
 import os
@@ -158,6 +161,20 @@ class WhisperTranscriber:
             "loaded whisper %s on %s/%s in %.2fs",
             model, device, compute_type, time.perf_counter() - started,
         )
+
+    def draft(self) -> WhisperTranscriber:
+        """The same loaded model, decoding each piece sized to its audio ("fit").
+
+        For speculative text at a pause, which only has to be good enough to
+        judge whether the answer is over, and soon (tens of milliseconds for a
+        short answer, against the whole 30 s window of "pad30"); the committed
+        piece is still decoded with this transcriber's own settings.
+        """
+        if self.settings.encoder == "fit":
+            return self
+        twin = copy.copy(self)
+        twin.settings = dataclasses.replace(self.settings, encoder="fit")
+        return twin
 
     def transcribe(self, audio: npt.NDArray[np.float32]) -> TranscriptResult:
         """Transcribe `audio` (16 kHz mono float32); blocks until done."""

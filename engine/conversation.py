@@ -1,10 +1,13 @@
 """Turn-taking made for interviews: when to listen, when to answer, when to stop.
 
 `Conversation` drives one interview. It is fed the candidate's voice activity
-(`voice(active)` from the VAD) and final transcripts, and speaks through
-a `Voice`. Candidates pause to think, so the end of a turn needs a longer
-silence than a voice assistant's, plus a grace when the answer so far is short
-or stops mid-sentence. Speech over the interviewer that lasts past
+(`voice(active)` from the VAD), transcripts (provisional ones of an
+utterance the candidate may go on with, and committed ones) and the
+end-of-turn model's answers (`turn_estimate`), and speaks through a `Voice`.
+With `TurnSettings.end_of_turn` set, `engine.turns.judge` decides when an
+answer is over (the model, the text, a ceiling); without it, the older fixed
+rule applies: `end_of_turn_s` of silence, plus a grace when the answer so far
+is short or stops mid-sentence. Speech over the interviewer that lasts past
 `barge_in_s` interrupts it; shorter backchannels ("mm-hm") do not. Transcripts
 that repeat the interviewer's own words (its voice leaking back through the
 candidate's speakers) are not taken as answers.
@@ -24,6 +27,7 @@ from config import DEFAULT_END_OF_TURN_S, DEFAULT_INTERVIEW_MINUTES, DEFAULT_NUD
 from engine.aio import cancel_and_wait
 from engine.events import ErrorEvent, Event, InterviewerEvent, StateEvent
 from engine.interviewer import InterviewerEngine, Move, MoveKind
+from engine.turns import EndOfTurnSettings, TurnDecision, TurnEstimate, judge, text_cues
 
 if TYPE_CHECKING:
     from engine.interview import Interview
@@ -52,6 +56,8 @@ class TurnSettings:
     vad_confirm_s: float = 0.25
     nudge_s: float = DEFAULT_NUDGE_S
     max_minutes: float = DEFAULT_INTERVIEW_MINUTES
+    # The learned end of turn; None: the fixed silence above decides.
+    end_of_turn: EndOfTurnSettings | None = None
 
 
 @dataclass(frozen=True)
@@ -86,16 +92,20 @@ class TurnMetrics:
     transcript_at: float
     first_sentence_at: float | None = None
     first_audio_at: float | None = None
+    decision: TurnDecision | None = None  # why the turn ended when it did
 
-    def as_dict(self) -> dict[str, float | None]:
+    def as_dict(self) -> dict[str, object]:
         def since(t: float | None) -> float | None:
             return None if t is None else round(t - self.last_voiced_at, 3)
-        return {
+        out: dict[str, object] = {
             "asr_s": since(self.transcript_at),
             "end_of_turn_s": since(self.end_of_turn_at),
             "first_sentence_s": since(self.first_sentence_at),
             "turn_latency_s": since(self.first_audio_at),
         }
+        if self.decision is not None:
+            out.update(self.decision.as_record())
+        return out
 
 
 @dataclass
@@ -147,6 +157,14 @@ class Conversation:
         self._candidate_speaking = False
         self._awaiting_transcript = False
         self._pieces: list[str] = []
+        # The provisional transcript of the utterance in progress, its span,
+        # and the span of one an ended turn already took (its committed
+        # twin is not added again).
+        self._provisional: str | None = None
+        self._provisional_span: tuple[float, float] | None = None
+        self._taken_span: tuple[float, float] | None = None
+        self._taken_text = ""
+        self._estimates: list[TurnEstimate] = []  # the model's answers during this pause
         self._last_voiced_at = 0.0
         self._transcript_at = 0.0
         self._last_activity = self._loop.time()
@@ -176,6 +194,8 @@ class Conversation:
         self._last_activity = now
         if active:
             self._awaiting_transcript = True  # this speech will be transcribed
+            self._estimates = []
+            self._provisional = self._provisional_span = None
             if self._speaking and self._barge_timer is None:
                 wait = max(0.0, self._settings.barge_in_s - self._settings.vad_confirm_s)
                 self._barge_timer = self._loop.call_later(wait, self._barge_in)
@@ -184,21 +204,49 @@ class Conversation:
             self._barge_timer = None
         self._changed.set()
 
-    def transcript(self, text: str, *, utterance_done: bool, latency_s: float, speech_s: float) -> None:
+    def turn_estimate(self, estimate: TurnEstimate) -> None:
+        """The end-of-turn model's answer at one point of the current pause."""
+        if not self._candidate_speaking:
+            self._estimates.append(estimate)
+            self._changed.set()
+
+    def transcript(
+        self, text: str, *, utterance_done: bool, latency_s: float, speech_s: float,
+        span: tuple[float, float] | None = None, provisional: bool = False,
+    ) -> None:
         now = self._loop.time()
+        text = text.strip()
+        echo = bool(text) and self._is_echo(text)
+        if provisional:
+            if not echo and not self._candidate_speaking:
+                self._provisional, self._provisional_span = text or None, span
+                self._note_voiced(now, latency_s)
+            self._changed.set()
+            return
         if utterance_done:
             self._awaiting_transcript = False
-        text = text.strip()
-        if text and self._is_echo(text):
+        if span is not None and span == self._provisional_span:
+            self._provisional = self._provisional_span = None
+        if span is not None and span == self._taken_span:
+            # An ended turn already took this utterance's provisional text:
+            # the committed transcript of the same audio replaces it there.
+            self._taken_span = None
+            self._current_question().speech_s += speech_s
+            if text and not echo and text != self._taken_text:
+                self._revise_answer(self._taken_text, text)
+        elif echo:
             self.echoes_ignored += 1
             log.info("ignoring the interviewer's own voice heard back: %r", text)
         elif text:
             self._pieces.append(text)
             self._session.answer_in_progress(" ".join(self._pieces))
-            self._last_voiced_at = now - latency_s
-            self._transcript_at = now
+            self._note_voiced(now, latency_s)
             self._current_question().speech_s += speech_s
         self._changed.set()
+
+    def _note_voiced(self, now: float, latency_s: float) -> None:
+        self._last_voiced_at = now - latency_s
+        self._transcript_at = now
 
     async def close(self) -> None:
         if self._barge_timer is not None:
@@ -298,20 +346,41 @@ class Conversation:
         started = self._loop.time()
         while True:
             now = self._loop.time()
-            deadline = self._listen_deadline(started)
+            deadline, decision = self._listen_deadline(started, now)
             if deadline is not None and now >= deadline:
-                return self._end_turn(now)
+                return self._end_turn(now, decision)
             self._changed.clear()
             timeout = None if deadline is None else deadline - now
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), timeout)
 
-    def _listen_deadline(self, started: float) -> float | None:
-        if self._candidate_speaking or self._awaiting_transcript:
-            return None
-        if self._pieces:
-            return self._last_voiced_at + self._required_silence()
-        return max(started, self._last_activity) + self._settings.nudge_s
+    def _listen_deadline(self, started: float, now: float) -> tuple[float | None, TurnDecision | None]:
+        """When the turn ends if nothing changes meanwhile, and by which rule."""
+        if self._candidate_speaking:
+            return None, None
+        learned = self._settings.end_of_turn
+        has_text = bool(self._pieces) or self._provisional is not None
+        if self._awaiting_transcript and (learned is None or self._provisional is None):
+            return None, None
+        if not has_text:
+            return max(started, self._last_activity) + self._settings.nudge_s, None
+        answer = self._answer_so_far()
+        if learned is None:
+            wait = self._required_silence()
+            cues = text_cues(answer, self._settings.short_answer_words)
+            return self._last_voiced_at + wait, TurnDecision(True, "silence", wait, None, cues)
+        silence = now - self._last_voiced_at
+        if self._estimates:
+            silence = max(silence, self._estimates[-1].silence_s)
+        decision = judge(learned, silence_s=silence, estimates=self._estimates, answer=answer)
+        if decision.end:
+            return now, decision
+        ceiling = self._last_voiced_at + learned.ceiling_s
+        return ceiling, TurnDecision(True, "ceiling", learned.ceiling_s, decision.probability,
+                                     decision.cues)
+
+    def _answer_so_far(self) -> str:
+        return " ".join([*self._pieces, *([self._provisional] if self._provisional else [])])
 
     def _required_silence(self) -> float:
         s = self._settings
@@ -323,22 +392,37 @@ class Conversation:
             wait += s.mid_sentence_grace_s
         return wait
 
-    def _end_turn(self, now: float) -> tuple[str, TurnMetrics | None]:
-        if not self._pieces:
+    def _end_turn(self, now: float, decision: TurnDecision | None) -> tuple[str, TurnMetrics | None]:
+        if not self._pieces and self._provisional is None:
             return "", None
-        metrics = TurnMetrics(self._last_voiced_at, now, self._transcript_at)
+        if decision is not None:
+            decision = TurnDecision(decision.end, decision.rule, now - self._last_voiced_at,
+                                    decision.probability, decision.cues)
+        metrics = TurnMetrics(self._last_voiced_at, now, self._transcript_at, decision=decision)
         answer = self._commit_answer()
         self._set_state("thinking")
         return answer, metrics
 
     def _commit_answer(self) -> str:
-        answer = " ".join(self._pieces)
+        answer = self._answer_so_far()
+        if self._provisional is not None:
+            self._taken_span, self._taken_text = self._provisional_span, self._provisional
+        self._provisional = self._provisional_span = None
+        self._estimates = []
         self._pieces = []
         self._session.answer_in_progress("")
         if answer:
             self._current_question().answers.append(answer)
             self._session.add_turn("user", answer)
         return answer
+
+    def _revise_answer(self, draft: str, final: str) -> None:
+        """Put `final` where the last answer ended with the draft text `draft`."""
+        if self._session.revise_answer(draft, final):
+            for question in reversed(self.questions.values()):
+                if question.answers and question.answers[-1].endswith(draft):
+                    question.answers[-1] = question.answers[-1][: -len(draft)] + final
+                    break
 
     def _current_question(self) -> QuestionLog:
         index = max(self.questions, default=0)

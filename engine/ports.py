@@ -36,6 +36,7 @@ __all__ = [
     "TranscriptResult",
     "BatchTranscriber",
     "Transcriber",
+    "TurnModel",
     "VadModel",
 ]
 
@@ -97,6 +98,17 @@ class VadModel(Protocol):
 
 
 # --- proctoring -----------------------------------------------------------------
+
+
+class TurnModel(Protocol):
+    """Blocking end-of-turn classifier on 16 kHz mono float32 audio.
+
+    `probability(audio)`: P(the speaker has finished their turn), from the
+    audio of the turn so far, silence included (at most a few seconds: the
+    model keeps the end). Thread-safe: one model serves every session.
+    """
+
+    def probability(self, audio: Float32Array) -> float: ...
 
 
 class Detector(Protocol):

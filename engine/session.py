@@ -141,6 +141,8 @@ class InterviewSession:
     server_run: str | None = None
     conversation_history: list[Turn] = field(default_factory=list)
     anomalies_detected: list[dict[str, Any]] = field(default_factory=list)
+    # Why the interviewer answered when it did, per turn (engine/turns.py).
+    turn_decisions: list[dict[str, Any]] = field(default_factory=list)
     interview_report: dict[str, Any] | None = None
     extra_information: dict[str, Any] = field(default_factory=dict)
     invite_expires_at: datetime | None = None
@@ -189,6 +191,28 @@ class InterviewSession:
             self.extra_information.pop(CLOSING, None)
         self.touch()
 
+    def revise_answer(self, draft: str, final: str) -> bool:
+        """Replace the end `draft` of the candidate's last answer with `final`.
+
+        The turn may have been taken on a quick draft transcript; the
+        committed one of the same audio, which arrives a moment later, is
+        what the record keeps. False when the last answer does not end so.
+        """
+        for i in range(len(self.conversation_history) - 1, -1, -1):
+            turn = self.conversation_history[i]
+            if turn.role != "user":
+                continue
+            if not draft or not turn.content.endswith(draft):
+                return False
+            self.conversation_history[i] = Turn("user", turn.content[: -len(draft)] + final)
+            self.touch()
+            return True
+        return False
+
+    def add_turn_decision(self, record: dict[str, Any]) -> None:
+        self.turn_decisions.append(record)
+        self.touch()
+
     def add_anomaly(self, record: dict[str, Any]) -> None:
         self.anomalies_detected.append(record)
         self.touch()
@@ -205,6 +229,7 @@ class InterviewSession:
             "recording_url": self.recording_url,
             "asr_model": self.asr_model,
             "asr_decoding": self.asr_decoding,
+            "turn_decisions": list(self.turn_decisions),
             "llm_provider": self.llm_provider,
             "llm_model": self.llm_model,
             "server_instance": self.server_instance,

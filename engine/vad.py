@@ -15,6 +15,7 @@ State machine::
     quiet --p>=threshold--> starting --enough voiced--> speaking
     starting --long silence--> quiet          (too short: dropped)
     speaking --p<neg_threshold--> stopping --p>=threshold--> speaking
+    stopping --post_roll of silence--> stopping   (SpeechPaused, once)
     stopping --end_silence--> quiet           (SpeechEnded)
 
 While speaking, a long utterance is cut into pieces (`SpeechCut`) so the
@@ -38,6 +39,7 @@ __all__ = [
     "WINDOW_SAMPLES",
     "SpeechCut",
     "SpeechEnded",
+    "SpeechPaused",
     "SpeechSegment",
     "SpeechStarted",
     "VadEvent",
@@ -144,7 +146,22 @@ class SpeechEnded(SpeechSegment):
     """The last piece of an utterance: the speaker stopped."""
 
 
-VadEvent = SpeechStarted | SpeechCut | SpeechEnded
+@dataclass(frozen=True)
+class SpeechPaused:
+    """The speaker has been silent for the post-roll: the utterance so far.
+
+    Not committed: the speaker may go on. If they do not, the `SpeechEnded`
+    that follows holds the same audio (same `start` and `end`), so work
+    started on this one (a speculative transcript) can stand for it.
+    """
+
+    audio: Float32Array = field(repr=False)
+    start: float
+    end: float
+    last_voiced_at: float
+
+
+VadEvent = SpeechStarted | SpeechCut | SpeechEnded | SpeechPaused
 
 
 class _SileroStream:
@@ -229,6 +246,8 @@ class VoiceActivityDetector:
         )
         self._pending = np.zeros(0, dtype=np.float32)
         self._windows_seen = 0
+        self._last_voiced_end: float | None = None
+        self._paused_sent = False
         self._state = VadState.QUIET
         self._segment = _Segment(0)
         self._voiced_windows = 0
@@ -245,6 +264,11 @@ class VoiceActivityDetector:
     def stream_time(self) -> float:
         """Seconds of audio fed so far, including a partial window."""
         return (self._windows_seen * WINDOW_SAMPLES + len(self._pending)) / SAMPLE_RATE
+
+    @property
+    def last_voiced_at(self) -> float | None:
+        """End of the last voiced window of confirmed speech (None: none yet)."""
+        return self._last_voiced_end
 
     @property
     def windows_seen(self) -> int:
@@ -281,6 +305,7 @@ class VoiceActivityDetector:
         self._pre_roll.clear()
         self._pending = np.zeros(0, dtype=np.float32)
         self._windows_seen = 0
+        self._last_voiced_end = None
         self._to_quiet()
 
     def _step(self, window: Float32Array, prob: float) -> list[VadEvent]:
@@ -290,10 +315,15 @@ class VoiceActivityDetector:
             return self._on_quiet(window, prob, index)
         self._segment.append(window, prob)
         if self._state is VadState.STARTING:
-            return self._on_starting(prob)
-        if self._state is VadState.SPEAKING:
-            return self._on_speaking(prob)
-        return self._on_stopping(prob)
+            events = self._on_starting(prob)
+        elif self._state is VadState.SPEAKING:
+            events = self._on_speaking(prob)
+        else:
+            events = self._on_stopping(prob)
+        if prob >= self.settings.threshold and self._state is VadState.SPEAKING:
+            self._last_voiced_end = _seconds(index + 1)
+            self._paused_sent = False
+        return events
 
     def _on_quiet(self, window: Float32Array, prob: float, index: int) -> list[VadEvent]:
         if prob < self.settings.threshold:
@@ -359,6 +389,19 @@ class VoiceActivityDetector:
             event = self._end_utterance()
             self._to_quiet()
             return [event]
+        if not self._paused_sent:
+            voiced = self._segment.last_voiced_index(count - 1, s.threshold)
+            voiced_end = voiced + 1 if voiced is not None else 0
+            keep = voiced_end + s.windows(s.post_roll_ms)
+            if count >= keep:
+                self._paused_sent = True
+                # The audio `_end_utterance` will take if nothing more is voiced.
+                first = self._segment.first
+                return [SpeechPaused(
+                    audio=np.concatenate(self._segment.windows[:keep]),
+                    start=_seconds(first), end=_seconds(first + keep),
+                    last_voiced_at=_seconds(first + voiced_end),
+                )]
         return []
 
     def _quietest(self, first: int, last: int) -> int:

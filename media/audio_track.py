@@ -13,6 +13,19 @@ Three tasks per track, each owning one step:
 Long answers are committed in pieces by the VAD (`SpeechCut`), so the wait
 from the candidate's last voiced frame to the final transcript does not grow
 with the answer's length.
+
+Speculative transcription: when the candidate has been silent for the VAD's
+post-roll (`SpeechPaused`, 0.2 s), the utterance so far is transcribed at
+once by the draft transcriber (the same Whisper, its encoder sized to the
+audio: tens of milliseconds) and reported as a provisional transcript, so the
+end of the turn can be judged on its text long before the VAD's end silence
+commits the piece. If the candidate goes on, that work is cancelled (or its
+result dropped). If not, the committed piece, which has the same audio, is
+transcribed as usual, or takes the speculative result when the draft
+transcriber is the transcriber itself (ASR_ENCODER=fit).
+
+With a `TurnProbe`, the VAD worker also asks the end-of-turn model at the
+scheduled silences of each pause and reports each answer (`on_turn_estimate`).
 """
 
 from __future__ import annotations
@@ -28,15 +41,20 @@ from typing import cast
 
 import av
 import numpy as np
+import numpy.typing as npt
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from engine.ports import Transcriber, TranscriptResult
+from engine.turns import TurnEstimate, TurnProbe
 from engine.vad import (
     SpeechEnded,
+    SpeechPaused,
     SpeechSegment,
+    SpeechStarted,
     VadEvent,
     VadState,
     VoiceActivityDetector,
+    to_float32,
 )
 from media.asr_scheduler import AsrBacklogFull, AsrScheduler
 from media.queues import QueueLoad, StampedQueue
@@ -63,6 +81,21 @@ class Transcript:
     latency_s: float  # last voiced frame's arrival → this transcript
     asr_s: float = 0.0  # Whisper time for this piece (0: silence, not transcribed)
     asr_decoding: str | None = None  # how Whisper decoded it ("pad30", "fit+1s/..."), if said
+    # Of an utterance the candidate may still go on with (`SpeechPaused`);
+    # the committed transcript of the same audio follows unless they do.
+    provisional: bool = False
+    speculative: bool = False  # a committed piece that took the speculative result
+
+
+_Piece = tuple[SpeechSegment, float, "asyncio.Task[TranscriptResult] | None"]
+
+
+@dataclass
+class _Speculation:
+    start: float
+    end: float
+    voiced_arrival: float
+    task: asyncio.Task[TranscriptResult]
 
 
 @dataclass
@@ -72,6 +105,9 @@ class AudioStats:
     pieces: int = 0
     pieces_dropped: int = 0
     asr_seconds: float = 0.0
+    speculations: int = 0  # speculative transcriptions started
+    speculations_used: int = 0  # ... that a committed piece took
+    turn_asks: int = 0  # end-of-turn model calls
 
 
 class AudioTranscriber:
@@ -87,23 +123,32 @@ class AudioTranscriber:
         name: str,
         on_frame: Callable[[av.AudioFrame], None] | None = None,
         on_voice: Callable[[bool], None] | None = None,
+        turn_probe: TurnProbe | None = None,
+        on_turn_estimate: Callable[[TurnEstimate], None] | None = None,
+        draft_transcriber: Transcriber | None = None,
         max_frames: int = 250,
         max_pieces: int = 16,
     ) -> None:
         self._track = track
         self._vad = vad
         self._transcriber = transcriber
+        self._draft = draft_transcriber or transcriber
         self._vad_executor = vad_executor
         self._asr_executor = asr_executor
         self._on_transcript = on_transcript
         self._name = name
         self._on_frame = on_frame
         self._on_voice = on_voice
+        self._turn_probe = turn_probe
+        self._on_turn_estimate = on_turn_estimate
+        self._speculation: _Speculation | None = None
+        self._speculating: set[asyncio.Task[TranscriptResult]] = set()  # all still running
         self._voiced = False
         self._resampler = av.AudioResampler(format="s16", layout="mono", rate=16000)
         self._frames: StampedQueue[tuple[av.AudioFrame, float] | None] = StampedQueue(max_frames)
-        # Each piece travels with the loop time its last voiced frame arrived.
-        self._pieces: StampedQueue[tuple[SpeechSegment, float] | None] = StampedQueue(max_pieces)
+        # Each piece travels with the loop time its last voiced frame arrived
+        # and the speculative transcription of its audio, if one ran.
+        self._pieces: StampedQueue[_Piece | None] = StampedQueue(max_pieces)
         # (stream seconds at the end of a frame, loop time that frame arrived)
         self._arrivals: deque[tuple[float, float]] = deque(maxlen=_MAX_ARRIVALS)
         self.stats = AudioStats()
@@ -124,13 +169,15 @@ class AudioTranscriber:
         are cancelled and awaited before the CancelledError propagates.
         A task's own error is raised here.
         """
-        tasks = [self._pump_task, *self._workers]
+        tasks: list[asyncio.Task[object]] = [self._pump_task, *self._workers]
         self._pump_task.cancel()
         try:
             await asyncio.wait([self._pump_task])
             self._put_end_marker()
             await asyncio.wait(self._workers, timeout=drain_timeout_s)
         finally:
+            self._speculation = None
+            tasks += self._speculating  # cancelled work leaves no task behind
             for task in tasks:
                 task.cancel()
             # gather, not `await task` under suppress(CancelledError): that
@@ -174,53 +221,79 @@ class AudioTranscriber:
                 batch.append(self._frames.get_nowait())
             ended = batch[-1] is None
             frames = [item[0] for item in batch if item is not None]
-            events, frame_ends, voiced = await loop.run_in_executor(
+            events, frame_ends, voiced, estimates = await loop.run_in_executor(
                 self._vad_executor, self._detect_speech, frames, ended
             )
             self._arrivals.extend(zip(frame_ends, (item[1] for item in batch if item)))
             if voiced != self._voiced:
                 self._voiced = voiced
+                if voiced:
+                    self._drop_speculation()  # the candidate went on
                 if self._on_voice is not None:
                     self._on_voice(voiced)
             for event in events:
                 if isinstance(event, SpeechSegment):
-                    self._queue_piece(event, self._arrival_of(event))
+                    self._queue_piece(event, self._arrival_of(event), self._take_speculation(event))
+                elif isinstance(event, SpeechPaused) and not ended:
+                    self._speculate(event)
+            self.stats.turn_asks += len(estimates)
+            if self._on_turn_estimate is not None:
+                for estimate in estimates:
+                    self._on_turn_estimate(estimate)
         await self._pieces.put(None)
 
     def _detect_speech(
         self, frames: list[av.AudioFrame], flush: bool
-    ) -> tuple[list[VadEvent], list[float], bool]:
-        """Worker thread: resample to 16 kHz mono, run the VAD.
+    ) -> tuple[list[VadEvent], list[float], bool, list[TurnEstimate]]:
+        """Worker thread: resample to 16 kHz mono, run the VAD (and the turn probe).
 
-        Returns the events, the stream time after each frame, and whether
-        the voice is on now.
+        Returns the events, the stream time after each frame, whether the
+        voice is on now, and the end-of-turn model's answers that fell due.
         """
         events: list[VadEvent] = []
         frame_ends: list[float] = []
+        estimates: list[TurnEstimate] = []
+        vad = self._vad
         for frame in frames:
             for out in self._resampler.resample(frame):
-                pcm: np.ndarray = out.to_ndarray()
-                events += self._vad.feed(pcm.reshape(-1))
-            frame_ends.append(self._vad.stream_time)
+                pcm = to_float32(cast(npt.NDArray[np.int16], out.to_ndarray().reshape(-1)))
+                new = vad.feed(pcm)
+                events += new
+                if self._turn_probe is not None:
+                    started = next((e.at for e in new if isinstance(e, SpeechStarted)), None)
+                    estimates += self._turn_probe.feed(
+                        pcm, last_voiced_at=vad.last_voiced_at, speech_started_at=started,
+                        speaking=vad.state in (VadState.SPEAKING, VadState.STARTING),
+                    )
+            frame_ends.append(vad.stream_time)
         if flush:
-            events += self._vad.flush()
-        return events, frame_ends, self._vad.state is VadState.SPEAKING
+            events += vad.flush()
+        return events, frame_ends, vad.state is VadState.SPEAKING, estimates
 
-    def _queue_piece(self, piece: SpeechSegment, voiced_arrival: float) -> None:
+    def _queue_piece(
+        self, piece: SpeechSegment, voiced_arrival: float,
+        speculative: asyncio.Task[TranscriptResult] | None,
+    ) -> None:
         try:
-            self._pieces.put_nowait((piece, voiced_arrival))
+            self._pieces.put_nowait((piece, voiced_arrival, speculative))
         except asyncio.QueueFull:
+            if speculative is not None:
+                speculative.cancel()
             self.stats.pieces_dropped += 1
             log.warning("transcription is behind: dropped %.1fs of speech", piece.end - piece.start)
 
     async def _asr_worker(self) -> None:
         loop = asyncio.get_running_loop()
         while (item := await self._pieces.get()) is not None:
-            piece, voiced_arrival = item
+            piece, voiced_arrival, speculative = item
             result: TranscriptResult | None = None
             if piece.last_voiced_at > piece.start:  # a piece with no voiced window is silence
                 try:
-                    result = await self._transcribe(piece)
+                    if speculative is not None:
+                        result = await speculative
+                        self.stats.speculations_used += 1
+                    else:
+                        result = await self._transcribe(piece.audio)
                 except AsrBacklogFull:
                     self.stats.pieces_dropped += 1
                     log.warning("transcription is behind: dropped %.1fs of speech",
@@ -236,16 +309,71 @@ class AudioTranscriber:
                 latency_s=loop.time() - voiced_arrival,
                 asr_s=0.0 if result is None else result.elapsed_s,
                 asr_decoding=None if result is None else result.decoding,
+                speculative=speculative is not None,
             )
             self._on_transcript(transcript)
 
-    async def _transcribe(self, piece: SpeechSegment) -> TranscriptResult:
+    async def _transcribe(
+        self, audio: np.ndarray, transcriber: Transcriber | None = None
+    ) -> TranscriptResult:
+        transcriber = transcriber or self._transcriber
         executor = self._asr_executor
         if isinstance(executor, AsrScheduler):
-            future = executor.submit_transcription(self._name, self._transcriber, piece.audio)
+            future = executor.submit_transcription(self._name, transcriber, audio)
             return await asyncio.wrap_future(future)
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(executor, self._transcriber.transcribe, piece.audio)
+        return await loop.run_in_executor(executor, transcriber.transcribe, audio)
+
+    # -- speculative transcription ---------------------------------------------------
+
+    def _speculate(self, pause: SpeechPaused) -> None:
+        self._drop_speculation()
+        task = asyncio.create_task(self._transcribe(pause.audio, self._draft),
+                                   name=f"{self._name}-audio-speculate")
+        self._speculating.add(task)
+        task.add_done_callback(self._speculating.discard)
+        arrival = self._arrival_near(pause.last_voiced_at)
+        speculation = _Speculation(pause.start, pause.end, arrival, task)
+        self._speculation = speculation
+        self.stats.speculations += 1
+        task.add_done_callback(lambda _: self._report_speculation(speculation))
+
+    def _report_speculation(self, speculation: _Speculation) -> None:
+        task = speculation.task
+        if self._speculation is not speculation or task.cancelled() or task.exception() is not None:
+            return
+        result = task.result()
+        loop = asyncio.get_running_loop()
+        self._on_transcript(Transcript(
+            text=result.text.strip(), start=speculation.start, end=speculation.end,
+            utterance_done=False, latency_s=loop.time() - speculation.voiced_arrival,
+            asr_s=result.elapsed_s, asr_decoding=result.decoding, provisional=True,
+        ))
+
+    def _drop_speculation(self) -> None:
+        if self._speculation is not None:
+            self._speculation.task.cancel()
+            self._speculation = None
+
+    def _take_speculation(self, piece: SpeechSegment) -> asyncio.Task[TranscriptResult] | None:
+        """The speculative transcription of exactly this piece's audio, if one runs."""
+        speculation, self._speculation = self._speculation, None
+        if speculation is None:
+            return None
+        same_audio = (speculation.start, speculation.end) == (piece.start, piece.end)
+        if same_audio and self._draft is self._transcriber and not (
+            speculation.task.done() and (speculation.task.cancelled()
+                                         or speculation.task.exception() is not None)):
+            return speculation.task
+        speculation.task.cancel()
+        return None
+
+    def _arrival_near(self, stream_time: float) -> float:
+        """When the frame holding `stream_time` arrived (loop time), without pruning."""
+        if not self._arrivals:
+            return asyncio.get_running_loop().time()
+        ends = [end for end, _ in self._arrivals]
+        return self._arrivals[min(bisect.bisect_left(ends, stream_time), len(ends) - 1)][1]
 
     def _arrival_of(self, piece: SpeechSegment) -> float:
         """When the frame holding the piece's last voiced sample arrived (loop time).

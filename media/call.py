@@ -29,6 +29,7 @@ from engine.conversation import Conversation, TurnMetrics
 from engine.events import AnomalyEvent, ClientMessage, EndRequest, TranscriptEvent
 from engine.interview import Interview
 from engine.vad import VoiceActivityDetector
+from engine.turns import TurnEstimate, TurnProbe
 from media.audio_track import AudioTranscriber, Transcript
 from media.metrics import FrameTotals
 from media.peer import InterviewPeer
@@ -154,11 +155,14 @@ class WebRtcCall:
             track,
             vad=VoiceActivityDetector(runtime.models.vad_model, runtime.vad_settings),
             transcriber=runtime.models.transcriber,
+            draft_transcriber=runtime.models.draft_transcriber,
             vad_executor=runtime.vad_executor,
             asr_executor=runtime.asr_executor,
             on_transcript=self._handle_transcript,
             on_frame=self._candidate_audio,
             on_voice=self._handle_voice,
+            turn_probe=self._turn_probe(),
+            on_turn_estimate=self._handle_turn_estimate,
             name=self._name,
         )
         synthesizer = runtime.models.synthesizer
@@ -218,17 +222,44 @@ class WebRtcCall:
 
     def _observe_turn(self, turn: TurnMetrics) -> None:
         metrics = self._runtime.metrics
+        if turn.decision is not None:
+            metrics.turn_decisions.labels(turn.decision.rule).inc()
+            metrics.turn_silence.observe(turn.decision.silence_s)
+            self.session.add_turn_decision(turn.as_dict())
         if turn.first_audio_at is not None:
             metrics.turn_latency.observe(turn.first_audio_at - turn.last_voiced_at)
             metrics.reply_seconds.observe(turn.first_audio_at - turn.end_of_turn_at)
         if turn.first_sentence_at is not None:
             metrics.llm_first_sentence.observe(turn.first_sentence_at - turn.end_of_turn_at)
 
+    def _turn_probe(self) -> TurnProbe | None:
+        runtime = self._runtime
+        learned = runtime.turn_settings.end_of_turn
+        model = runtime.models.turn_model
+        if learned is None or model is None or self.interview.conversation is None:
+            return None
+        return TurnProbe(model, learned)
+
     def _handle_voice(self, active: bool) -> None:
         if self.conversation is not None:
             self.conversation.voice(active)
 
+    def _handle_turn_estimate(self, estimate: TurnEstimate) -> None:
+        self._runtime.metrics.turn_model_seconds.observe(estimate.model_s)
+        if self.conversation is not None:
+            self.conversation.turn_estimate(estimate)
+
     def _handle_transcript(self, transcript: Transcript) -> None:
+        metrics = self._runtime.metrics
+        if transcript.provisional:
+            metrics.speculations.labels("reported").inc()
+            if self.conversation is not None:
+                self.conversation.transcript(
+                    transcript.text, utterance_done=False, latency_s=transcript.latency_s,
+                    speech_s=0.0, span=(transcript.start, transcript.end), provisional=True)
+            return
+        if transcript.speculative:
+            metrics.speculations.labels("used").inc()
         if transcript.asr_s:
             self._runtime.metrics.asr_seconds.observe(transcript.asr_s)
             self._runtime.metrics.transcript_latency.observe(transcript.latency_s)
@@ -244,6 +275,7 @@ class WebRtcCall:
                 utterance_done=transcript.utterance_done,
                 latency_s=transcript.latency_s,
                 speech_s=transcript.end - transcript.start,
+                span=(transcript.start, transcript.end),
             )
             return
         if transcript.text:

@@ -79,6 +79,21 @@ class MediaMetrics:
             buckets=_LATENCY_BUCKETS, registry=r)
         self.anomalies = Counter("interview_anomalies", "Anomaly episodes recorded", ["type"],
                                  registry=r)
+        self.turn_decisions = Counter(
+            "interview_turn_decisions", "Candidate turns ended, by the rule that ended them "
+            "(model, ceiling, silence: engine/turns.py)", ["rule"], registry=r)
+        self.turn_silence = Histogram(
+            "interview_turn_silence_seconds",
+            "Silence waited after the candidate's last voiced frame before the turn was judged over",
+            buckets=_LATENCY_BUCKETS, registry=r)
+        self.turn_model_seconds = Histogram(
+            "interview_turn_model_seconds", "End-of-turn model time per call",
+            buckets=_LATENCY_BUCKETS, registry=r)
+        self.speculations = Counter(
+            "interview_speculative_transcripts", "Speculative transcriptions at a pause, by "
+            "outcome (reported: a provisional transcript went out; used: the committed "
+            "piece took the result instead of being transcribed again)", ["outcome"],
+            registry=r)
         self.closed = FrameTotals()
 
     def gauge(self, name: str, documentation: str, read: Callable[[], float]) -> None:

@@ -16,9 +16,11 @@ from config import Config
 from engine.conversation import TurnSettings
 from adapters.detectors import load_detector
 from adapters.silero import SileroVadModel
+from adapters.smart_turn import SmartTurnModel
 from adapters.tts import TtsSettings, load_synthesizer
 from adapters.whisper import WhisperSettings, WhisperTranscriber, resolve_asr_model
-from engine.ports import Detector, Synthesizer, Transcriber, VadModel
+from engine.ports import Detector, Synthesizer, Transcriber, TurnModel, VadModel
+from engine.turns import EndOfTurnSettings
 from engine.vad import VadSettings
 from layout import DataLayout, PublicUrls
 from media.asr_scheduler import AsrScheduler
@@ -42,25 +44,32 @@ class MediaModels:
     vad_model: VadModel
     asr_model: str  # the label recorded as `asr_model`
     synthesizer: Synthesizer | None = None
+    turn_model: TurnModel | None = None  # None: the fixed-silence end of turn
+    # Speculative text at a pause (fast, "fit"); None: the transcriber itself.
+    draft_transcriber: Transcriber | None = None
 
 
 def load_models(config: Config) -> MediaModels:
     """Load the detector, Whisper, the VAD and the voice (blocking: seconds)."""
     model, label = resolve_asr_model(config.asr_model, DataLayout(config.data_dir).models)
+    transcriber = WhisperTranscriber(
+        model,
+        WhisperSettings(
+            cpu_threads=config.asr_threads,
+            num_workers=config.asr_workers,
+            encoder=config.asr_encoder,
+            fit_margin_s=config.asr_fit_margin_s,
+        ),
+    )
     return MediaModels(
         detector=load_detector(config.detector_kind, config.detector_model),
-        transcriber=WhisperTranscriber(
-            model,
-            WhisperSettings(
-                cpu_threads=config.asr_threads,
-                num_workers=config.asr_workers,
-                encoder=config.asr_encoder,
-                fit_margin_s=config.asr_fit_margin_s,
-            ),
-        ),
+        transcriber=transcriber,
+        draft_transcriber=transcriber.draft(),
         vad_model=SileroVadModel(),
         asr_model=label,
         synthesizer=load_synthesizer(_tts_settings(config)) if config.interviewer else None,
+        turn_model=SmartTurnModel()
+        if config.interviewer and config.turn_detection == "smart-turn" else None,
     )
 
 
@@ -136,6 +145,10 @@ class MediaRuntime:
                 end_of_turn_s=config.end_of_turn_s,
                 nudge_s=config.nudge_s,
                 max_minutes=config.interview_max_minutes,
+                end_of_turn=EndOfTurnSettings(
+                    threshold=config.turn_threshold, ceiling_s=config.turn_ceiling_s)
+                if models.turn_model is not None and config.turn_detection == "smart-turn"
+                else None,
             ),
         )
 

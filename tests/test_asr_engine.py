@@ -36,6 +36,7 @@ from engine.ports import Transcriber, TranscriptResult
 from engine.vad import (
     SAMPLE_RATE,
     SpeechEnded,
+    SpeechPaused,
     SpeechStarted,
     VadEvent,
     VadSettings,
@@ -116,6 +117,14 @@ def test_vad_marks_real_speech_boundaries(vad_model: SileroVadModel, clip: str) 
     settings = VadSettings()
     events = run_vad(VoiceActivityDetector(vad_model, settings), padded(load_wav(f"{clip}.wav")))
 
+    # The pause that ended the clip was announced first, with the very
+    # audio of the ending (so a speculative transcript of it stands).
+    final_pause = events[-2]
+    assert isinstance(final_pause, SpeechPaused) and isinstance(events[-1], SpeechEnded)
+    assert (final_pause.start, final_pause.end, final_pause.last_voiced_at) == (
+        events[-1].start, events[-1].end, events[-1].last_voiced_at)
+    assert np.array_equal(final_pause.audio, events[-1].audio)
+    events = [e for e in events if not isinstance(e, SpeechPaused)]
     assert [type(e) for e in events] == [SpeechStarted, SpeechEnded]
     started, ended = events
     assert isinstance(started, SpeechStarted) and isinstance(ended, SpeechEnded)
@@ -156,7 +165,7 @@ def test_vad_events_do_not_depend_on_chunk_size(vad_model: SileroVadModel) -> No
         ]
 
     expected = summary(CHUNK)
-    assert len(expected) == 2
+    assert [kind for kind, *_ in expected] == ["SpeechStarted", "SpeechPaused", "SpeechEnded"]
     for size in (7, 513, 4096, len(pcm)):
         assert summary(size) == expected
 
@@ -166,7 +175,7 @@ def test_vad_drops_a_blip_shorter_than_min_speech(vad_model: SileroVadModel) -> 
     strict = VoiceActivityDetector(vad_model, VadSettings(min_speech_ms=250))
     assert run_vad(strict, blip) == []
     lenient = VoiceActivityDetector(vad_model, VadSettings(min_speech_ms=64))
-    assert [type(e) for e in run_vad(lenient, blip)] == [SpeechStarted, SpeechEnded]
+    assert [type(e) for e in run_vad(lenient, blip)] == [SpeechStarted, SpeechPaused, SpeechEnded]
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,198 @@
+"""The learned end of turn (engine/turns.py) over real peers and real speech.
+
+Smart Turn v3.2 (models/), the real VAD and Whisper; the candidate is a real
+aiortc peer playing recorded LibriVox speech. What is asserted is which rule
+ended each turn and that a thinking pause was not taken for the end, never a
+duration (the latency figures are in BENCHMARKS.md, from
+scripts/bench_turn_taking.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import wave
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import asyncpg
+import numpy as np
+
+from adapters.silero import SileroVadModel
+from adapters.smart_turn import SmartTurnModel
+from adapters.whisper import WhisperTranscriber, resolve_asr_model
+from engine.arrays import Float32Array
+from engine.ports import TranscriptResult
+from engine.turns import EndOfTurnSettings, TurnEstimate, TurnProbe, judge, text_cues
+from engine.vad import VoiceActivityDetector
+from media.audio_track import AudioTranscriber, Transcript
+from testing import Candidate, ScriptedSpeech, SpeechTrack
+from tests.conftest import SPEECH, AppFactory
+from tests.test_interview import wait_for_state
+from tests.test_media import stored_row
+
+CLIP = SPEECH / "sense_and_sensibility_01_austen_64kb-0890.wav"  # "Unless to be rather cold hearted ..."
+CUT_S = 1.47  # after "Unless to be rather" (a word gap; faster-whisper word times: 1.02-1.46)
+QUESTION = "How do you handle a disagreement in your team?"
+
+
+def thinking_pause(path: Path, pause_s: float) -> Path:
+    """The clip with a `pause_s` thinking pause of its own room tone inserted at CUT_S."""
+    with wave.open(str(CLIP)) as w:
+        pcm = np.frombuffer(w.readframes(w.getnframes()), np.int16)
+    cut = int(CUT_S * 16000)
+    cut = cut - 800 + int(np.argmin([np.sum(pcm[i:i + 160].astype(float) ** 2)
+                                     for i in range(cut - 800, cut + 800, 160)])) * 160
+    room = np.resize(pcm[: int(0.2 * 16000)], int(pause_s * 16000))  # before the first word
+    out = np.concatenate([pcm[:cut], room, pcm[cut:]])
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(16000)
+        w.writeframes(out.tobytes())
+    return path
+
+
+# -- the rule -----------------------------------------------------------------------
+
+
+def test_text_cues_read_an_unfinished_answer() -> None:
+    assert text_cues("Unless to be rather...", 8) == ("trails-off", "short")
+    assert text_cues("I moved the team to the", 8) == ("no-final-punctuation", "open-word", "short")
+    assert text_cues("We shipped it in two weeks and nobody was paged.", 8) == ()
+    assert text_cues("Yes.", 8) == ("short",)
+
+
+def test_judge_ends_on_the_model_only_when_text_and_model_agree() -> None:
+    settings = EndOfTurnSettings(threshold=0.9, ceiling_s=3.0)
+    done = "We shipped it in two weeks and nobody was paged."
+    sure = [TurnEstimate(0.2, 0.97)]
+    assert judge(settings, silence_s=0.25, estimates=sure, answer=done).rule == "model"
+    assert judge(settings, silence_s=0.25, estimates=sure, answer=done).end
+    # One low answer during this pause: only the ceiling ends it.
+    doubt = [TurnEstimate(0.2, 0.4), TurnEstimate(0.4, 0.99)]
+    assert not judge(settings, silence_s=0.45, estimates=doubt, answer=done).end
+    assert judge(settings, silence_s=3.0, estimates=doubt, answer=done).rule == "ceiling"
+    # Text that stops mid-sentence outweighs a confident model.
+    open_text = judge(settings, silence_s=2.5, estimates=sure, answer="and then I moved the")
+    assert (open_text.end, open_text.rule) == (False, "text-open")
+    assert not judge(settings, silence_s=2.5, estimates=sure, answer="Yes.").end
+
+
+class CountingModel:
+    """Our own seam (engine.ports.TurnModel): records the audio it was asked about."""
+
+    def __init__(self) -> None:
+        self.asked: list[int] = []
+
+    def probability(self, audio: Float32Array) -> float:
+        self.asked.append(len(audio))
+        return 0.5
+
+
+def test_the_probe_asks_at_each_scheduled_silence_once() -> None:
+    model = CountingModel()
+    settings = EndOfTurnSettings(ask_at_s=(0.2, 0.7), ceiling_s=1.0)
+    probe = TurnProbe(model, settings)
+    chunk = np.zeros(320, np.float32)  # 20 ms
+    for i in range(50):  # 1 s of speech
+        assert probe.feed(chunk, last_voiced_at=(i + 1) * 0.02, speaking=True,
+                          speech_started_at=0.0 if i == 12 else None) == []
+    voiced = 1.0
+    silences = []
+    for _ in range(60):
+        silences += [e.silence_s for e in probe.feed(chunk, last_voiced_at=voiced, speaking=False)]
+    assert [round(s, 2) for s in silences] == [0.2, 0.7]  # nothing at or past the ceiling
+    assert all(n <= 8 * 16000 for n in model.asked)
+
+
+# -- over a real peer ------------------------------------------------------------------------
+
+
+async def interview(make_client: AppFactory, db: asyncpg.Connection, answer: Path) -> dict:
+    client = await make_client(ice_loopback_only=True, keepalive_timeout_s=5.0,
+                               interviewer=True, nudge_s=30.0)
+    template_id = await db.fetchval(
+        "INSERT INTO job_templates (job_role, questions) VALUES ('Engineer', $1) "
+        "RETURNING template_id", json.dumps([QUESTION]))
+    resp = await client.post("/sessions", json={"template_id": str(template_id)})
+    sid = (await resp.json())["session_id"]
+    voice = ScriptedSpeech()
+    candidate = Candidate(voice, None)
+    try:
+        await candidate.join(client, sid)
+        await wait_for_state(candidate, "listening", 1)
+        voice.say(answer)
+        row = await stored_row(db, sid, timeout=120)
+    finally:
+        await candidate.close()
+    info: dict = json.loads(row["session_information"])
+    return info
+
+
+async def test_a_finished_answer_is_ended_by_the_model(make_client: AppFactory,
+                                                       db: asyncpg.Connection) -> None:
+    info = await interview(make_client, db, CLIP)
+    users = [t["content"] for t in info["conversation_history"] if t["role"] == "user"]
+    assert len(users) == 1 and "selfish" in users[0].lower()
+    decision = info["turn_decisions"][0]
+    # Smart Turn is sure at the first ask; the draft text ends the sentence.
+    assert decision["rule"] == "model", decision
+    assert decision["probability"] >= 0.9 and decision["silence_s"] < 3.0
+
+
+async def test_a_two_second_thinking_pause_is_not_taken_for_the_end(
+    make_client: AppFactory, db: asyncpg.Connection, tmp_path: Path
+) -> None:
+    info = await interview(make_client, db, thinking_pause(tmp_path / "pause.wav", 2.0))
+    users = [t["content"] for t in info["conversation_history"] if t["role"] == "user"]
+    # One answer holding both halves: the interviewer waited through the pause.
+    assert len(users) == 1, users
+    assert "rather" in users[0].lower() and "selfish" in users[0].lower()
+    assert len(info["turn_decisions"]) == 1
+
+
+# -- speculative transcription ------------------------------------------------------------------
+
+
+class SlowDraft:
+    """Our own seam (engine.ports.Transcriber): the real Whisper, answering late."""
+
+    def __init__(self, inner: WhisperTranscriber, delay_s: float) -> None:
+        self.inner = inner
+        self.delay_s = delay_s
+
+    def transcribe(self, audio: Float32Array) -> TranscriptResult:
+        time.sleep(self.delay_s)
+        return self.inner.transcribe(audio)
+
+
+async def test_speculation_is_dropped_when_the_candidate_goes_on(
+    tmp_path: Path, loop_errors: list[dict[str, object]]
+) -> None:
+    whisper = WhisperTranscriber(resolve_asr_model(None)[0])
+    # The draft of the fragment is still running when speech resumes 1.5 s later.
+    track = SpeechTrack(thinking_pause(tmp_path / "pause.wav", 1.5), lead_s=0.3)
+    got: list[Transcript] = []
+    estimates: list[TurnEstimate] = []
+    with ThreadPoolExecutor(2) as asr, ThreadPoolExecutor(1) as vad:
+        audio = AudioTranscriber(
+            track, vad=VoiceActivityDetector(SileroVadModel()), transcriber=whisper,
+            draft_transcriber=SlowDraft(whisper, 2.5), vad_executor=vad, asr_executor=asr,
+            on_transcript=got.append, name="spec",
+            turn_probe=TurnProbe(SmartTurnModel(), EndOfTurnSettings()),
+            on_turn_estimate=estimates.append,
+        )
+        await asyncio.sleep(7.5)  # the clip, its pause, and the end silence
+        await audio.close()
+    assert audio.stats.speculations >= 2  # the thinking pause and the end
+    provisional = [t for t in got if t.provisional]
+    committed = [t for t in got if not t.provisional]
+    # The pause's draft was dropped, never reported; the whole answer was committed.
+    assert all(t.start != committed[0].start or t.end == committed[0].end for t in provisional)
+    assert "selfish" in " ".join(t.text for t in committed).lower()
+    assert [round(e.silence_s, 1) for e in estimates[:2]] == [0.2, 0.4]
+    # Cancelled work leaves no task behind.
+    left = [t for t in asyncio.all_tasks() if "spec-audio" in t.get_name()]
+    assert left == []
