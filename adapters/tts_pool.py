@@ -46,6 +46,16 @@ _SENTENCE_TIMEOUT_S = 20.0
 _PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process `pid` (Linux /proc; 0 where unreadable)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 class WorkerFailed(RuntimeError):
     """A worker died, stalled, or broke the protocol."""
 
@@ -59,6 +69,7 @@ class _Worker:
         self._proc: subprocess.Popen[bytes] | None = None
         self.sample_rate = 0
         self.busy = False  # a request is on its way (tests kill it then)
+        self.exited_cpu_s = 0.0  # CPU time of this worker's programs that exited
         self.lock = threading.Lock()  # held while speaking or restarting
 
     @property
@@ -81,8 +92,21 @@ class _Worker:
                          daemon=True).start()
 
     def _watch(self, proc: subprocess.Popen[bytes]) -> None:
+        try:
+            # Wait for the exit without reaping it: the zombie's CPU times
+            # are still readable, so a restart keeps its CPU counted.
+            os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)
+            self.exited_cpu_s += process_cpu_seconds(proc.pid)
+        except (ChildProcessError, OSError):
+            pass  # reaped elsewhere already
         proc.wait()
         self._on_exit(self, proc.pid)
+
+    @property
+    def cpu_seconds(self) -> float:
+        """CPU time of this worker's programs so far, the exited ones included."""
+        live = self.pid
+        return self.exited_cpu_s + (0.0 if live is None else process_cpu_seconds(live))
 
     def stop(self) -> None:
         proc, self._proc = self._proc, None
@@ -175,6 +199,11 @@ class PiperPool:
         for worker in self._workers:
             self._idle.put(worker)
         logger.info("started %d Piper worker(s) in %.2fs", processes, time.perf_counter() - started)
+
+    @property
+    def cpu_seconds(self) -> float:
+        """CPU time the Piper worker programs spent, restarted ones included."""
+        return sum(w.cpu_seconds for w in self._workers)
 
     @property
     def pids(self) -> list[int]:

@@ -165,6 +165,8 @@ class Conversation:
         self._taken_span: tuple[float, float] | None = None
         self._taken_text = ""
         self._estimates: list[TurnEstimate] = []  # the model's answers during this pause
+        self._pause_draft: str | None = None  # the provisional text seen during this pause
+        self._draft_after = 0
         self._last_voiced_at = 0.0
         self._transcript_at = 0.0
         self._last_activity = self._loop.time()
@@ -195,7 +197,7 @@ class Conversation:
         if active:
             self._awaiting_transcript = True  # this speech will be transcribed
             self._estimates = []
-            self._provisional = self._provisional_span = None
+            self._provisional = self._provisional_span = self._pause_draft = None
             if self._speaking and self._barge_timer is None:
                 wait = max(0.0, self._settings.barge_in_s - self._settings.vad_confirm_s)
                 self._barge_timer = self._loop.call_later(wait, self._barge_in)
@@ -220,6 +222,8 @@ class Conversation:
         if provisional:
             if not echo and not self._candidate_speaking:
                 self._provisional, self._provisional_span = text or None, span
+                self._pause_draft = text or None
+                self._draft_after = len(self._pieces)  # the pieces before the draft's audio
                 self._note_voiced(now, latency_s)
             self._changed.set()
             return
@@ -372,7 +376,11 @@ class Conversation:
         silence = now - self._last_voiced_at
         if self._estimates:
             silence = max(silence, self._estimates[-1].silence_s)
-        decision = judge(learned, silence_s=silence, estimates=self._estimates, answer=answer)
+        draft = None
+        if self._pause_draft is not None:
+            draft = " ".join([*self._pieces[: self._draft_after], self._pause_draft])
+        decision = judge(learned, silence_s=silence, estimates=self._estimates, answer=answer,
+                         draft=draft)
         if decision.end:
             return now, decision
         ceiling = self._last_voiced_at + learned.ceiling_s
@@ -409,6 +417,7 @@ class Conversation:
             self._taken_span, self._taken_text = self._provisional_span, self._provisional
         self._provisional = self._provisional_span = None
         self._estimates = []
+        self._pause_draft = None
         self._pieces = []
         self._session.answer_in_progress("")
         if answer:

@@ -13,7 +13,8 @@ model's probabilities and the answer's text into a decision:
   (rule ``ceiling``);
 - the text reads as unfinished (it trails off with "..." or a comma, has no
   final punctuation, or its last word is one a sentence cannot end on, such
-  as "and", "the", "to"), or the answer is shorter than
+  as "and", "the", "to"; in the committed transcript or in the speculative
+  draft of the same audio), or the answer is shorter than
   `short_answer_words`: keep listening up to the ceiling (``text-open``,
   ``short``); a thinking pause looks like this far more often than a
   finished answer does;
@@ -133,10 +134,19 @@ def judge(
     silence_s: float,
     estimates: list[TurnEstimate],
     answer: str,
+    draft: str | None = None,
 ) -> TurnDecision:
-    """Is the answer over, after `silence_s` of silence and these model answers?"""
+    """Is the answer over, after `silence_s` of silence and these model answers?
+
+    `draft`: the answer as the speculative transcript of this pause had it.
+    Its cues count too: the quick draft decodes the audio sized to it and
+    writes "..." where speech breaks off, while the 30 s decoding of the same
+    audio tends to close every piece with a full stop.
+    """
     latest = estimates[-1].probability if estimates else None
     cues = text_cues(answer, settings.short_answer_words)
+    if draft is not None and draft != answer:
+        cues = tuple(dict.fromkeys(cues + text_cues(draft, settings.short_answer_words)))
     if silence_s >= settings.ceiling_s:
         return TurnDecision(True, "ceiling", silence_s, latest, cues)
     if any(cue != "short" for cue in cues):

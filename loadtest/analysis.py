@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from loadtest.candidate import CandidateResult
-from loadtest.monitor import HistogramSummary, ServerSample
+from loadtest.monitor import HistogramSummary, MetricsSnapshot, ServerSample
 from loadtest.runner import StepData
 from loadtest.scenarios import SCENARIOS
 from testing import wer
@@ -199,7 +199,15 @@ def _frames(data: StepData, candidates: list[CandidateResult]) -> dict[str, Any]
         "speech_pieces_dropped": delta("interview_speech_pieces_dropped_total"),
         "db_write_failures": delta("interview_db_write_failures_total"),
         "outbox_rows": after.value("interview_outbox_rows"),
+        "cpu_by_stage_s": _cpu_by_stage(after, before),
     }
+
+
+def _cpu_by_stage(after: MetricsSnapshot, before: MetricsSnapshot | None) -> dict[str, float]:
+    """CPU seconds each server stage spent during the step (interview_cpu_seconds_total)."""
+    now = after.by_label("interview_cpu_seconds_total", "stage")
+    then = before.by_label("interview_cpu_seconds_total", "stage") if before else {}
+    return {stage: round(v - then.get(stage, 0.0), 3) for stage, v in sorted(now.items())}
 
 
 def _histograms(data: StepData) -> dict[str, Any]:

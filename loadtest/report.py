@@ -104,6 +104,22 @@ def _server_table(runs: list[dict[str, Any]]) -> list[str]:
         lines.append(f"| {run['sessions']} | " + " | ".join(cells)
                      + f" | {_fmt(dropped, digits=0)} | {_fmt(f.get('speech_pieces_dropped'), digits=0)} "
                      + f"| {_longest_wait(run['server'].get('queues', {}))} |")
+    return lines + [""] + _cpu_table(runs)
+
+
+def _cpu_table(runs: list[dict[str, Any]]) -> list[str]:
+    """CPU per session by stage, % of one core (interview_cpu_seconds_total)."""
+    stages = sorted({stage for run in runs for stage in run["frames"].get("cpu_by_stage_s", {})})
+    if not stages:
+        return []
+    lines = ["CPU per session by stage, % of one core (interview_cpu_seconds_total over the step):",
+             "", "| sessions | " + " | ".join(stages) + " | all |", "|---" * (len(stages) + 2) + "|"]
+    for run in runs:
+        cpu = run["frames"].get("cpu_by_stage_s", {})
+        per = max(run["sessions"] * run["wall_s"], 1e-9)
+        cells = [_fmt(100 * cpu[stage] / per, digits=1) if stage in cpu else "–" for stage in stages]
+        lines.append(f"| {run['sessions']} | " + " | ".join(cells)
+                     + f" | {_fmt(100 * sum(cpu.values()) / per, digits=1)} |")
     return lines + [""]
 
 

@@ -61,6 +61,7 @@ class SchedulerStats:
     overdue: int = 0  # jobs picked because they had waited max_wait_s
     batches: int = 0  # decodes of more than one piece
     batched: int = 0  # pieces decoded in those
+    cpu_seconds: float = 0.0  # CPU time of the scheduler's threads in jobs
 
 
 @dataclass
@@ -177,10 +178,14 @@ class AsrScheduler(Executor):
     def _work(self) -> None:
         while jobs := self._next_jobs():
             jobs = [job for job in jobs if job.future.set_running_or_notify_cancel()]
+            cpu = time.thread_time()
             if len(jobs) == 1:
                 _run(jobs[0])
             elif jobs:
                 self._run_batch(jobs)
+            spent = time.thread_time() - cpu
+            with self._cond:
+                self.stats.cpu_seconds += spent
 
     def _run_batch(self, jobs: list[_Job]) -> None:
         transcriber = jobs[0].transcriber

@@ -234,8 +234,8 @@ class AudioTranscriber:
             for event in events:
                 if isinstance(event, SpeechSegment):
                     self._queue_piece(event, self._arrival_of(event), self._take_speculation(event))
-                elif isinstance(event, SpeechPaused) and not ended:
-                    self._speculate(event)
+                elif isinstance(event, SpeechPaused) and not ended and self._turn_probe is not None:
+                    self._speculate(event)  # only turn-taking needs text this early
             self.stats.turn_asks += len(estimates)
             if self._on_turn_estimate is not None:
                 for estimate in estimates:
@@ -340,7 +340,9 @@ class AudioTranscriber:
 
     def _report_speculation(self, speculation: _Speculation) -> None:
         task = speculation.task
-        if self._speculation is not speculation or task.cancelled() or task.exception() is not None:
+        if task.cancelled() or task.exception() is not None:  # (retrieved: never logged)
+            return
+        if self._speculation is not speculation:
             return
         result = task.result()
         loop = asyncio.get_running_loop()

@@ -124,6 +124,8 @@ class WebRtcCall:
             totals.video_dropped = v.samples_dropped
             totals.video_unchanged = v.samples_unchanged
             totals.video_refused = v.frames_refused
+        if self._recorder is not None:
+            totals.recording_cpu_s = self._recorder.stats.encode_cpu_seconds
         totals.extra_track_frames = self.extra_track_frames
         totals.messages_refused = self.peer.messages_refused
         totals.events_dropped = self.peer.messages_dropped

@@ -9,6 +9,8 @@ nothing for them.
 
 from __future__ import annotations
 
+import time
+
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
@@ -41,6 +43,7 @@ class FrameTotals:
     extra_track_frames: int = 0  # frames of tracks beyond the first audio and video, discarded
     messages_refused: int = 0  # data-channel messages beyond the candidate's rate
     events_dropped: int = 0  # data-channel events the candidate did not read in time
+    recording_cpu_s: float = 0.0  # CPU time of the recorders' writer threads
 
     def add(self, other: FrameTotals) -> None:
         for name in vars(self):
@@ -50,6 +53,7 @@ class FrameTotals:
 @dataclass
 class MediaMetrics:
     registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+    _cpu_read: Callable[[], Mapping[str, float]] | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         r = self.registry
@@ -104,6 +108,12 @@ class MediaMetrics:
         """A counter read at scrape time from a running total kept elsewhere."""
         self.registry.register(_FunctionCounter(name, documentation, read))
 
+    def cpu_stages(self, read: Callable[[], Mapping[str, float]]) -> None:
+        """CPU seconds per stage (`interview_cpu_seconds_total{stage}`): `read()`
+        gives the executors' and the voice's; recording comes from the frame
+        totals; "media" is the rest of this process (aiortc, decoding, the loop)."""
+        self._cpu_read = read
+
     def frame_counters(self, live: Callable[[], Iterable[FrameTotals]]) -> None:
         """Export frame counters summed over live pipelines and closed ones."""
         self.registry.register(_FrameCollector(self, live))
@@ -156,6 +166,26 @@ class _FrameCollector(Collector):
         refused.add_metric(["message_rate"], total.messages_refused)
         refused.add_metric(["event_unread"], total.events_dropped)
         yield from (received, dropped, samples, skipped, pieces, recording, refused)
+        read = self._metrics._cpu_read
+        if read is not None:
+            yield _cpu_family(read(), total.recording_cpu_s)
+
+
+# Stages whose CPU is spent outside this process (not subtracted from "media").
+_OUT_OF_PROCESS = ("voice",)
+
+
+def _cpu_family(stages: Mapping[str, float], recording_s: float) -> Metric:
+    cpu = CounterMetricFamily(
+        "interview_cpu_seconds", "CPU seconds by stage: vad (VAD and the end-of-turn model), "
+        "asr, detection, voice (the Piper programs), recording, files, media (the rest of "
+        "this process: aiortc, decoding, the event loop)", labels=["stage"])
+    measured = dict(stages, recording=recording_s)
+    inside = sum(v for k, v in measured.items() if k not in _OUT_OF_PROCESS)
+    measured["media"] = max(0.0, time.process_time() - inside)
+    for stage, seconds in sorted(measured.items()):
+        cpu.add_metric([stage], seconds)
+    return cpu
 
 
 class _QueueCollector(Collector):

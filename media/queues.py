@@ -69,6 +69,7 @@ class MeteredExecutor(Executor):
         self._lock = threading.Lock()
         self._tokens = itertools.count()
         self._waiting: dict[int, float] = {}  # token -> submit time, oldest first
+        self.cpu_seconds = 0.0  # CPU time its threads spent in jobs
 
     def submit(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Future[T]:
         token = next(self._tokens)
@@ -77,7 +78,13 @@ class MeteredExecutor(Executor):
 
         def run() -> T:
             self._started(token)
-            return fn(*args, **kwargs)
+            cpu = time.thread_time()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                spent = time.thread_time() - cpu
+                with self._lock:
+                    self.cpu_seconds += spent
 
         try:
             future = self._pool.submit(run)

@@ -123,7 +123,7 @@ class MediaRuntime:
     @classmethod
     def from_config(cls, config: Config, models: MediaModels, metrics: MediaMetrics) -> MediaRuntime:
         _voice_counters(metrics, models.synthesizer)
-        return cls(
+        runtime = cls(
             models=models,
             layout=DataLayout(config.data_dir),
             urls=PublicUrls(config.public_url or ""),
@@ -151,6 +151,23 @@ class MediaRuntime:
                 else None,
             ),
         )
+        metrics.cpu_stages(runtime.cpu_seconds)
+        return runtime
+
+    def cpu_seconds(self) -> dict[str, float]:
+        """CPU time each stage's threads spent in jobs, and the voice's programs."""
+        out: dict[str, float] = {}
+        for stage, executor in (("asr", self.asr_executor), ("detection", self.detect_executor),
+                                ("vad", self.vad_executor), ("files", self.file_executor)):
+            if isinstance(executor, AsrScheduler):
+                out[stage] = executor.stats.cpu_seconds
+            elif isinstance(executor, MeteredExecutor):
+                out[stage] = executor.cpu_seconds
+        pool = getattr(self.models.synthesizer, "inner", self.models.synthesizer)
+        voice = getattr(pool, "cpu_seconds", None)
+        if isinstance(voice, float):
+            out["voice"] = voice
+        return out
 
     def executors(self) -> dict[str, Executor]:
         return {"asr": self.asr_executor, "detect": self.detect_executor,

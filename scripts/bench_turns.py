@@ -33,7 +33,7 @@ interview_asr_seconds, interview_transcript_latency_seconds and
 interview_tts_seconds. Figures only; nothing is asserted.
 
 Usage: HF_HUB_OFFLINE=1 .venv/bin/python scripts/bench_turns.py --engine offline|gemini
-       [--turns 20] [--end-of-turn 0.8]
+       [--turns 20] [--turn-detection smart-turn|silence] [--end-of-turn 0.8]
 """
 
 from __future__ import annotations
@@ -194,13 +194,16 @@ async def interview(args: argparse.Namespace) -> TurnRun:
     settings = {"INTERVIEWER": "1", "INTERVIEWER_GREETING": GREETING, "NUDGE_S": "60"}
     if args.end_of_turn is not None:
         settings["END_OF_TURN_S"] = f"{args.end_of_turn:g}"
+    settings["TURN_DETECTION"] = args.turn_detection
     stub = None
     if args.engine == "gemini":
         stub = GeminiStub()
         await stub.start()
         stub.script(*gemini_replies(args.turns + 10, args.first_token_ms / 1000, args.chunk_ms / 1000))
         settings.update(GEMINI_API_KEY="bench-key", GEMINI_BASE_URL=stub.base_url)
-    label = f"engine={args.engine} END_OF_TURN_S={args.end_of_turn or 1.2:g}"
+    label = f"engine={args.engine} TURN_DETECTION={args.turn_detection}"
+    if args.turn_detection == "silence":
+        label += f" END_OF_TURN_S={args.end_of_turn or 1.2:g}"
     if stub is not None:
         label += f" first token {args.first_token_ms:g} ms, {args.chunk_ms:g} ms/chunk"
     try:
@@ -278,6 +281,8 @@ def main() -> None:
     parser.add_argument("--turns", type=int, default=20)
     parser.add_argument("--end-of-turn", type=float, default=None,
                         help="END_OF_TURN_S for the server (its default: 1.2)")
+    parser.add_argument("--turn-detection", choices=("smart-turn", "silence"), default="smart-turn",
+                        help="TURN_DETECTION for the server (its default: smart-turn)")
     parser.add_argument("--first-token-ms", type=float, default=400)
     parser.add_argument("--chunk-ms", type=float, default=40)
     parser.add_argument("--no-video", dest="video", action="store_false",

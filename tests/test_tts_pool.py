@@ -100,6 +100,9 @@ def test_worker_killed_mid_sentence_is_restarted(pool: PiperPool) -> None:
 
 def test_worker_dying_while_idle_is_restarted_before_the_next_sentence(pool: PiperPool) -> None:
     first_pid = pool.pids[0]
+    pool.synthesize("Tell me about a project you are proud of.")
+    spent = pool.cpu_seconds  # the voice's CPU (interview_cpu_seconds_total{stage="voice"})
+    assert spent > 0
     os.kill(first_pid, signal.SIGKILL)
     deadline = time.monotonic() + 60
     while pool.restarts == 0 and time.monotonic() < deadline:
@@ -107,6 +110,7 @@ def test_worker_dying_while_idle_is_restarted_before_the_next_sentence(pool: Pip
     assert pool.restarts == 1 and pool.pids[0] != first_pid
     assert rms(pool.synthesize("Ready when you are.")) > 1000
     assert pool.restarts == 1 and pool.fallbacks == 0
+    assert pool.cpu_seconds > spent  # the killed program's CPU is still counted
 
 
 @needs_espeak

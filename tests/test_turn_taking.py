@@ -44,7 +44,7 @@ def thinking_pause(path: Path, pause_s: float) -> Path:
     cut = int(CUT_S * 16000)
     cut = cut - 800 + int(np.argmin([np.sum(pcm[i:i + 160].astype(float) ** 2)
                                      for i in range(cut - 800, cut + 800, 160)])) * 160
-    room = np.resize(pcm[: int(0.2 * 16000)], int(pause_s * 16000))  # before the first word
+    room = np.resize(pcm[: int(0.12 * 16000)], int(pause_s * 16000))  # before the first word
     out = np.concatenate([pcm[:cut], room, pcm[cut:]])
     with wave.open(str(path), "wb") as w:
         w.setnchannels(1)
@@ -78,6 +78,12 @@ def test_judge_ends_on_the_model_only_when_text_and_model_agree() -> None:
     open_text = judge(settings, silence_s=2.5, estimates=sure, answer="and then I moved the")
     assert (open_text.end, open_text.rule) == (False, "text-open")
     assert not judge(settings, silence_s=2.5, estimates=sure, answer="Yes.").end
+    # The committed transcript closed the piece with a full stop; the draft of
+    # the same audio heard it break off: still open.
+    closed = "Unless to be rather cold hearted and rather selfish."
+    held = judge(settings, silence_s=1.2, estimates=sure, answer=closed,
+                 draft="Unless to be rather cold hearted and rather...")
+    assert (held.end, held.rule, held.cues) == (False, "text-open", ("trails-off",))
 
 
 class CountingModel:
