@@ -52,7 +52,7 @@ DEFAULT_INTERVIEW_MINUTES = 20.0
 DEFAULT_END_OF_TURN_S = 1.2
 # The learned end of turn (engine/turns.py): Smart Turn's P(complete) that
 # ends an answer whose text reads as finished, and the silence that ends any.
-DEFAULT_TURN_THRESHOLD = 0.95
+DEFAULT_TURN_THRESHOLD = 0.8
 DEFAULT_TURN_CEILING_S = 3.0
 DEFAULT_NUDGE_S = 20.0
 DEFAULT_GEMINI_MODEL = "gemini-2.5-flash"

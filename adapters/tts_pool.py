@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from adapters.piper_worker import HEADER, MAX_FRAME
+from adapters.procstat import process_cpu_seconds
 from engine.arrays import Int16Array
 from engine.ports import Synthesizer, SynthesizerUnavailable
 from engine.resample import resample
@@ -44,16 +45,6 @@ logger = logging.getLogger(__name__)
 _START_TIMEOUT_S = 60.0
 _SENTENCE_TIMEOUT_S = 20.0
 _PROJECT_ROOT = Path(__file__).resolve().parent.parent
-
-
-def process_cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of process `pid` (Linux /proc; 0 where unreadable)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            fields = f.read().rsplit(b")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 class WorkerFailed(RuntimeError):

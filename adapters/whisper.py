@@ -36,6 +36,7 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
+from adapters.procstat import thread_cpu_seconds, thread_ids
 from engine.ports import TranscriptResult
 
 __all__ = [
@@ -148,6 +149,7 @@ class WhisperTranscriber:
         device = self.settings.device or device
         compute_type = self.settings.compute_type or compute_type
         started = time.perf_counter()
+        born_before = thread_ids()
         self._model = WhisperModel(
             model,
             device=device,
@@ -155,12 +157,20 @@ class WhisperTranscriber:
             cpu_threads=self.settings.cpu_threads,
             num_workers=self.settings.num_workers,
         )
+        # CTranslate2 decodes on worker threads of its own, started with the
+        # model: the caller's thread only waits, so their CPU is read here.
+        self._worker_threads = thread_ids() - born_before
         self._tokenizers: dict[str, Any] = {}
         self.refits = 0  # fitted chunks decoded again at 30 s (too repetitive)
         logger.info(
             "loaded whisper %s on %s/%s in %.2fs",
             model, device, compute_type, time.perf_counter() - started,
         )
+
+    @property
+    def cpu_seconds(self) -> float:
+        """CPU time of CTranslate2's worker threads for this model so far."""
+        return sum(thread_cpu_seconds(tid) for tid in self._worker_threads)
 
     def draft(self) -> WhisperTranscriber:
         """The same loaded model, decoding each piece sized to its audio ("fit").

@@ -116,24 +116,33 @@ class AsrScheduler(Executor):
         return future
 
     def submit_transcription(
-        self, session: str, transcriber: Transcriber, audio: Any
+        self, session: str, transcriber: Transcriber, audio: Any, *, urgent: bool = False
     ) -> Future[TranscriptResult]:
-        """Queue `transcriber.transcribe(audio)` for `session`; it may join a batch."""
+        """Queue `transcriber.transcribe(audio)` for `session`; it may join a batch.
+
+        `urgent`: ahead of the session's other waiting pieces (a speculative
+        draft the end of the turn waits for goes before pieces that are only
+        for the record); other sessions' turns are not affected.
+        """
         future: Future[TranscriptResult] = Future()
         audio_s = len(audio) / _SAMPLE_RATE
         job = _Job(lambda: transcriber.transcribe(audio), future, audio_s, transcriber=transcriber,
                    audio=audio)
-        self._queue(session, job)
+        self._queue(session, job, urgent=urgent)
         return future
 
-    def _queue(self, session: str, job: _Job) -> None:
+    def _queue(self, session: str, job: _Job, *, urgent: bool = False) -> None:
         with self._cond:
             if self._closed:
                 raise RuntimeError("cannot schedule new jobs after shutdown")
             if self._pending >= self._max_pending:
                 self.stats.dropped += 1
                 raise AsrBacklogFull(f"{self._pending} transcriptions already waiting")
-            self._lanes.setdefault(session, deque()).append(job)
+            lane = self._lanes.setdefault(session, deque())
+            if urgent:
+                lane.appendleft(job)
+            else:
+                lane.append(job)
             self._pending += 1
             if len(self._threads) < self._workers:
                 self._start_thread()

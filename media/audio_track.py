@@ -314,12 +314,12 @@ class AudioTranscriber:
             self._on_transcript(transcript)
 
     async def _transcribe(
-        self, audio: np.ndarray, transcriber: Transcriber | None = None
+        self, audio: np.ndarray, transcriber: Transcriber | None = None, *, urgent: bool = False
     ) -> TranscriptResult:
         transcriber = transcriber or self._transcriber
         executor = self._asr_executor
         if isinstance(executor, AsrScheduler):
-            future = executor.submit_transcription(self._name, transcriber, audio)
+            future = executor.submit_transcription(self._name, transcriber, audio, urgent=urgent)
             return await asyncio.wrap_future(future)
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(executor, transcriber.transcribe, audio)
@@ -328,7 +328,7 @@ class AudioTranscriber:
 
     def _speculate(self, pause: SpeechPaused) -> None:
         self._drop_speculation()
-        task = asyncio.create_task(self._transcribe(pause.audio, self._draft),
+        task = asyncio.create_task(self._transcribe(pause.audio, self._draft, urgent=True),
                                    name=f"{self._name}-audio-speculate")
         self._speculating.add(task)
         task.add_done_callback(self._speculating.discard)

@@ -163,6 +163,10 @@ class MediaRuntime:
                 out[stage] = executor.stats.cpu_seconds
             elif isinstance(executor, MeteredExecutor):
                 out[stage] = executor.cpu_seconds
+        # Whisper computes on CTranslate2's own threads, not the scheduler's.
+        decoder = getattr(self.models.transcriber, "cpu_seconds", None)
+        if isinstance(decoder, float):
+            out["asr"] = out.get("asr", 0.0) + decoder
         pool = getattr(self.models.synthesizer, "inner", self.models.synthesizer)
         voice = getattr(pool, "cpu_seconds", None)
         if isinstance(voice, float):

@@ -262,7 +262,7 @@ def _run_in_worker(answer: Answer) -> Events:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--threshold", type=float, default=EndOfTurnSettings().threshold)
-    parser.add_argument("--also-thresholds", default="0.9",
+    parser.add_argument("--also-thresholds", default="0.9,0.95",
                         help="(c) judged again on the same events with these TURN_THRESHOLDs")
     parser.add_argument("--ceiling", type=float, default=EndOfTurnSettings().ceiling_s)
     parser.add_argument("--encoder", choices=("pad30", "fit"), default="pad30")

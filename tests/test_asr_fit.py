@@ -22,6 +22,7 @@ import pytest
 
 from adapters.silero import SileroVadModel
 from adapters.whisper import WhisperSettings, WhisperTranscriber, resolve_asr_model
+from engine.ports import TranscriptResult
 from engine.vad import SAMPLE_RATE, SpeechSegment, VoiceActivityDetector
 from media.asr_scheduler import AsrBacklogFull, AsrScheduler
 from media.audio_track import AudioTranscriber
@@ -248,6 +249,32 @@ def test_rounds_alternate_sessions_and_a_long_wait_goes_first() -> None:
         release.set()
         first.result(10), second.result(10)
         assert order == ["long", "short"] and scheduler.stats.overdue >= 1
+    finally:
+        scheduler.shutdown()
+
+
+class Named:
+    """Our own seam (engine.ports.Transcriber): notes which piece it decoded, in order."""
+
+    def __init__(self) -> None:
+        self.order: list[int] = []
+
+    def transcribe(self, audio: np.ndarray) -> TranscriptResult:
+        self.order.append(int(audio[0]))
+        return TranscriptResult(text="", audio_s=len(audio) / 16000, elapsed_s=0.0)
+
+
+def test_an_urgent_draft_goes_before_its_sessions_waiting_pieces() -> None:
+    scheduler = AsrScheduler(1, "test-asr", max_batch=1)
+    named = Named()
+    try:
+        release, _ = gate(scheduler)
+        pieces = [scheduler.submit_transcription("a", named, np.full(16000, i, np.float32),
+                                                 urgent=i == 3) for i in (1, 2, 3)]
+        release.set()
+        for f in pieces:
+            f.result(10)
+        assert named.order == [3, 1, 2]
     finally:
         scheduler.shutdown()
 

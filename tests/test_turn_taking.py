@@ -144,7 +144,7 @@ async def test_a_finished_answer_is_ended_by_the_model(make_client: AppFactory,
     assert len(users) == 1 and "selfish" in users[0].lower()
     decision = info["turn_decisions"][0]
     # Smart Turn is sure at the first ask; the draft text ends the sentence.
-    assert decision["rule"] == "model", decision
+    assert decision["rule"] == "model", json.dumps(decision)
     assert decision["probability"] >= 0.9 and decision["silence_s"] < 3.0
 
 
