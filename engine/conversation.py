@@ -164,6 +164,7 @@ class Conversation:
         self._provisional_span: tuple[float, float] | None = None
         self._taken_span: tuple[float, float] | None = None
         self._taken_text = ""
+        self._taken_question: QuestionLog | None = None
         self._estimates: list[TurnEstimate] = []  # the model's answers during this pause
         self._pause_draft: str | None = None  # the provisional text seen during this pause
         self._draft_after = 0
@@ -235,7 +236,8 @@ class Conversation:
             # An ended turn already took this utterance's provisional text:
             # the committed transcript of the same audio replaces it there.
             self._taken_span = None
-            self._current_question().speech_s += speech_s
+            # The question it answered, not the one asked since.
+            (self._taken_question or self._current_question()).speech_s += speech_s
             if text and not echo and text != self._taken_text:
                 self._revise_answer(self._taken_text, text)
         elif echo:
@@ -415,6 +417,7 @@ class Conversation:
         answer = self._answer_so_far()
         if self._provisional is not None:
             self._taken_span, self._taken_text = self._provisional_span, self._provisional
+            self._taken_question = self._current_question()
         self._provisional = self._provisional_span = None
         self._estimates = []
         self._pause_draft = None

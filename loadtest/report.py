@@ -138,9 +138,10 @@ def _longest_wait(queues: dict[str, dict[str, float]]) -> str:
 
 _TURN_NOTE = (
     "Turn latency is the candidate's last voiced packet sent → the interviewer's voice heard. "
-    "It includes the silence the server waits for by design before it answers (END_OF_TURN_S, "
-    "1.2 s by default, plus a grace for answers under 8 words or without final punctuation); "
-    "result.json has it per clip (`turn_latency_by_clip_s`).")
+    "It includes the silence the server waits before it judges the answer over (with the "
+    "default TURN_DETECTION=smart-turn: 0.2 s and the draft transcript when the end-of-turn "
+    "model and the text agree, else up to TURN_CEILING_S, 3 s; the row's "
+    "`turn_decisions` say which); result.json has it per clip (`turn_latency_by_clip_s`).")
 
 
 def _separator() -> str:
