@@ -347,7 +347,10 @@ class Conversation:
 
     async def _listen(self) -> tuple[str, TurnMetrics | None]:
         self._set_state("listening")
+        # What was heard while the interviewer spoke is not part of the answer.
         self._pieces = []
+        self._provisional = self._provisional_span = self._pause_draft = None
+        self._estimates = []
         self._session.answer_in_progress("")
         started = self._loop.time()
         while True:

@@ -234,7 +234,8 @@ class AudioTranscriber:
             for event in events:
                 if isinstance(event, SpeechSegment):
                     self._queue_piece(event, self._arrival_of(event), self._take_speculation(event))
-                elif isinstance(event, SpeechPaused) and not ended and self._turn_probe is not None:
+                elif (isinstance(event, SpeechPaused) and not ended and not voiced
+                      and self._turn_probe is not None):
                     self._speculate(event)  # only turn-taking needs text this early
             self.stats.turn_asks += len(estimates)
             if self._on_turn_estimate is not None:

@@ -74,5 +74,9 @@ async def test_a_pdf_that_exhausts_the_memory_limit_gives_no_text(
     assert resp.status == 201, await resp.text()
     sid = (await resp.json())["session_id"]
     assert resume_text(client, sid) == ""
-    assert "MemoryError" in caplog.text and "exited with status 1" in caplog.text
+    # Where the allocation fails decides how it ends: inside a page (that page
+    # is skipped, the child exits 0) or outside (the child exits 1). Either
+    # way the cap held, it was logged, and the session has no resume text.
+    assert "MemoryError" in caplog.text
+    assert "exited with status 1" in caplog.text or "could not extract text" in caplog.text
     assert elapsed < 30
