@@ -131,6 +131,15 @@ class ConversationState:
 _WORD = re.compile(r"[a-z']+")
 
 
+@dataclass(frozen=True)
+class _Taken:
+    """A provisional transcript an ended turn took, until its committed twin comes."""
+
+    span: tuple[float, float] | None
+    text: str
+    question: QuestionLog
+
+
 class Conversation:
     def __init__(
         self,
@@ -162,9 +171,7 @@ class Conversation:
         # twin is not added again).
         self._provisional: str | None = None
         self._provisional_span: tuple[float, float] | None = None
-        self._taken_span: tuple[float, float] | None = None
-        self._taken_text = ""
-        self._taken_question: QuestionLog | None = None
+        self._taken: _Taken | None = None
         self._estimates: list[TurnEstimate] = []  # the model's answers during this pause
         self._pause_draft: str | None = None  # the provisional text seen during this pause
         self._draft_after = 0
@@ -232,14 +239,14 @@ class Conversation:
             self._awaiting_transcript = False
         if span is not None and span == self._provisional_span:
             self._provisional = self._provisional_span = None
-        if span is not None and span == self._taken_span:
+        taken = self._taken
+        if span is not None and taken is not None and span == taken.span:
             # An ended turn already took this utterance's provisional text:
             # the committed transcript of the same audio replaces it there.
-            self._taken_span = None
-            # The question it answered, not the one asked since.
-            (self._taken_question or self._current_question()).speech_s += speech_s
-            if text and not echo and text != self._taken_text:
-                self._revise_answer(self._taken_text, text)
+            self._taken = None
+            taken.question.speech_s += speech_s  # the question it answered, not the next
+            if text and not echo and text != taken.text:
+                self._revise_answer(taken.text, text)
         elif echo:
             self.echoes_ignored += 1
             log.info("ignoring the interviewer's own voice heard back: %r", text)
@@ -419,8 +426,8 @@ class Conversation:
     def _commit_answer(self) -> str:
         answer = self._answer_so_far()
         if self._provisional is not None:
-            self._taken_span, self._taken_text = self._provisional_span, self._provisional
-            self._taken_question = self._current_question()
+            self._taken = _Taken(self._provisional_span, self._provisional,
+                                 self._current_question())
         self._provisional = self._provisional_span = None
         self._estimates = []
         self._pause_draft = None

@@ -385,11 +385,7 @@ class AudioTranscriber:
         the recent arrivals; looking it up later, when transcription is far
         behind, would find it already forgotten.
         """
-        if not self._arrivals:
-            return asyncio.get_running_loop().time()
-        ends = [end for end, _ in self._arrivals]
-        i = min(bisect.bisect_left(ends, piece.last_voiced_at), len(ends) - 1)
-        arrived = self._arrivals[i][1]
+        arrived = self._arrival_near(piece.last_voiced_at)
         # Later pieces start at or after this one's end: older frames are done with.
         while len(self._arrivals) > 1 and self._arrivals[0][0] < piece.end:
             self._arrivals.popleft()
