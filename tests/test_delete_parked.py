@@ -3,6 +3,7 @@ window, through the API and with real peers (issue 11)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 
@@ -32,6 +33,12 @@ async def test_ending_a_parked_interview_closes_its_rejoin_window(
     saved = await stored_row(db, sid, timeout=15)
     assert saved["status"] == "completed"
     registry = client.server.app[REGISTRY]
+    # The row is written before the ending task parks the interview, so the
+    # test may read it a moment earlier: wait for the park itself.
+    for _ in range(50):
+        if registry.parked(uuid.UUID(sid)) is not None:
+            break
+        await asyncio.sleep(0.1)
     assert registry.parked(uuid.UUID(sid)) is not None  # inside the rejoin window
 
     resp = await client.request(method, f"/sessions/{sid}{suffix}", headers=KEY)
