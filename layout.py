@@ -79,6 +79,14 @@ class PublicUrls:
     def join(self, session_id: uuid.UUID, token: str) -> str:
         return f"{self.base}/?session={session_id}&token={token}"
 
+    def review(self, session_id: uuid.UUID, token: str) -> str:
+        """The review page, opened with a review token (`review_url`)."""
+        return f"{self.base}/review/{session_id}?token={token}"
+
+    def review_page(self, session_id: uuid.UUID) -> str:
+        """The review page without a token (the API key holder's sessions list)."""
+        return f"{self.base}/review/{session_id}"
+
     def resume(self, session_id: uuid.UUID) -> str:
         return f"{self.base}/sessions/{session_id}/resume"
 

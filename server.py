@@ -15,7 +15,7 @@ import sys
 
 from aiohttp import web
 
-from api import files, openapi, operations, sessions, signaling
+from api import files, openapi, operations, review, sessions, signaling
 from api.auth import access_middleware
 from api.bodies import MAX_RESUME_BYTES
 from api.cors import cors_middleware
@@ -43,14 +43,19 @@ _EVIDENCE = f"{_SESSION}/evidence/{{name:{files.EVIDENCE_NAME}}}"
 # enforces it, and the app will not start with a route missing from here.
 ROUTES: tuple[Route | Static, ...] = (
     Route("POST", "/sessions", sessions.create_session, Access.MANAGEMENT),
+    Route("GET", "/sessions", review.list_sessions, Access.MANAGEMENT),
     Route("GET", _SESSION, sessions.get_session, Access.MANAGEMENT),
     Route("DELETE", _SESSION, sessions.delete_session, Access.MANAGEMENT),
     Route("GET", f"{_SESSION}/info", sessions.get_info, Access.MANAGEMENT),
     Route("POST", f"{_SESSION}/save", sessions.save_session, Access.MANAGEMENT),
     Route("POST", f"{_SESSION}/end", sessions.end_session, Access.MANAGEMENT_OR_CANDIDATE),
     Route("GET", f"{_SESSION}/resume", files.get_resume, Access.MANAGEMENT),
-    Route("GET", _EVIDENCE, files.get_evidence, Access.MANAGEMENT),
-    Route("GET", f"{_SESSION}/recording", files.get_recording, Access.MANAGEMENT),
+    Route("GET", _EVIDENCE, files.get_evidence, Access.REVIEW),
+    Route("GET", f"{_SESSION}/recording", files.get_recording, Access.REVIEW),
+    Route("GET", f"{_SESSION}/review", review.get_review, Access.REVIEW),
+    Route("PUT", f"{_SESSION}/review", review.put_review, Access.REVIEW_DECIDE),
+    Route("PUT", f"{_SESSION}/flags/{{flag}}", review.put_flag, Access.REVIEW_DECIDE),
+    Route("POST", f"{_SESSION}/review-tokens", review.post_review_token, Access.MANAGEMENT),
     Route("POST", f"{_SESSION}/offer", signaling.post_offer, Access.CANDIDATE_REJOINING),
     Route("POST", _WHIP, signaling.post_whip, Access.CANDIDATE_REJOINING),
     Route("DELETE", f"{_WHIP}/resource", signaling.delete_whip, Access.CANDIDATE),
@@ -60,6 +65,8 @@ ROUTES: tuple[Route | Static, ...] = (
     Route("GET", "/config", operations.client_config, Access.PUBLIC),
     Route("GET", "/openapi.json", openapi.openapi_json, Access.PUBLIC),
     Route("GET", "/", files.index, Access.PUBLIC),
+    Route("GET", "/review", review.sessions_page, Access.PUBLIC),
+    Route("GET", "/review/{session_id}", review.review_page, Access.PUBLIC),
     Static("/static", files.STATIC_DIR, Access.PUBLIC),
 )
 

@@ -1,7 +1,8 @@
 """Credentials, and the middleware that enforces each route's declared access.
 
 Management calls carry `Authorization: Bearer <API_KEY>`; candidate calls
-carry their session's token (the header or `?token=`), or the API key.
+carry their session's token (the header or `?token=`), or the API key;
+review calls a review token (`engine.review`) the same ways, or the API key.
 Without API_KEY (local mode) every call is allowed. Failures answer 401
 with `WWW-Authenticate: Bearer`.
 """
@@ -14,9 +15,10 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from api.errors import json_error
-from api.keys import CONFIG, REGISTRY, SESSION
+from api.keys import CONFIG, REGISTRY, REVIEW_KEYS, REVIEWER, SESSION
 from api.lookup import not_live_error, parse_session_id
 from api.routes import Access, access_of
+from engine.review import Reviewer
 from engine.session import InterviewSession
 
 __all__ = ["access_middleware", "rejoin_session"]
@@ -38,6 +40,8 @@ async def access_middleware(request: web.Request, handler: Handler) -> web.Strea
     elif access is Access.CANDIDATE_REJOINING:
         # Not stored: the handler calls `rejoin_session` once the offer is good.
         await _candidate_session(request, rejoining=True)
+    elif access in (Access.REVIEW, Access.REVIEW_DECIDE):
+        request[REVIEWER] = await _reviewer(request, decide=access is Access.REVIEW_DECIDE)
     elif access is Access.MANAGEMENT_OR_CANDIDATE:
         session = request.app[REGISTRY].get(parse_session_id(request))
         if session is None:
@@ -97,6 +101,27 @@ async def _candidate_session(request: web.Request, *, rejoining: bool) -> Interv
         raise await not_live_error(request, session_id)
     require_candidate(request, session)
     return session
+
+
+async def _reviewer(request: web.Request, *, decide: bool) -> Reviewer:
+    """The API key (everything), or a review token of the session in the path."""
+    api_key = request.app[CONFIG].api_key
+    if api_key is None:
+        return Reviewer("local", can_decide=True, by_key=True)
+    given = _bearer(request) or request.query.get("token")
+    if _matches(given, api_key):
+        return Reviewer("api-key", can_decide=True, by_key=True)
+    session_id = parse_session_id(request)
+    grant = None
+    if given:
+        tokens = await request.app[REVIEW_KEYS].tokens()  # 503 while the database is down
+        grant = tokens.check(session_id, given)
+    if grant is None:
+        raise json_error(web.HTTPUnauthorized, "missing or wrong API key or review token",
+                         **_CHALLENGE)
+    if decide and not grant.can_decide:
+        raise json_error(web.HTTPForbidden, "this review token may read, not decide")
+    return Reviewer(grant.reviewer, can_decide=grant.can_decide)
 
 
 def _require_api_key_or_hide(request: web.Request) -> None:

@@ -15,6 +15,7 @@ from api.instance import Instance
 from api.resume_text import ResumeParser
 from config import Config
 from engine.registry import InterviewTable
+from engine.review import ReviewKeys, Reviewer
 from engine.session import InterviewSession
 from layout import DataLayout, PublicUrls
 from media.metrics import MediaMetrics
@@ -25,7 +26,7 @@ from storage.writer import SessionWriter
 
 __all__ = [
     "CONFIG", "LAYOUT", "URLS", "FILE_IO", "INSTANCE", "STORE", "WRITER", "REGISTRY",
-    "MEDIA", "METRICS", "MODELS", "RESUME_PARSER", "SESSION",
+    "MEDIA", "METRICS", "MODELS", "RESUME_PARSER", "REVIEW_KEYS", "SESSION", "REVIEWER",
 ]
 
 CONFIG = web.AppKey("config", Config)
@@ -42,6 +43,9 @@ MEDIA = web.AppKey("media", MediaService)
 MODELS: web.AppKey[MediaModels | None] = web.AppKey("models")
 METRICS = web.AppKey("metrics", MediaMetrics)
 RESUME_PARSER = web.AppKey("resume_parser", ResumeParser)
+REVIEW_KEYS = web.AppKey("review_keys", ReviewKeys)
 
 # The live session a candidate route's caller was admitted to (`api.auth`).
 SESSION = web.RequestKey("session", InterviewSession)
+# Who called a review route (`api.auth`).
+REVIEWER = web.RequestKey("reviewer", Reviewer)

@@ -18,13 +18,14 @@ from prometheus_client import ProcessCollector
 
 from api.instance import Instance
 from api.keys import (
-    CONFIG, FILE_IO, INSTANCE, LAYOUT, MEDIA, METRICS, MODELS, REGISTRY, RESUME_PARSER, STORE,
-    WRITER,
+    CONFIG, FILE_IO, INSTANCE, LAYOUT, MEDIA, METRICS, MODELS, REGISTRY, RESUME_PARSER,
+    REVIEW_KEYS, STORE, WRITER,
 )
 from api.resume_text import ResumeLimits, ResumeParser
 from api.turn import is_turn
 from engine.anomaly import AnomalySettings
 from engine.registry import InterviewTable
+from engine.review import ReviewKeys
 from engine.session import InterviewSession
 from media.metrics import MediaMetrics
 from media.service import MediaService
@@ -37,6 +38,8 @@ from storage.writer import SessionWriter
 __all__ = ["storage_ctx", "registry_ctx"]
 
 log = logging.getLogger(__name__)
+
+REVIEW_SECRET = "review-tokens"  # its name in `server_secrets`
 
 
 async def storage_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -55,6 +58,7 @@ async def storage_ctx(app: web.Application) -> AsyncIterator[None]:
         dsn = config.database_url
     store = app[STORE] = SessionStore(dsn)
     await store.open()
+    app[REVIEW_KEYS] = ReviewKeys(lambda: store.server_secret(REVIEW_SECRET))
     outbox = await loop.run_in_executor(file_io, Outbox, layout.outbox)
     writer = app[WRITER] = SessionWriter(
         store,

@@ -7,11 +7,17 @@ import uuid
 from aiohttp import web
 
 from api.errors import json_error
-from api.keys import STORE, WRITER
+from api.keys import CONFIG, STORE, WRITER
 from engine.session import SessionRow
+from layout import PublicUrls
 from storage.pg import DatabaseUnavailable
 
-__all__ = ["parse_session_id", "stored_row", "not_live_error"]
+__all__ = ["client_urls", "parse_session_id", "stored_row", "not_live_error"]
+
+
+def client_urls(request: web.Request) -> PublicUrls:
+    """URLs for the caller: under PUBLIC_URL, else the host it reached us by."""
+    return PublicUrls(request.app[CONFIG].public_url or f"{request.scheme}://{request.host}")
 
 
 def parse_session_id(request: web.Request) -> uuid.UUID:

@@ -79,6 +79,8 @@ def security_of(access: Access) -> list[Json]:
         return []
     if access is Access.MANAGEMENT:
         return [{"apiKey": []}]
+    if access in (Access.REVIEW, Access.REVIEW_DECIDE):
+        return [{"apiKey": []}, {"reviewToken": []}, {"reviewTokenQuery": []}]
     return [{"apiKey": []}, {"sessionToken": []}, {"sessionTokenQuery": []}]
 
 
@@ -138,6 +140,8 @@ _TEXT_FIELDS: Json = {
     "resume_url": {"type": "string", "format": "uri", "maxLength": MAX_URL,
                    "pattern": "^https?://"},
 }
+_REVIEW_STATUSES = ["unreviewed", "in_review", "cleared", "rejected"]
+_HTML = {"description": "HTML", "content": {"text/html": {"schema": {"type": "string"}}}}
 _SCHEMAS: Json = {
     "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}},
     "NewSession": {"type": "object", "properties": _TEXT_FIELDS, "additionalProperties": False},
@@ -146,9 +150,59 @@ _SCHEMAS: Json = {
         "properties": {**_TEXT_FIELDS, "resume": {"type": "string", "format": "binary",
                                                   "contentMediaType": "application/pdf"}},
     },
-    "Created": {"type": "object", "required": ["session_id", "token", "join_url"], "properties": {
+    "Created": {"type": "object", "required": ["session_id", "token", "join_url", "review_url"],
+                "properties": {
         "session_id": {"type": "string", "format": "uuid"}, "token": {"type": "string"},
-        "join_url": {"type": "string"}}},
+        "join_url": {"type": "string"},
+        "review_url": {"type": ["string", "null"],
+                       "description": "read-only review link (null while the database is down)"}}},
+    "Review": {"type": "object", "required": ["session_id", "status", "transcript", "flags",
+                                              "review"], "properties": {
+        "session_id": {"type": "string", "format": "uuid"}, "status": {"type": "string"},
+        "duration_s": {"type": ["number", "null"]},
+        "recording_url": {"type": ["string", "null"]}, "recording_ready": {"type": "boolean"},
+        "transcript": {"type": "array", "items": {"type": "object", "properties": {
+            "role": {"enum": ["assistant", "user"]}, "content": {"type": "string"},
+            "offset_s": {"type": ["number", "null"]},
+            "end_offset_s": {"type": ["number", "null"]}}}},
+        "flags": {"type": "array", "items": {"type": "object", "properties": {
+            "flag": {"type": "integer"}, "type": {"type": "string"},
+            "offset_s": {"type": ["number", "null"]}, "evidence_url": {"type": ["string", "null"]},
+            "decision": {"oneOf": [{"type": "null"}, _ref("Decision")]}}}},
+        "report": {"type": ["object", "null"]},
+        "review": {"type": "object", "properties": {
+            "status": {"enum": _REVIEW_STATUSES}, "open_flags": {"type": "integer"},
+            "history": {"type": "array", "items": _ref("Decision")}}}}},
+    "Decision": {"type": "object", "required": ["decision", "decided_by", "decided_at"],
+                 "properties": {
+        "flag": {"type": ["integer", "null"]}, "decision": {"type": "string"},
+        "note": {"type": ["string", "null"]}, "decided_by": {"type": "string"},
+        "decided_at": {"type": "string", "format": "date-time"}}},
+    "FlagDecision": {"type": "object", "required": ["decision"], "additionalProperties": False,
+                     "properties": {
+        "decision": {"enum": ["open", "confirmed", "dismissed"]},
+        "note": {"type": ["string", "null"], "maxLength": 2000},
+        "reviewer": {"type": "string", "maxLength": 80,
+                     "description": "with the API key: the person, for the audit log"}}},
+    "ReviewDecision": {"type": "object", "required": ["status"], "additionalProperties": False,
+                       "properties": {
+        "status": {"enum": _REVIEW_STATUSES},
+        "note": {"type": ["string", "null"], "maxLength": 2000},
+        "reviewer": {"type": "string", "maxLength": 80}}},
+    "NewReviewToken": {"type": "object", "additionalProperties": False, "properties": {
+        "scope": {"enum": ["read", "decide"]}, "reviewer": {"type": "string", "maxLength": 80}}},
+    "ReviewToken": {"type": "object", "required": ["token", "review_url"], "properties": {
+        "session_id": {"type": "string"}, "scope": {"enum": ["read", "decide"]},
+        "reviewer": {"type": "string"}, "token": {"type": "string"},
+        "review_url": {"type": "string"}}},
+    "SessionList": {"type": "object", "required": ["sessions"], "properties": {
+        "sessions": {"type": "array", "items": {"type": "object", "properties": {
+            "session_id": {"type": "string", "format": "uuid"}, "status": {"type": "string"},
+            "job_role": {"type": ["string", "null"]},
+            "start_time": {"type": ["string", "null"]}, "end_time": {"type": ["string", "null"]},
+            "duration_s": {"type": ["number", "null"]}, "flags": {"type": "integer"},
+            "open_flags": {"type": "integer"}, "review_status": {"enum": _REVIEW_STATUSES},
+            "review_page": {"type": "string"}}}}}},
     "Row": {"type": "object", "properties": {
         "session_id": {"type": "string", "format": "uuid"},
         "status": {"enum": ["in_progress", "completed", "interrupted"]}}},
@@ -172,6 +226,11 @@ _SECURITY_SCHEMES: Json = {
                      "description": "the session's token (from POST /sessions)"},
     "sessionTokenQuery": {"type": "apiKey", "in": "query", "name": "token",
                           "description": "the session's token, as in the join URL"},
+    "reviewToken": {"type": "http", "scheme": "bearer",
+                    "description": "a review token (review_url, or POST .../review-tokens); "
+                                   "only the 'decide' scope may record decisions"},
+    "reviewTokenQuery": {"type": "apiKey", "in": "query", "name": "token",
+                         "description": "a review token, as in the review_url"},
 }
 _S = "/sessions/{session_id}"
 _OPERATIONS: dict[tuple[str, str], Json] = {
@@ -183,6 +242,55 @@ _OPERATIONS: dict[tuple[str, str], Json] = {
         "responses": {"201": _json(_ref("Created"), "created"),
                       **_errors(400, 401, 403, 404, 413, 415, 503)},
     },
+    ("GET", "/sessions"): {
+        "summary": "Recent sessions with their review state, newest first",
+        "parameters": [
+            {"name": "status", "in": "query", "schema": {"enum": [
+                "scheduled", "in_progress", "completed", "interrupted", "expired"]}},
+            {"name": "review_status", "in": "query", "schema": {"enum": _REVIEW_STATUSES}},
+            {"name": "since", "in": "query", "schema": {"type": "string", "format": "date-time"}},
+            {"name": "until", "in": "query", "schema": {"type": "string", "format": "date-time"}},
+            {"name": "limit", "in": "query",
+             "schema": {"type": "integer", "minimum": 1, "maximum": 200, "default": 50}}],
+        "responses": {"200": _json(_ref("SessionList"), "the sessions"),
+                      **_errors(400, 401, 503)},
+    },
+    ("GET", f"{_S}/review"): {
+        "summary": "The review: transcript and flags on the recording's clock, decisions",
+        "parameters": _SESSION,
+        "responses": {"200": _json(_ref("Review"), "the review"),
+                      **_errors(400, 401, 404, 503)},
+    },
+    ("PUT", f"{_S}/review"): {
+        "summary": "Set the interview's review status (audited)", "parameters": _SESSION,
+        "requestBody": {"required": True, "content": {
+            "application/json": {"schema": _ref("ReviewDecision")}}},
+        "responses": {"200": _json(_ref("Decision"), "recorded"),
+                      "403": _json(_ref("Error"), "a read-only review token"),
+                      **_errors(400, 401, 404, 503)},
+    },
+    ("PUT", f"{_S}/flags/{{flag}}"): {
+        "summary": "Confirm or dismiss one anomaly flag (audited)",
+        "parameters": [_SESSION_ID, {"name": "flag", "in": "path", "required": True,
+                                     "schema": {"type": "integer", "minimum": 0}}],
+        "requestBody": {"required": True, "content": {
+            "application/json": {"schema": _ref("FlagDecision")}}},
+        "responses": {"200": _json(_ref("Decision"), "recorded"),
+                      "403": _json(_ref("Error"), "a read-only review token"),
+                      **_errors(400, 401, 404, 503)},
+    },
+    ("POST", f"{_S}/review-tokens"): {
+        "summary": "Mint a review link for one interview", "parameters": _SESSION,
+        "requestBody": {"required": True, "content": {
+            "application/json": {"schema": _ref("NewReviewToken")}}},
+        "responses": {"201": _json(_ref("ReviewToken"), "minted"),
+                      **_errors(400, 401, 404, 503)},
+    },
+    ("GET", "/review"): {"summary": "The sessions list page (asks for the API key)",
+                         "responses": {"200": _HTML}},
+    ("GET", "/review/{session_id}"): {"summary": "The review page (review_url)",
+                                      "parameters": _SESSION,
+                                      "responses": {"200": _HTML, **_errors(400)}},
     ("GET", _S): {"summary": "The session's row", "parameters": _SESSION,
                   "responses": {"200": _json(_ref("Row"), "the row"), **_errors(400, 401, 404)}},
     ("DELETE", _S): {"summary": "End and save the session", "parameters": _SESSION,

@@ -37,6 +37,11 @@ class Access(enum.Enum):
     # The API key; or, while the session in the path is live, its token
     # (a candidate may end their own interview).
     MANAGEMENT_OR_CANDIDATE = "management, or the live session's candidate"
+    # The API key, or a review token of the session in the path (header or
+    # `?token=`); the handler finds who under `api.keys.REVIEWER`.
+    REVIEW = "review"
+    # As REVIEW, with a token of the `decide` scope.
+    REVIEW_DECIDE = "review, deciding"
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,8 @@ from api.bodies import (
 )
 from api.errors import json_error
 from api.keys import CONFIG, FILE_IO, INSTANCE, LAYOUT, REGISTRY, RESUME_PARSER, STORE
-from api.lookup import not_live_error, parse_session_id, stored_row
+from api.lookup import client_urls, not_live_error, parse_session_id, stored_row
+from api.review import review_url
 from adapters.resume import extract_resume_text
 from engine.session import InterviewSession, SessionRow, SessionStatus
 from routing import new_session_id
@@ -45,7 +46,7 @@ async def create_session(request: web.Request) -> web.Response:
             "send application/json or multipart/form-data with a 'resume' PDF",
         )
     session = await _new_session(request, fields)
-    urls = _client_urls(request)
+    urls = client_urls(request)
     if resume is not None:
         await _store_resume(request, session, resume, urls)
     saved = await request.app[REGISTRY].add(session)
@@ -54,13 +55,9 @@ async def create_session(request: web.Request) -> web.Response:
         "session_id": str(session.session_id),
         "token": session.token,
         "join_url": urls.join(session.session_id, session.token),
+        "review_url": await review_url(request, session.session_id),
     }
     return web.json_response(body, status=201)
-
-
-def _client_urls(request: web.Request) -> PublicUrls:
-    """URLs for the caller: under PUBLIC_URL, else the host it reached us by."""
-    return PublicUrls(request.app[CONFIG].public_url or f"{request.scheme}://{request.host}")
 
 
 async def _new_session(request: web.Request, fields: dict[str, Any]) -> InterviewSession:

@@ -57,6 +57,9 @@ class Anomaly:
     count: int
     detections: tuple[Detection, ...]
     at: datetime
+    # When the episode's first frame was seen (the caller's monotonic clock):
+    # its onset, a confirming frame or more before `at`.
+    onset_at: float | None = None
 
     def to_record(self) -> dict[str, Any]:
         return {
@@ -72,6 +75,7 @@ class _Episode:
     streak: int = 0
     clear: int = 0
     active: bool = False
+    first_seen: float | None = None  # the streak's first frame
 
 
 @dataclass
@@ -79,8 +83,11 @@ class AnomalyRules:
     settings: AnomalySettings = field(default_factory=AnomalySettings)
     _episodes: dict[str, _Episode] = field(default_factory=dict)
 
-    def update(self, detections: Sequence[Detection], at: datetime) -> list[Anomaly]:
-        """Feed one sampled frame; return the anomalies that start on it."""
+    def update(
+        self, detections: Sequence[Detection], at: datetime, seen_at: float | None = None
+    ) -> list[Anomaly]:
+        """Feed one sampled frame (seen at `seen_at`, monotonic); return the
+        anomalies that start on it."""
         persons = tuple(d for d in detections if d.label == "person")
         devices = tuple(d for d in detections if d.label in self.settings.device_labels)
         held = {
@@ -90,12 +97,13 @@ class AnomalyRules:
         }
         started = []
         for kind, evidence in held.items():
-            if self._step(kind, evidence is not None) and evidence is not None:
+            if self._step(kind, evidence is not None, seen_at) and evidence is not None:
                 count, shown = evidence
-                started.append(Anomaly(kind, count, shown, at))
+                onset = self._episodes[kind].first_seen
+                started.append(Anomaly(kind, count, shown, at, onset))
         return started
 
-    def _step(self, kind: str, holds: bool) -> bool:
+    def _step(self, kind: str, holds: bool, seen_at: float | None) -> bool:
         """Advance one type's episode; True when an episode starts now."""
         episode = self._episodes.setdefault(kind, _Episode())
         if not holds:
@@ -105,6 +113,8 @@ class AnomalyRules:
                 if episode.clear >= self.settings.clear_frames:
                     episode.active = False
             return False
+        if episode.streak == 0:
+            episode.first_seen = seen_at
         episode.streak += 1
         episode.clear = 0
         if episode.active or episode.streak < self._onset(kind):

@@ -166,6 +166,9 @@ class Conversation:
         self._candidate_speaking = False
         self._awaiting_transcript = False
         self._pieces: list[str] = []
+        # When the answer's pieces, and the provisional one, were heard (loop time).
+        self._heard: tuple[float, float] | None = None
+        self._provisional_heard: tuple[float, float] | None = None
         # The provisional transcript of the utterance in progress, its span,
         # and the span of one an ended turn already took (its committed
         # twin is not added again).
@@ -223,13 +226,16 @@ class Conversation:
     def transcript(
         self, text: str, *, utterance_done: bool, latency_s: float, speech_s: float,
         span: tuple[float, float] | None = None, provisional: bool = False,
+        heard: tuple[float, float] | None = None,
     ) -> None:
+        """A transcript; `heard` is when its speech arrived (loop time, first to last)."""
         now = self._loop.time()
         text = text.strip()
         echo = bool(text) and self._is_echo(text)
         if provisional:
             if not echo and not self._candidate_speaking:
                 self._provisional, self._provisional_span = text or None, span
+                self._provisional_heard = heard
                 self._pause_draft = text or None
                 self._draft_after = len(self._pieces)  # the pieces before the draft's audio
                 self._note_voiced(now, latency_s)
@@ -252,6 +258,7 @@ class Conversation:
             log.info("ignoring the interviewer's own voice heard back: %r", text)
         elif text:
             self._pieces.append(text)
+            self._heard = _union(self._heard, heard)
             self._session.answer_in_progress(" ".join(self._pieces))
             self._note_voiced(now, latency_s)
             self._current_question().speech_s += speech_s
@@ -316,7 +323,9 @@ class Conversation:
         self._memory.interviewer_audio_s += spoken.audio_s
         if spoken.text:
             self._said_last = spoken.text
-            self._session.add_turn("assistant", spoken.text)
+            began = spoken.first_audio_at
+            self._session.add_turn("assistant", spoken.text, at=began,
+                                   until=None if began is None else began + spoken.audio_s)
         if move.kind in (MoveKind.OPEN, MoveKind.NEXT, MoveKind.REPEAT):
             self.questions[move.question_index].question = spoken.text or move.text
 
@@ -355,7 +364,7 @@ class Conversation:
     async def _listen(self) -> tuple[str, TurnMetrics | None]:
         self._set_state("listening")
         # What was heard while the interviewer spoke is not part of the answer.
-        self._pieces = []
+        self._pieces, self._heard = [], None
         self._provisional = self._provisional_span = self._pause_draft = None
         self._estimates = []
         self._session.answer_in_progress("")
@@ -425,17 +434,20 @@ class Conversation:
 
     def _commit_answer(self) -> str:
         answer = self._answer_so_far()
+        heard = self._heard
         if self._provisional is not None:
             self._taken = _Taken(self._provisional_span, self._provisional,
                                  self._current_question())
+            heard = _union(heard, self._provisional_heard)
         self._provisional = self._provisional_span = None
         self._estimates = []
         self._pause_draft = None
-        self._pieces = []
+        self._pieces, self._heard = [], None
         self._session.answer_in_progress("")
         if answer:
             self._current_question().answers.append(answer)
-            self._session.add_turn("user", answer)
+            at, until = heard if heard is not None else (None, None)
+            self._session.add_turn("user", answer, at=at, until=until)
         return answer
 
     def _revise_answer(self, draft: str, final: str) -> None:
@@ -462,3 +474,12 @@ class Conversation:
         if state != self.state:
             self.state = state
             self._notify(StateEvent(state))
+
+
+def _union(
+    a: tuple[float, float] | None, b: tuple[float, float] | None
+) -> tuple[float, float] | None:
+    """The smallest span holding both (None: unknown)."""
+    if a is None or b is None:
+        return a or b
+    return min(a[0], b[0]), max(a[1], b[1])

@@ -54,17 +54,50 @@ class Turn:
     """One real turn of the conversation: never a system prompt.
 
     The one turn type: the stored history and every LLM request use it.
+    `offset_s` and `end_offset_s` place it on the interview's timeline
+    (`SessionClock`): seconds from the start of the recording.
     """
 
     role: Role  # the interviewer ("assistant") or the candidate ("user")
     content: str
+    offset_s: float | None = field(default=None, compare=False)
+    end_offset_s: float | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         if self.role not in ("assistant", "user"):
             raise ValueError(f"role must be 'assistant' or 'user', got {self.role!r}")
 
-    def to_json(self) -> dict[str, str]:
-        return {"role": self.role, "content": self.content}
+    def to_json(self) -> dict[str, Any]:
+        """The seed's `{"role", "content"}`, with the offsets beside them when known."""
+        data: dict[str, Any] = {"role": self.role, "content": self.content}
+        if self.offset_s is not None:
+            data["offset_s"] = self.offset_s
+        if self.end_offset_s is not None:
+            data["end_offset_s"] = self.end_offset_s
+        return data
+
+
+@dataclass
+class SessionClock:
+    """The one timeline of an interview: second 0 is the recording's first frame.
+
+    Transcript lines, interviewer turns and anomalies are stamped on it, so a
+    reviewer's player, transcript and flags line up. Times are
+    `time.monotonic()` (the event loop's clock); a rejoin keeps the clock,
+    as it keeps the recording, so offsets go on from where they were.
+    """
+
+    origin: float | None = None
+
+    def start(self, at: float) -> float:
+        """Second 0 is `at` unless the clock already runs; the origin."""
+        if self.origin is None:
+            self.origin = at
+        return self.origin
+
+    def offset(self, at: float) -> float:
+        """Seconds from second 0 to `at` (the clock starts at `at` if it has not yet)."""
+        return round(max(0.0, at - self.start(at)), 3)
 
 
 @dataclass(frozen=True)
@@ -149,6 +182,7 @@ class InterviewSession:
     # Only this digest of the token is stored (for invitations that must
     # survive a restart); the token itself exists in the join URL alone.
     token_sha256: str = field(default="", repr=False)
+    clock: SessionClock = field(default_factory=SessionClock, repr=False)
     version: int = 0
 
     def __post_init__(self) -> None:
@@ -167,10 +201,15 @@ class InterviewSession:
         """Mark the session changed since its last save."""
         self.version += 1
 
-    def add_turn(self, role: Role, content: str) -> None:
+    def add_turn(
+        self, role: Role, content: str, *, at: float | None = None, until: float | None = None
+    ) -> None:
+        """A turn; `at`/`until` (monotonic) are when it began and ended, when known."""
         if role not in ("assistant", "user"):
             raise ValueError(f"role must be 'assistant' or 'user', not {role!r}")
-        self.conversation_history.append(Turn(role, content))
+        offset = None if at is None else self.clock.offset(at)
+        end = None if until is None else self.clock.offset(until)
+        self.conversation_history.append(Turn(role, content, offset, end))
         self.touch()
 
     def answer_in_progress(self, text: str) -> None:
@@ -204,7 +243,7 @@ class InterviewSession:
                 continue
             if not draft or not turn.content.endswith(draft):
                 return False
-            self.conversation_history[i] = Turn("user", turn.content[: -len(draft)] + final)
+            self.conversation_history[i] = replace(turn, content=turn.content[: -len(draft)] + final)
             self.touch()
             return True
         return False
@@ -213,7 +252,10 @@ class InterviewSession:
         self.turn_decisions.append(record)
         self.touch()
 
-    def add_anomaly(self, record: dict[str, Any]) -> None:
+    def add_anomaly(self, record: dict[str, Any], *, at: float | None = None) -> None:
+        """An anomaly episode; `at` (monotonic) is its onset, stamped as `offset_s`."""
+        if at is not None:
+            record = {**record, "offset_s": self.clock.offset(at)}
         self.anomalies_detected.append(record)
         self.touch()
 

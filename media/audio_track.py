@@ -85,6 +85,10 @@ class Transcript:
     # the committed transcript of the same audio follows unless they do.
     provisional: bool = False
     speculative: bool = False  # a committed piece that took the speculative result
+    # When the piece's first and last voiced audio arrived (loop time): where
+    # it sits on the interview's clock.
+    heard_at: float | None = None
+    heard_until: float | None = None
 
 
 _Piece = tuple[SpeechSegment, float, "asyncio.Task[TranscriptResult] | None"]
@@ -95,6 +99,7 @@ class _Speculation:
     start: float
     end: float
     voiced_arrival: float
+    heard_at: float
     task: asyncio.Task[TranscriptResult]
 
 
@@ -311,6 +316,8 @@ class AudioTranscriber:
                 asr_s=0.0 if result is None else result.elapsed_s,
                 asr_decoding=None if result is None else result.decoding,
                 speculative=speculative is not None,
+                heard_at=voiced_arrival - (piece.last_voiced_at - piece.start),
+                heard_until=voiced_arrival,
             )
             self._on_transcript(transcript)
 
@@ -334,7 +341,8 @@ class AudioTranscriber:
         self._speculating.add(task)
         task.add_done_callback(self._speculating.discard)
         arrival = self._arrival_near(pause.last_voiced_at)
-        speculation = _Speculation(pause.start, pause.end, arrival, task)
+        heard_at = arrival - (pause.last_voiced_at - pause.start)
+        speculation = _Speculation(pause.start, pause.end, arrival, heard_at, task)
         self._speculation = speculation
         self.stats.speculations += 1
         task.add_done_callback(lambda _: self._report_speculation(speculation))
@@ -351,6 +359,7 @@ class AudioTranscriber:
             text=result.text.strip(), start=speculation.start, end=speculation.end,
             utterance_done=False, latency_s=loop.time() - speculation.voiced_arrival,
             asr_s=result.elapsed_s, asr_decoding=result.decoding, provisional=True,
+            heard_at=speculation.heard_at, heard_until=speculation.voiced_arrival,
         ))
 
     def _drop_speculation(self) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -76,6 +77,8 @@ class WebRtcCall:
         self.voice: InterviewerVoice | None = None
         self.conversation: Conversation | None = None
         self._pieces: list[str] = []
+        self._heard_at: float | None = None  # when the pieces were heard (loop time)
+        self._heard_until: float | None = None
         self._drains: list[asyncio.Task[None]] = []
         self.extra_track_frames = 0
         self._writes: set[asyncio.Future[None]] = set()
@@ -170,10 +173,7 @@ class WebRtcCall:
         synthesizer = runtime.models.synthesizer
         if self.interview.conversation is not None and synthesizer is not None:
             # Answer on the candidate's own audio transceiver (sendrecv offers).
-            recorder = self._recorder
-            self.voice_track = InterviewerTrack(
-                on_frame=None if recorder is None else recorder.add_interviewer_audio
-            )
+            self.voice_track = InterviewerTrack(on_frame=self._interviewer_audio)
             self.peer.pc.addTrack(self.voice_track)
             self.voice = InterviewerVoice(
                 self.voice_track, synthesizer, runtime.tts_executor,
@@ -198,12 +198,23 @@ class WebRtcCall:
     def _candidate_audio(self, frame: av.AudioFrame) -> None:
         self.peer.seen()
         if self._recorder is not None:
-            self._recorder.add_candidate_audio(frame)
+            self._recorder.add_candidate_audio(frame)  # starts the clock
+        else:
+            self.session.clock.start(time.monotonic())
 
     def _candidate_video(self, frame: av.VideoFrame) -> None:
         self.peer.seen()
         if self._recorder is not None:
             self._recorder.add_candidate_video(frame)
+        else:
+            self.session.clock.start(time.monotonic())
+
+    def _interviewer_audio(self, frame: av.AudioFrame) -> None:
+        """Called as each frame of the interviewer's voice is played out."""
+        if self._recorder is not None:
+            self._recorder.add_interviewer_audio(frame)
+        else:
+            self.session.clock.start(time.monotonic())
 
     # -- the interviewer ------------------------------------------------------------
 
@@ -258,7 +269,8 @@ class WebRtcCall:
             if self.conversation is not None:
                 self.conversation.transcript(
                     transcript.text, utterance_done=False, latency_s=transcript.latency_s,
-                    speech_s=0.0, span=(transcript.start, transcript.end), provisional=True)
+                    speech_s=0.0, span=(transcript.start, transcript.end), provisional=True,
+                    heard=_heard(transcript))
             return
         if transcript.speculative:
             metrics.speculations.labels("used").inc()
@@ -278,9 +290,13 @@ class WebRtcCall:
                 latency_s=transcript.latency_s,
                 speech_s=transcript.end - transcript.start,
                 span=(transcript.start, transcript.end),
+                heard=_heard(transcript),
             )
             return
         if transcript.text:
+            if not self._pieces:
+                self._heard_at = transcript.heard_at
+            self._heard_until = transcript.heard_until
             self._pieces.append(transcript.text)
             self.session.answer_in_progress(" ".join(self._pieces))
         if transcript.utterance_done:
@@ -288,7 +304,8 @@ class WebRtcCall:
 
     def _commit_user_turn(self) -> None:
         if self._pieces:
-            self.session.add_turn("user", " ".join(self._pieces))
+            self.session.add_turn("user", " ".join(self._pieces),
+                                  at=self._heard_at, until=self._heard_until)
             self._pieces = []
             self.session.answer_in_progress("")
 
@@ -299,7 +316,7 @@ class WebRtcCall:
             name = f"{anomaly.at:%Y%m%dT%H%M%S}-{anomaly.type}-{uuid.uuid4().hex[:6]}.jpg"
             record = anomaly.to_record()
             record["evidence_url"] = self._runtime.urls.evidence(self.interview.session_id, name)
-            self.session.add_anomaly(record)
+            self.session.add_anomaly(record, at=anomaly.onset_at)
             self._runtime.metrics.anomalies.labels(anomaly.type).inc()
             self.peer.send(AnomalyEvent(
                 anomaly=anomaly.type, timestamp=record["timestamp"], count=anomaly.count,
@@ -323,3 +340,9 @@ class WebRtcCall:
 def _write_jpeg(path: Path, rgb: np.ndarray, anomaly: Anomaly) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(render_evidence(rgb, anomaly.detections))
+
+
+def _heard(transcript: Transcript) -> tuple[float, float] | None:
+    if transcript.heard_at is None or transcript.heard_until is None:
+        return None
+    return transcript.heard_at, transcript.heard_until

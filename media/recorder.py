@@ -56,6 +56,7 @@ from av.audio.stream import AudioStream
 from av.container import OutputContainer
 from av.video.stream import VideoStream
 
+from engine.session import SessionClock
 from media.queues import QueueLoad
 
 __all__ = ["RecorderSettings", "RecorderStats", "SessionRecorder"]
@@ -159,9 +160,18 @@ class SessionRecorder:
     """
 
     def __init__(
-        self, path: Path, settings: RecorderSettings | None = None, *, name: str = "session"
+        self,
+        path: Path,
+        settings: RecorderSettings | None = None,
+        *,
+        name: str = "session",
+        clock: SessionClock | None = None,
     ) -> None:
         self._path = Path(path)
+        # Second 0 is the interview's clock's (started by the first frame if
+        # nothing started it before), so offsets stamped on it are the
+        # recording's times.
+        self._clock = clock
         self._settings = settings or RecorderSettings()
         self._name = name
         self.stats = RecorderStats()
@@ -254,7 +264,7 @@ class SessionRecorder:
             return True  # closed: ignored, not a drop
         now = time.monotonic() if at is None else at
         if self._t0 is None:
-            self._t0 = now
+            self._t0 = now if self._clock is None else self._clock.start(now)
         depth = self._queue.qsize()
         if depth >= self._settings.max_queue:
             return False

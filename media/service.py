@@ -207,7 +207,8 @@ class MediaService:
                 return None
             settings = RecorderSettings(max_fps=self._config.record_fps)
             interview.recording = SessionRecorder(
-                runtime.layout.recording(session_id), settings, name=f"rec-{str(session_id)[:8]}"
+                runtime.layout.recording(session_id), settings, name=f"rec-{str(session_id)[:8]}",
+                clock=interview.record.clock,
             )
             interview.record.recording_url = runtime.urls.recording(session_id)
         return interview.recording

@@ -185,7 +185,7 @@ class VideoAnalyzer:
             rgb, detections = self._take(result, started, elapsed)
             self.stats.samples_analysed += 1
             self._note_missed_slots(elapsed)
-            self._apply(rgb, detections)
+            self._apply(rgb, detections, started)
             await asyncio.sleep(max(0.0, self._interval - elapsed))
 
     def _must_run(self, now: float) -> bool:
@@ -231,8 +231,8 @@ class VideoAnalyzer:
             self.stats.samples_due += missed
             self.stats.samples_dropped += missed
 
-    def _apply(self, rgb: np.ndarray, detections: list[Detection]) -> None:
-        started = self._rules.update(detections, utc_now())
+    def _apply(self, rgb: np.ndarray, detections: list[Detection], seen_at: float) -> None:
+        started = self._rules.update(detections, utc_now(), seen_at)
         if started:
             self._on_anomalies(started, rgb)
 

@@ -9,16 +9,20 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import secrets
 import uuid
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
 
 import asyncpg
 
+from engine.review import Decision
 from engine.session import SessionRow
 
-__all__ = ["DatabaseUnavailable", "SessionStore", "Template", "SCHEMA", "refused_for_content"]
+__all__ = ["DatabaseUnavailable", "SessionStore", "SessionSummary", "Template", "SCHEMA",
+           "refused_for_content"]
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +51,65 @@ CREATE TABLE IF NOT EXISTS interview_sessions (
     recording_url text NULL,
     resume_url text NULL
 );
+-- Ours, beside the seed's tables (which are never altered): the reviewers'
+-- decisions, an append-only log (engine/review.py). `flag_index` is the
+-- anomaly's index in session_information.anomalies_detected; NULL is the
+-- interview's overall review status.
+CREATE TABLE IF NOT EXISTS interview_review_decisions (
+    decision_id bigserial PRIMARY KEY,
+    session_id uuid NOT NULL REFERENCES interview_sessions ON DELETE CASCADE,
+    flag_index integer NULL CHECK (flag_index >= 0),
+    decision text NOT NULL,
+    note text NULL,
+    decided_by text NOT NULL,
+    decided_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX IF NOT EXISTS interview_review_decisions_session
+    ON interview_review_decisions (session_id, decision_id);
+-- Secrets every node must share (the review-token key).
+CREATE TABLE IF NOT EXISTS server_secrets (
+    name text PRIMARY KEY,
+    secret bytea NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now()
+);
+"""
+
+_INSERT_DECISION = """
+INSERT INTO interview_review_decisions (session_id, flag_index, decision, note, decided_by)
+VALUES ($1, $2, $3, $4, $5)
+RETURNING flag_index, decision, note, decided_by, decided_at
+"""
+
+_SELECT_DECISIONS = """
+SELECT flag_index, decision, note, decided_by, decided_at FROM interview_review_decisions
+WHERE session_id = $1 ORDER BY decision_id
+"""
+
+# The sessions list: newest first, with each one's review state. The latest
+# decision per flag (and overall) comes from the log.
+_LIST_SESSIONS = """
+SELECT * FROM (
+    SELECT s.session_id, s.status, s.start_time, s.end_time, s.recording_url,
+        s.session_information->>'job_role' AS job_role,
+        CASE WHEN jsonb_typeof(s.session_information->'anomalies_detected') = 'array'
+             THEN jsonb_array_length(s.session_information->'anomalies_detected') ELSE 0
+        END AS flags,
+        (SELECT count(*) FROM (
+            SELECT DISTINCT ON (d.flag_index) d.decision FROM interview_review_decisions d
+            WHERE d.session_id = s.session_id AND d.flag_index IS NOT NULL
+            ORDER BY d.flag_index, d.decision_id DESC) latest
+         WHERE latest.decision <> 'open') AS decided_flags,
+        COALESCE((SELECT d.decision FROM interview_review_decisions d
+                  WHERE d.session_id = s.session_id AND d.flag_index IS NULL
+                  ORDER BY d.decision_id DESC LIMIT 1), 'unreviewed') AS review_status
+    FROM interview_sessions s
+    WHERE ($1::text IS NULL OR s.status = $1)
+      AND ($2::timestamptz IS NULL OR s.start_time >= $2)
+      AND ($3::timestamptz IS NULL OR s.start_time < $3)
+) listed
+WHERE $4::text IS NULL OR review_status = $4
+ORDER BY start_time DESC NULLS LAST, session_id
+LIMIT $5
 """
 
 _UPSERT = """
@@ -131,6 +194,21 @@ class Template:
     questions: list[str]
 
 
+@dataclass(frozen=True)
+class SessionSummary:
+    """One line of the sessions list."""
+
+    session_id: uuid.UUID
+    status: str
+    start_time: datetime | None
+    end_time: datetime | None
+    job_role: str | None
+    flags: int
+    open_flags: int
+    review_status: str
+    recording_url: str | None
+
+
 class SessionStore:
     """The sessions table behind a lazily connected asyncpg pool.
 
@@ -213,6 +291,48 @@ class SessionStore:
         """Declare rows abandoned by dead processes `interrupted`; return how many."""
         rows = await self._fetch(_MARK_INTERRUPTED, server_instance, stale_after_s, server_run)
         return len(rows)
+
+    async def server_secret(self, name: str) -> bytes:
+        """The secret `name`, made (32 random bytes) by whichever node asks first."""
+        async with self._acquire() as conn:
+            await conn.execute(
+                "INSERT INTO server_secrets (name, secret) VALUES ($1, $2) "
+                "ON CONFLICT (name) DO NOTHING", name, secrets.token_bytes(32))
+            value = await conn.fetchval("SELECT secret FROM server_secrets WHERE name = $1", name)
+        return bytes(value)
+
+    async def add_decision(
+        self, session_id: uuid.UUID, flag: int | None, decision: str, note: str | None,
+        decided_by: str,
+    ) -> Decision | None:
+        """Log a review decision; None when the session has no row (yet)."""
+        try:
+            record = await self._fetchrow(
+                _INSERT_DECISION, session_id, flag, decision, note, decided_by)
+        except asyncpg.ForeignKeyViolationError:
+            return None
+        assert record is not None
+        return _decision(record)
+
+    async def decisions(self, session_id: uuid.UUID) -> list[Decision]:
+        """The session's decision log, oldest first."""
+        return [_decision(record) for record in await self._fetch(_SELECT_DECISIONS, session_id)]
+
+    async def list_sessions(
+        self, *, status: str | None = None, since: datetime | None = None,
+        until: datetime | None = None, review_status: str | None = None, limit: int = 50,
+    ) -> list[SessionSummary]:
+        """Recent sessions (newest first) with their review state."""
+        records = await self._fetch(_LIST_SESSIONS, status, since, until, review_status, limit)
+        return [
+            SessionSummary(
+                session_id=r["session_id"], status=r["status"], start_time=r["start_time"],
+                end_time=r["end_time"], job_role=r["job_role"], flags=r["flags"],
+                open_flags=max(0, r["flags"] - r["decided_flags"]),
+                review_status=r["review_status"], recording_url=r["recording_url"],
+            )
+            for r in records
+        ]
 
     async def _execute(self, query: str, *args: Any) -> None:
         async with self._acquire() as conn:
@@ -311,3 +431,8 @@ def _row(record: asyncpg.Record) -> SessionRow:
         recording_url=record["recording_url"],
         resume_url=record["resume_url"],
     )
+
+
+def _decision(record: asyncpg.Record) -> Decision:
+    return Decision(record["flag_index"], record["decision"], record["note"],
+                    record["decided_by"], record["decided_at"])

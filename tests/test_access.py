@@ -17,17 +17,23 @@ from tests.conftest import AppFactory
 # No server listens here: reaching the database would fail differently.
 NOWHERE = "postgresql://127.0.0.1:1/none"
 
-M, C, P = Access.MANAGEMENT, Access.CANDIDATE, Access.PUBLIC
+M, C, P, R = Access.MANAGEMENT, Access.CANDIDATE, Access.PUBLIC, Access.REVIEW
 S = "/sessions/{session_id}"
 ROUTE_TABLE = {
-    ("POST", "/sessions"): M,
+    ("POST", "/sessions"): M, ("GET", "/sessions"): M, ("HEAD", "/sessions"): M,
     ("GET", S): M, ("HEAD", S): M, ("DELETE", S): M,
     ("GET", f"{S}/info"): M, ("HEAD", f"{S}/info"): M,
     ("POST", f"{S}/save"): M,
     ("POST", f"{S}/end"): Access.MANAGEMENT_OR_CANDIDATE,
     ("GET", f"{S}/resume"): M, ("HEAD", f"{S}/resume"): M,
-    ("GET", f"{S}/evidence/{{name}}"): M, ("HEAD", f"{S}/evidence/{{name}}"): M,
-    ("GET", f"{S}/recording"): M, ("HEAD", f"{S}/recording"): M,
+    ("GET", f"{S}/evidence/{{name}}"): R, ("HEAD", f"{S}/evidence/{{name}}"): R,
+    ("GET", f"{S}/recording"): R, ("HEAD", f"{S}/recording"): R,
+    ("GET", f"{S}/review"): R, ("HEAD", f"{S}/review"): R,
+    ("PUT", f"{S}/review"): Access.REVIEW_DECIDE,
+    ("PUT", f"{S}/flags/{{flag}}"): Access.REVIEW_DECIDE,
+    ("POST", f"{S}/review-tokens"): M,
+    ("GET", "/review"): P, ("HEAD", "/review"): P,
+    ("GET", "/review/{session_id}"): P, ("HEAD", "/review/{session_id}"): P,
     ("POST", f"{S}/offer"): Access.CANDIDATE_REJOINING,
     ("POST", "/whip/{session_id}"): Access.CANDIDATE_REJOINING,
     ("DELETE", "/whip/{session_id}/resource"): C,

@@ -23,6 +23,8 @@ SECURITY = {
                                  {"sessionTokenQuery": []}],
     Access.MANAGEMENT_OR_CANDIDATE: [{"apiKey": []}, {"sessionToken": []},
                                      {"sessionTokenQuery": []}],
+    Access.REVIEW: [{"apiKey": []}, {"reviewToken": []}, {"reviewTokenQuery": []}],
+    Access.REVIEW_DECIDE: [{"apiKey": []}, {"reviewToken": []}, {"reviewTokenQuery": []}],
 }
 
 

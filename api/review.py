@@ -1,0 +1,307 @@
+"""The reviewer's API: an interview's timeline, decisions on its flags, the sessions list.
+
+Access (see `api.auth`): the API key opens everything; a review token opens
+one interview's review (`read`), and with the `decide` scope records
+decisions in its reviewer's name. The pages that use this are
+`static/review.html` (one interview) and `static/sessions.html` (the list).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from datetime import datetime
+from typing import Any
+
+from aiohttp import web
+
+from api.bodies import read_json_body
+from api.errors import json_error
+from api.files import STATIC_DIR
+from api.keys import LAYOUT, REGISTRY, REVIEW_KEYS, REVIEWER, STORE
+from api.lookup import client_urls, parse_session_id, stored_row
+from engine.review import (
+    FlagDecision,
+    ReviewScope,
+    ReviewStatus,
+    ReviewTokens,
+    check_note,
+    check_reviewer,
+    review_of,
+    timeline,
+)
+from engine.session import SessionRow
+
+__all__ = [
+    "get_review", "put_flag", "put_review", "post_review_token", "list_sessions",
+    "review_page", "sessions_page",
+]
+
+log = logging.getLogger(__name__)
+
+MAX_LIST = 200
+
+
+async def review_url(request: web.Request, session_id: uuid.UUID) -> str | None:
+    """The read-only review link of a session (None while the database is down)."""
+    keys = request.app[REVIEW_KEYS]
+    try:
+        tokens = await asyncio.wait_for(keys.tokens(), 2.0)
+    except Exception as exc:  # the session is created anyway; the link can be minted later
+        log.warning("no review link for session %s: %r", session_id, exc)
+        return None
+    return client_urls(request).review(session_id, tokens.mint(session_id))
+
+
+# -- one interview -------------------------------------------------------------------
+
+
+async def get_review(request: web.Request) -> web.Response:
+    """Everything the review page shows, on the recording's clock."""
+    session_id = parse_session_id(request)
+    row, live = await _row(request, session_id)
+    decisions = await request.app[STORE].decisions(session_id)
+    lines = timeline(row.session_information)
+    review = review_of(decisions, len(lines["flags"]))
+    for flag, decision in zip(lines["flags"], review["flags"]):
+        flag["decision"] = decision
+    info = row.session_information or {}
+    body: dict[str, Any] = {
+        "session_id": str(session_id),
+        "status": row.status,
+        "live": live,
+        "job_role": info.get("job_role"),
+        "start_time": _iso(row.start_time),
+        "end_time": _iso(row.end_time),
+        "duration_s": _duration(row.start_time, row.end_time),
+        "recording_url": row.recording_url,
+        "recording_ready": await _recording_ready(request, session_id),
+        "transcript": lines["transcript"],
+        "flags": lines["flags"],
+        "report": row.interview_report,
+        "review": {k: v for k, v in review.items() if k != "flags"},
+        "you": {"reviewer": request[REVIEWER].name, "can_decide": request[REVIEWER].can_decide},
+    }
+    return web.json_response(body, headers={"Cache-Control": "private, no-store"})
+
+
+async def put_flag(request: web.Request) -> web.Response:
+    """`{"decision": "confirmed"|"dismissed"|"open", "note"?}` on flag `{flag}`."""
+    session_id = parse_session_id(request)
+    flag = _flag_index(request)
+    fields = await read_json_body(request)
+    _only(fields, ("decision", "note", "reviewer"))
+    decision = _choice(fields.get("decision"), FlagDecision, "decision")
+    note = _checked(check_note, fields.get("note"))
+    row, _ = await _row(request, session_id)
+    flags = len(timeline(row.session_information)["flags"])
+    if flag >= flags:
+        raise json_error(web.HTTPNotFound, f"session {session_id} has {flags} flag(s); "
+                                           f"no flag {flag}")
+    entry = await request.app[STORE].add_decision(
+        session_id, flag, decision, note, _decided_by(request, fields))
+    if entry is None:
+        raise _not_stored_yet(session_id)
+    log.info("session %s: flag %d %s by %s", session_id, flag, decision, entry.decided_by)
+    return web.json_response(entry.to_json())
+
+
+async def put_review(request: web.Request) -> web.Response:
+    """`{"status": "in_review"|"cleared"|"rejected"|"unreviewed", "note"?}`."""
+    session_id = parse_session_id(request)
+    fields = await read_json_body(request)
+    _only(fields, ("status", "note", "reviewer"))
+    status = ReviewStatus(_choice(fields.get("status"), ReviewStatus, "status"))
+    note = _checked(check_note, fields.get("note"))
+    row, _ = await _row(request, session_id)
+    store = request.app[STORE]
+    entry = await store.add_decision(session_id, None, status, note, _decided_by(request, fields))
+    if entry is None:
+        raise _not_stored_yet(session_id)
+    log.info("session %s: review %s by %s", session_id, status, entry.decided_by)
+    decisions = await store.decisions(session_id)
+    flags = len(timeline(row.session_information)["flags"])
+    review = review_of(decisions, flags)
+    await _announce(request, session_id, entry.to_json(), review, len(decisions))
+    return web.json_response(entry.to_json())
+
+
+async def _announce(
+    request: web.Request, session_id: uuid.UUID, entry: dict[str, Any],
+    review: dict[str, Any], serial: int,
+) -> None:
+    """The `review.decided` webhook, when webhooks are configured."""
+    sender = None  # TODO(merge): request.app.get(WEBHOOKS)
+    if sender is None:
+        return
+    data = {
+        "session_id": str(session_id),
+        "review_status": entry["decision"],
+        "note": entry["note"],
+        "decided_by": entry["decided_by"],
+        "decided_at": entry["decided_at"],
+        "open_flags": review["open_flags"],
+        "flags": review["flags"],
+    }
+    # One event per logged decision: its place in the log is its identity.
+    event_id = str(uuid.uuid5(session_id, f"review.decided:{serial}"))
+    await sender.emit("review.decided", data, event_id=event_id)
+
+
+async def post_review_token(request: web.Request) -> web.Response:
+    """Management: a review link for one interview, `{"scope"?, "reviewer"?}`."""
+    session_id = parse_session_id(request)
+    fields = await read_json_body(request)
+    _only(fields, ("scope", "reviewer"))
+    scope = ReviewScope(_choice(fields.get("scope", "read"), ReviewScope, "scope"))
+    reviewer = _checked(check_reviewer, fields.get("reviewer", "api-key holder"))
+    await _row(request, session_id)  # 404 for a session that does not exist
+    tokens = await request.app[REVIEW_KEYS].tokens()
+    token = tokens.mint(session_id, scope, reviewer)
+    body = {
+        "session_id": str(session_id), "scope": scope.value, "reviewer": reviewer,
+        "token": token, "review_url": client_urls(request).review(session_id, token),
+    }
+    return web.json_response(body, status=201)
+
+
+# -- the list ------------------------------------------------------------------------
+
+
+async def list_sessions(request: web.Request) -> web.Response:
+    """Management: recent sessions, newest first; `?status=&review_status=&since=&until=&limit=`."""
+    query = request.query
+    _only(dict(query), ("status", "review_status", "since", "until", "limit"))
+    status = query.get("status") or None
+    if status is not None and status not in _ROW_STATUSES:
+        raise json_error(web.HTTPBadRequest, f"status must be one of {', '.join(_ROW_STATUSES)}")
+    review_status = query.get("review_status") or None
+    if review_status is not None:
+        review_status = _choice(review_status, ReviewStatus, "review_status")
+    since, until = _date(query, "since"), _date(query, "until")
+    try:
+        limit = int(query.get("limit", "50"))
+    except ValueError:
+        limit = -1
+    if not 1 <= limit <= MAX_LIST:
+        raise json_error(web.HTTPBadRequest, f"limit must be an integer from 1 to {MAX_LIST}")
+    summaries = await request.app[STORE].list_sessions(
+        status=status, since=since, until=until, review_status=review_status, limit=limit)
+    urls = client_urls(request)
+    sessions = [{
+        "session_id": str(s.session_id),
+        "status": s.status,
+        "job_role": s.job_role,
+        "start_time": _iso(s.start_time),
+        "end_time": _iso(s.end_time),
+        "duration_s": _duration(s.start_time, s.end_time),
+        "flags": s.flags,
+        "open_flags": s.open_flags,
+        "review_status": s.review_status,
+        "review_page": urls.review_page(s.session_id),
+    } for s in summaries]
+    return web.json_response({"sessions": sessions},
+                             headers={"Cache-Control": "private, no-store"})
+
+
+# -- pages ---------------------------------------------------------------------------
+
+
+async def review_page(request: web.Request) -> web.StreamResponse:
+    """The review page (`review_url`); it holds no data, its script fetches it."""
+    parse_session_id(request)
+    return web.FileResponse(STATIC_DIR / "review.html",
+                            headers={"Cache-Control": "no-cache", "Referrer-Policy": "no-referrer"})
+
+
+async def sessions_page(request: web.Request) -> web.StreamResponse:
+    """The sessions list page (it asks for the API key)."""
+    return web.FileResponse(STATIC_DIR / "sessions.html",
+                            headers={"Cache-Control": "no-cache", "Referrer-Policy": "no-referrer"})
+
+
+# -- helpers -------------------------------------------------------------------------
+
+_ROW_STATUSES = ("scheduled", "in_progress", "completed", "interrupted", "expired")
+
+
+async def _row(request: web.Request, session_id: uuid.UUID) -> tuple[SessionRow, bool]:
+    """The session's row (live from memory, else stored) and whether it is live."""
+    interview = request.app[REGISTRY].interview(session_id)
+    if interview is not None and interview.is_live:
+        return interview.row(), True
+    row = await stored_row(request, session_id)
+    if row is None:
+        raise json_error(web.HTTPNotFound, f"no session {session_id}")
+    return row, False
+
+
+def _decided_by(request: web.Request, fields: dict[str, Any]) -> str:
+    """Who the audit log names: the token's reviewer, or the key holder (with a name)."""
+    reviewer = request[REVIEWER]
+    if not reviewer.by_key or "reviewer" not in fields:
+        return reviewer.name
+    return f"{reviewer.name}: {_checked(check_reviewer, fields['reviewer'])}"
+
+
+def _flag_index(request: web.Request) -> int:
+    raw = request.match_info["flag"]
+    if not raw.isascii() or not raw.isdigit() or len(raw) > 6:
+        raise json_error(web.HTTPBadRequest, f"flag must be a flag's index, got {raw!r}")
+    return int(raw)
+
+
+def _only(fields: dict[str, Any], allowed: tuple[str, ...]) -> None:
+    unknown = sorted(set(fields) - set(allowed))
+    if unknown:
+        raise json_error(web.HTTPBadRequest, f"unknown field(s): {', '.join(unknown)}")
+
+
+def _choice(value: object, kind: type[FlagDecision] | type[ReviewStatus] | type[ReviewScope],
+            name: str) -> str:
+    choices = [member.value for member in kind]
+    if not isinstance(value, str) or value not in choices:
+        raise json_error(web.HTTPBadRequest, f"{name} must be one of {', '.join(choices)}")
+    return value
+
+
+def _checked(check: Any, value: object) -> Any:
+    try:
+        return check(value)
+    except ValueError as exc:
+        raise json_error(web.HTTPBadRequest, str(exc)) from None
+
+
+def _date(query: Any, name: str) -> datetime | None:
+    raw = query.get(name)
+    if not raw:
+        return None
+    try:
+        value = datetime.fromisoformat(raw)
+    except ValueError:
+        raise json_error(web.HTTPBadRequest, f"{name} must be an ISO-8601 date or time") from None
+    if value.tzinfo is None:
+        raise json_error(web.HTTPBadRequest, f"{name} needs a time zone (e.g. 2026-12-01T00:00Z)")
+    return value
+
+
+def _not_stored_yet(session_id: uuid.UUID) -> web.HTTPError:
+    return json_error(web.HTTPServiceUnavailable,
+                      f"session {session_id}'s row is not in the database yet; try again",
+                      **{"Retry-After": "5"})
+
+
+async def _recording_ready(request: web.Request, session_id: uuid.UUID) -> bool:
+    path = request.app[LAYOUT].recording(session_id)
+    return await asyncio.get_running_loop().run_in_executor(None, path.is_file)
+
+
+def _iso(value: datetime | None) -> str | None:
+    return None if value is None else value.isoformat()
+
+
+def _duration(start: datetime | None, end: datetime | None) -> float | None:
+    if start is None or end is None:
+        return None
+    return round((end - start).total_seconds(), 1)

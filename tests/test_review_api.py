@@ -1,0 +1,219 @@
+"""The reviewer's API against a real PostgreSQL: review tokens, decisions on
+flags and on the interview, the audit log, the sessions list (issue 14)."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import datetime, timedelta, timezone
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import asyncpg
+import pytest
+
+from engine.review import ReviewScope, ReviewTokens
+from engine.session import InterviewSession, SessionClock
+from tests.conftest import AppFactory
+
+KEY = {"Authorization": "Bearer k3y"}
+ANOMALIES = [
+    {"timestamp": "2026-12-01 10:00:05", "type": "multiple_persons", "count": 2,
+     "detections": [], "evidence_url": "/sessions/x/evidence/a.jpg", "offset_s": 5.2},
+    {"timestamp": "2026-12-01 10:00:40", "type": "devices_detected", "count": 1,
+     "detections": [], "evidence_url": "/sessions/x/evidence/b.jpg", "offset_s": 40.0},
+]
+HISTORY = [
+    {"role": "assistant", "content": "Tell me about a migration.", "offset_s": 0.4,
+     "end_offset_s": 3.0},
+    {"role": "user", "content": "We moved billing to PostgreSQL.", "offset_s": 4.1,
+     "end_offset_s": 9.8},
+]
+
+
+async def _ended_row(db: asyncpg.Connection, *, start: datetime, status: str = "completed",
+                     anomalies: list[dict[str, Any]] = ANOMALIES) -> uuid.UUID:
+    session_id = uuid.uuid4()
+    info = {"job_role": "Backend engineer", "conversation_history": HISTORY,
+            "anomalies_detected": anomalies}
+    await db.execute(
+        "INSERT INTO interview_sessions (session_id, start_time, end_time, status, "
+        "session_information) VALUES ($1, $2, $3, $4, $5::jsonb)",
+        session_id, start, start + timedelta(minutes=12), status, json.dumps(info))
+    return session_id
+
+
+async def _token(client: Any, sid: uuid.UUID, **body: str) -> str:
+    resp = await client.post(f"/sessions/{sid}/review-tokens", json=body, headers=KEY)
+    assert resp.status == 201, await resp.text()
+    minted = await resp.json()
+    assert parse_qs(urlsplit(minted["review_url"]).query)["token"] == [minted["token"]]
+    return str(minted["token"])
+
+
+def test_review_tokens_are_bound_to_their_session_and_scope():
+    tokens = ReviewTokens(b"s" * 32)
+    sid, other = uuid.uuid4(), uuid.uuid4()
+    read = tokens.mint(sid)
+    decide = tokens.mint(sid, ReviewScope.DECIDE, "alice")
+    assert tokens.check(sid, read) is not None and not tokens.check(sid, read).can_decide
+    grant = tokens.check(sid, decide)
+    assert grant is not None and grant.can_decide and grant.reviewer == "alice"
+    assert tokens.check(other, decide) is None  # another session's
+    assert ReviewTokens(b"t" * 32).check(sid, decide) is None  # another secret's
+    payload, signature = decide.split(".")
+    forged = tokens.mint(sid, ReviewScope.DECIDE, "mallory").split(".")[0]
+    assert tokens.check(sid, f"{forged}.{signature}") is None  # a payload swapped in
+    for junk in ("", ".", "a.b.c", "\udcff.x", payload):
+        assert tokens.check(sid, junk) is None
+
+
+def test_offsets_share_the_recordings_clock():
+    session = InterviewSession(job_role="x", clock=SessionClock(origin=100.0))
+    session.add_turn("assistant", "Hello.", at=100.5, until=102.25)
+    session.add_turn("user", "Hi.", at=103.0)
+    session.add_turn("user", "No time known.")
+    session.add_anomaly({"type": "no_person"}, at=110.125)
+    history = session.session_information()["conversation_history"]
+    assert history[0] == {"role": "assistant", "content": "Hello.", "offset_s": 0.5,
+                          "end_offset_s": 2.25}
+    assert history[1] == {"role": "user", "content": "Hi.", "offset_s": 3.0}
+    assert history[2] == {"role": "user", "content": "No time known."}  # the seed's shape
+    assert session.anomalies_detected[0]["offset_s"] == 10.125
+    # A clock nothing started yet starts at the first stamp.
+    fresh = InterviewSession(job_role="x")
+    fresh.add_turn("assistant", "Hi.", at=50.0)
+    assert fresh.conversation_history[0].offset_s == 0.0 and fresh.clock.origin == 50.0
+
+
+async def test_a_review_link_reads_but_does_not_decide(make_client: AppFactory,
+                                                       db: asyncpg.Connection):
+    client = await make_client(api_key="k3y")
+    created = await client.post("/sessions", json={"job_role": "Backend engineer"}, headers=KEY)
+    body = await created.json()
+    sid = body["session_id"]
+    link = urlsplit(body["review_url"])
+    assert link.path == f"/review/{sid}"
+    token = parse_qs(link.query)["token"][0]
+    assert token != body["token"]  # not the candidate's
+
+    page = await client.get(link.path)
+    assert page.status == 200 and "text/html" in page.headers["Content-Type"]
+
+    review = await client.get(f"/sessions/{sid}/review", params={"token": token})
+    assert review.status == 200, await review.text()
+    data = await review.json()
+    assert data["live"] is True and data["status"] == "scheduled"
+    assert data["you"] == {"reviewer": "review link", "can_decide": False}
+    assert data["review"]["status"] == "unreviewed"
+
+    refused = await client.put(f"/sessions/{sid}/review", json={"status": "cleared"},
+                               headers={"Authorization": f"Bearer {token}"})
+    assert refused.status == 403 and "error" in await refused.json()
+    # The candidate's token is not a review token, nor is another session's.
+    for wrong in (body["token"], "nope", await _other_sessions_token(client)):
+        resp = await client.get(f"/sessions/{sid}/review", params={"token": wrong})
+        assert resp.status == 401, wrong
+    # Nor does a review token open management routes.
+    resp = await client.get(f"/sessions/{sid}", params={"token": token})
+    assert resp.status == 401
+
+
+async def _other_sessions_token(client: Any) -> str:
+    created = await client.post("/sessions", json={"job_role": "Other"}, headers=KEY)
+    return parse_qs(urlsplit((await created.json())["review_url"]).query)["token"][0]
+
+
+async def test_decisions_are_stored_audited_and_listed(make_client: AppFactory,
+                                                       db: asyncpg.Connection):
+    client = await make_client(api_key="k3y")
+    now = datetime.now(timezone.utc)
+    sid = await _ended_row(db, start=now - timedelta(hours=1))
+    quiet = await _ended_row(db, start=now - timedelta(days=3), status="interrupted",
+                             anomalies=[])
+    token = await _token(client, sid, scope="decide", reviewer="alice")
+    auth = {"Authorization": f"Bearer {token}"}
+
+    review = await (await client.get(f"/sessions/{sid}/review", headers=auth)).json()
+    assert [line["offset_s"] for line in review["transcript"]] == [0.4, 4.1]
+    assert [(f["flag"], f["type"], f["offset_s"]) for f in review["flags"]] == [
+        (0, "multiple_persons", 5.2), (1, "devices_detected", 40.0)]
+    assert review["duration_s"] == 720.0 and review["review"]["open_flags"] == 2
+
+    resp = await client.put(f"/sessions/{sid}/flags/0", headers=auth,
+                            json={"decision": "dismissed", "note": "a poster on the wall"})
+    assert resp.status == 200, await resp.text()
+    entry = await resp.json()
+    assert entry["decided_by"] == "alice" and entry["flag"] == 0
+    resp = await client.put(f"/sessions/{sid}/flags/1", headers=KEY,
+                            json={"decision": "confirmed", "reviewer": "bob"})
+    assert (await resp.json())["decided_by"] == "api-key: bob"
+    resp = await client.put(f"/sessions/{sid}/review", headers=auth,
+                            json={"status": "rejected", "note": "phone in use"})
+    assert resp.status == 200
+
+    for bad_path, bad_body, code in [
+        ("flags/2", {"decision": "dismissed"}, 404),  # no such flag
+        ("flags/x", {"decision": "dismissed"}, 400),
+        ("flags/0", {"decision": "maybe"}, 400),
+        ("flags/0", {"decision": "dismissed", "note": "n" * 3000}, 400),
+        ("flags/0", {"decision": "dismissed", "extra": 1}, 400),
+        ("review", {"status": "approved"}, 400),
+    ]:
+        resp = await client.put(f"/sessions/{sid}/{bad_path}", headers=auth, json=bad_body)
+        assert resp.status == code, (bad_path, bad_body, await resp.text())
+        assert "error" in await resp.json()
+    missing = await client.put(f"/sessions/{uuid.uuid4()}/flags/0", headers=KEY,
+                               json={"decision": "dismissed"})
+    assert missing.status == 404
+
+    review = await (await client.get(f"/sessions/{sid}/review", headers=auth)).json()
+    assert review["flags"][0]["decision"]["decision"] == "dismissed"
+    assert review["flags"][0]["decision"]["note"] == "a poster on the wall"
+    assert review["flags"][1]["decision"]["decision"] == "confirmed"
+    assert review["review"]["status"] == "rejected" and review["review"]["open_flags"] == 0
+    assert [h["decided_by"] for h in review["review"]["history"]] == [
+        "alice", "api-key: bob", "alice"]  # newest first
+    rows = await db.fetch("SELECT * FROM interview_review_decisions WHERE session_id = $1",
+                          sid)
+    assert len(rows) == 3 and all(r["decided_at"] is not None for r in rows)
+
+    listed = await (await client.get("/sessions", headers=KEY)).json()
+    by_id = {s["session_id"]: s for s in listed["sessions"]}
+    assert by_id[str(sid)]["review_status"] == "rejected"
+    assert by_id[str(sid)]["open_flags"] == 0 and by_id[str(sid)]["flags"] == 2
+    assert by_id[str(quiet)]["review_status"] == "unreviewed"
+    assert [s["session_id"] for s in listed["sessions"]][:2] == [str(sid), str(quiet)]
+    only = await (await client.get("/sessions", headers=KEY,
+                                   params={"status": "interrupted"})).json()
+    assert [s["session_id"] for s in only["sessions"]] == [str(quiet)]
+    since = (now - timedelta(days=1)).isoformat()
+    recent = await (await client.get("/sessions", headers=KEY, params={"since": since})).json()
+    assert str(quiet) not in {s["session_id"] for s in recent["sessions"]}
+    rejected = await (await client.get("/sessions", headers=KEY,
+                                       params={"review_status": "rejected"})).json()
+    assert [s["session_id"] for s in rejected["sessions"]] == [str(sid)]
+    for params in ({"status": "odd"}, {"limit": "0"}, {"since": "yesterday"},
+                   {"since": "2026-12-01T00:00"}, {"colour": "red"}):
+        resp = await client.get("/sessions", headers=KEY, params=params)
+        assert resp.status == 400, params
+    assert (await client.get("/sessions", params={"token": token})).status == 401
+
+    # The seed's row deleted: its decisions go with it (ON DELETE CASCADE).
+    await db.execute("DELETE FROM interview_sessions WHERE session_id = $1", sid)
+    assert await db.fetchval(
+        "SELECT count(*) FROM interview_review_decisions WHERE session_id = $1", sid) == 0
+
+
+@pytest.mark.parametrize("scope", ["read", "decide"])
+async def test_review_tokens_survive_a_restart(make_client: AppFactory, db: asyncpg.Connection,
+                                               scope: str):
+    """The key is in the database, so a link minted before a restart still opens."""
+    first = await make_client(api_key="k3y")
+    sid = await _ended_row(db, start=datetime.now(timezone.utc))
+    token = await _token(first, sid, scope=scope)
+    await first.close()
+    second = await make_client(api_key="k3y")
+    resp = await second.get(f"/sessions/{sid}/review", params={"token": token})
+    assert resp.status == 200
+    assert (await resp.json())["you"]["can_decide"] is (scope == "decide")
