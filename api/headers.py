@@ -1,7 +1,8 @@
 """Security headers on every response the server sends.
 
 - `X-Content-Type-Options: nosniff` and `Referrer-Policy: no-referrer` on all.
-- The candidate page and its static files get a Content-Security-Policy that
+- The candidate page, the review pages (`/review`, `/review/{id}`) and the
+  static files get a Content-Security-Policy that
   allows only the server's own scripts, styles and connections (no inline
   script: `static/index.html` loads `static/page.js`). No `frame-ancestors`:
   integrators embed the page in an iframe (README, "The browser client").
@@ -41,5 +42,6 @@ async def _on_prepare(request: web.Request, response: web.StreamResponse) -> Non
     headers = response.headers
     headers["X-Content-Type-Options"] = "nosniff"
     headers.setdefault("Referrer-Policy", "no-referrer")
-    page = request.path == "/" or request.path.startswith("/static/")
+    path = request.path
+    page = path in ("/", "/review") or path.startswith(("/static/", "/review/"))
     headers.setdefault("Content-Security-Policy", PAGE_CSP if page else API_CSP)

@@ -1,0 +1,68 @@
+"""The review page in a real Chromium, on an interview that really happened (issue 14).
+
+A candidate joins over WebRTC with real speech; a second person comes into
+view half a minute in. Then a reviewer opens the interview's review link:
+the video plays, the transcript follows playback, a flag seeks the video to
+within 1 s of the second person's onset (read off the recording itself) and
+shows its evidence, a dismissal survives a reload, and the page works at
+320 px. Runs in its own network namespace, like `tests/test_browser.py`;
+screenshots go to `artifacts/review/`.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+
+from tests.conftest import REPO, SHARED
+from tests.test_browser import _failures, _missing
+
+ARTIFACTS = REPO / "artifacts" / "review"
+PHOTOS = SHARED / "testdata" / "photos"
+ONE_PERSON = PHOTOS / "coco_000000000436_1person_eating_closeup.jpg"
+TWO_PERSONS = PHOTOS / "coco_000000000165_2persons_indoor.jpg"
+DRIVER_TIMEOUT_S = 200
+
+CHECKS = (
+    "interview_transcript", "interview_anomaly", "recording_finished", "ground_truth",
+    "row_offsets", "token_out_of_address_bar", "video_plays", "transcript_follows",
+    "flag_seeks", "dismissal_survives_reload", "narrow_320px", "read_only_link",
+    "sessions_list",
+)
+
+
+@pytest.fixture(scope="module")
+def review_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    reason = _missing() or (None if ONE_PERSON.is_file() else f"missing {ONE_PERSON}")
+    if reason:
+        pytest.skip(reason)
+    work = tmp_path_factory.mktemp("review")
+    out = work / "results.json"
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    for old in ARTIFACTS.glob("*"):
+        old.unlink()
+    command = [
+        "unshare", "-n", "sh", "-c", 'ip link set lo up && exec "$0" "$@"',
+        sys.executable, "-m", "tests.browser.review_driver",
+        "--work", str(work), "--artifacts", str(ARTIFACTS), "--out", str(out),
+        "--first", str(ONE_PERSON), "--second", str(TWO_PERSONS),
+        "--timeout", str(DRIVER_TIMEOUT_S - 15),
+    ]
+    proc = subprocess.run(command, check=False, cwd=REPO, capture_output=True, text=True,
+                          timeout=DRIVER_TIMEOUT_S)
+    output = proc.stdout + proc.stderr
+    (ARTIFACTS / "driver.log").write_text(output)
+    if not out.exists():
+        pytest.fail(f"the driver wrote no results (exit {proc.returncode}):\n{output}")
+    results: dict[str, Any] = json.loads(out.read_text())
+    return results
+
+
+@pytest.mark.timeout(DRIVER_TIMEOUT_S + 30)
+def test_review_page_on_a_real_interview(review_run: dict[str, Any]) -> None:
+    failures = _failures(review_run, CHECKS)
+    assert not failures, "\n".join(failures) + f"\n(see {ARTIFACTS})"
