@@ -10,6 +10,7 @@ import asyncio
 import json
 import logging
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -74,14 +75,14 @@ WHERE status = 'scheduled' AND session_information->>'server_instance' = $1
 
 # Rows left `in_progress` by an earlier process of this instance (same data
 # directory, another run), and anybody's whose last checkpoint is too old.
-_MARK_INTERRUPTED = """
+_MARK_INTERRUPTED = f"""
 UPDATE interview_sessions SET status = 'interrupted'
 WHERE status = 'in_progress' AND (
     (session_information->>'server_instance' = $1
      AND session_information->>'server_run' IS DISTINCT FROM $3)
     OR (session_information->>'checkpoint_at')::timestamptz < now() - make_interval(secs => $2)
 )
-RETURNING session_id
+RETURNING {_COLUMNS}
 """
 
 # What counts as "the database is down, try later" rather than a bug.
@@ -208,10 +209,26 @@ class SessionStore:
         return await self._fetchrow(query, interviewee_id) is not None
 
     async def mark_interrupted(
-        self, server_instance: str, server_run: str, stale_after_s: float
+        self,
+        server_instance: str,
+        server_run: str,
+        stale_after_s: float,
+        *,
+        before_commit: Callable[[list[SessionRow]], Awaitable[None]] | None = None,
     ) -> int:
-        """Declare rows abandoned by dead processes `interrupted`; return how many."""
-        rows = await self._fetch(_MARK_INTERRUPTED, server_instance, stale_after_s, server_run)
+        """Declare rows abandoned by dead processes `interrupted`; return how many.
+
+        `before_commit` gets the rows so marked while the change can still be
+        undone: when it raises, they stay `in_progress` for the next sweep, so
+        what it records about them (a webhook event) is never lost.
+        """
+        async with self._acquire() as conn:
+            async with conn.transaction():
+                records = await conn.fetch(_MARK_INTERRUPTED, server_instance, stale_after_s,
+                                           server_run)
+                rows = [_row(record) for record in records]
+                if rows and before_commit is not None:
+                    await before_commit(rows)
         return len(rows)
 
     async def _execute(self, query: str, *args: Any) -> None:
