@@ -443,7 +443,7 @@ def _webhook(env: Mapping[str, str]) -> tuple[str | None, str | None]:
         raise ConfigError(f"WEBHOOK_URL must be an absolute http(s) URL, got scheme "
                           f"{parts.scheme or '(none)'!r}")
     if secret is None:
-        raise ConfigError("WEBHOOK_URL is set but WEBHOOK_SECRET is not: set it to the secret "
+        raise ConfigError("WEBHOOK_URL is set but WEBHOOK_SECRET is not: set it to the key "
                           "receivers verify X-Signature with")
     return url, secret
 
