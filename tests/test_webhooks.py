@@ -20,7 +20,7 @@ from aiohttp import web
 from storage.pg import SessionStore
 from storage.webhooks import REVIEW_DECIDED, RetryPolicy, WebhookSender, sign, verify
 from testing import start_server
-from tests.conftest import AppFactory
+from tests.conftest import REPO, AppFactory
 
 SECRET = "whsec-test"
 FAST = RetryPolicy(first_s=0.05, max_s=0.2)
@@ -127,6 +127,23 @@ def test_signature_round_trip_and_what_breaks_it():
         assert not verify(SECRET, broken, body)
     # A secret being rotated: either signature may match.
     assert verify(SECRET, f"{sign('old', now, body)},v1={header.rpartition('v1=')[2]}", body)
+
+
+def test_the_readme_snippet_verifies_the_same_way():
+    readme = (REPO / "README.md").read_text()
+    section = readme.split("## Webhooks", 1)[1]
+    snippet = section.split("```python\n", 1)[1].split("```", 1)[0]
+    namespace: dict[str, Any] = {}
+    exec(snippet, namespace)
+    readme_verify = namespace["verify"]
+    body = b'{"id":"e1"}'
+    now = int(time.time())
+    good = sign(SECRET, now, body)
+    cases = [(good, body), (good, body + b"x"), (sign(SECRET, now - 400, body), body),
+             ("t=x,v1=00", body), ("", body), (f"{sign('old', now, body)},{good}", body)]
+    for header, received in cases:
+        assert readme_verify(SECRET, header, received) == verify(SECRET, header, received)
+    assert readme_verify(SECRET, good, body)
 
 
 # -- the sender ----------------------------------------------------------------------
