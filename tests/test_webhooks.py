@@ -17,10 +17,13 @@ import asyncpg
 import pytest
 from aiohttp import web
 
+from engine.registry import InterviewTable
+from engine.session import InterviewSession, SessionRow
 from storage.pg import SessionStore
 from storage.webhooks import REVIEW_DECIDED, RetryPolicy, WebhookSender, sign, verify
 from testing import start_server
 from tests.conftest import REPO, AppFactory
+from tests.test_interview_table import Rows, SlowCall
 
 SECRET = "whsec-test"
 FAST = RetryPolicy(first_s=0.05, max_s=0.2)
@@ -235,6 +238,40 @@ async def test_bad_ids_and_no_url(tmp_path: Path):
     await off.emit("review.decided", {}, event_id="nothing")  # no WEBHOOK_URL: nothing
     await off.close()
     assert not off.enabled and not (tmp_path / "off").exists()
+
+
+# -- the interview table's endings ---------------------------------------------------
+
+
+async def test_the_table_reports_an_interview_once_it_is_over_for_good():
+    rows, ended = Rows(), []
+
+    async def on_ended(row: SessionRow) -> None:
+        await asyncio.sleep(0.05)  # shutdown must wait for this
+        ended.append((row.session_id, row.status))
+
+    interviews = InterviewTable(rows, checkpoint_s=0.05, heartbeat_s=3600.0,
+                                rejoin_grace_s=0.6, on_ended=on_ended, invite_ttl_s=0.01)
+    await interviews.start()
+    dropped, rejoined, live = (InterviewSession(job_role=r) for r in ("A", "B", "C"))
+    for session in (dropped, rejoined, live):
+        await interviews.add(session)
+        interviews.interview(session.session_id).attach(SlowCall())  # type: ignore[union-attr]
+        interviews.end_soon(session.session_id, rejoinable=session is not live)
+    unused = InterviewSession(job_role="D")
+    await interviews.add(unused)  # expires unused (the checkpointer): no interview, no event
+    await asyncio.sleep(0.3)
+    assert [sid for sid, _ in ended] == [live.session_id]  # the others are parked
+    assert interviews.rejoin(rejoined.session_id) is rejoined
+    await asyncio.sleep(0.6)  # the dropped one's window closes
+    assert ended[1:] == [(dropped.session_id, "completed")]
+    interviews.interview(rejoined.session_id).attach(SlowCall())  # type: ignore[union-attr]
+    assert interviews.interview(unused.session_id) is None
+    await interviews.end_all()  # waits for the report of the rejoined one
+    await interviews.close()
+    assert ended[2:] == [(rejoined.session_id, "completed")]
+    assert rows.rows[-1].status == "completed"
+    assert any(r.session_id == unused.session_id and r.status == "expired" for r in rows.rows)
 
 
 # -- in the app ----------------------------------------------------------------------
