@@ -142,8 +142,10 @@ class InterviewTable:
         interview = self._interviews.get(session_id)
         if interview is not None and interview.state is InterviewState.PARKED:
             interview.final_status = status
-            self._forget(interview)
-            return str(await self._saver.save(interview.row(status)))
+            reported = self._forget(interview)
+            result = str(await self._saver.save(interview.row(status)))
+            await _stored(reported)
+            return result
         self.end_soon(session_id, status)
         if interview is None or interview.ending is None:
             return None
@@ -232,7 +234,9 @@ class InterviewTable:
                     self._rejoin_grace_s, self._expire, interview
                 )
             else:
-                self._forget(interview)
+                # The caller hears of the end once it is reported too (the
+                # webhook event is on disk).
+                await _stored(self._forget(interview))
 
     def _expire(self, interview: Interview) -> None:
         if interview.state is InterviewState.PARKED:
@@ -244,7 +248,8 @@ class InterviewTable:
             if interview.state is InterviewState.PARKED:
                 self._forget(interview)
 
-    def _forget(self, interview: Interview) -> None:
+    def _forget(self, interview: Interview) -> asyncio.Task[None] | None:
+        """Gone for good; returns the task reporting the end to `on_ended`, if any."""
         if interview.rejoin_timer is not None:
             interview.rejoin_timer.cancel()
             interview.rejoin_timer = None
@@ -258,12 +263,15 @@ class InterviewTable:
                 name=f"ended-{interview.session_id}")
             self._reporting.add(report)
             report.add_done_callback(self._reporting.discard)
+        else:
+            report = None
         if interview.evaluable:
             # Only once it is over for good: a rejoin never waits for a model.
             task = asyncio.get_running_loop().create_task(
                 self._evaluate(interview), name=f"evaluate-{interview.session_id}")
             self._evaluations.add(task)
             task.add_done_callback(self._evaluations.discard)
+        return report
 
     @staticmethod
     async def _report_ended(on_ended: Callable[[SessionRow], Awaitable[None]],
@@ -321,6 +329,12 @@ class InterviewTable:
         # (nobody joined yet) is never taken for abandoned: no refresh.
         started = interview.record.start_time is not None
         return started and time.monotonic() - interview.saved_at >= self._heartbeat_s
+
+
+async def _stored(report: asyncio.Task[None] | None) -> None:
+    """Wait for an end being reported; shielded: a cancelled caller leaves it running."""
+    if report is not None:
+        await asyncio.shield(report)
 
 
 def _log_failure(task: asyncio.Task[str]) -> None:

@@ -19,8 +19,10 @@ from aiohttp import web
 
 from engine.registry import InterviewTable
 from engine.session import InterviewSession, SessionRow
+from storage.outbox import Outbox
 from storage.pg import SessionStore
 from storage.webhooks import REVIEW_DECIDED, RetryPolicy, WebhookSender, sign, verify
+from storage.writer import SessionWriter
 from testing import start_server
 from tests.conftest import REPO, AppFactory
 from tests.test_interview_table import Rows, SlowCall
@@ -357,6 +359,29 @@ async def test_the_sweep_is_undone_when_its_events_cannot_be_stored(database_url
         await store.close()
 
 
+async def test_outbox_rows_left_in_progress_are_reported_interrupted(
+    tmp_path: Path, database_url: str
+):
+    """A crash while the database was down: the row waited in the outbox."""
+    outbox = Outbox(tmp_path / "outbox")
+    row = SessionRow(uuid.uuid4(), "in_progress", session_information={"job_role": "QA"})
+    outbox.put(row)
+    reported: list[SessionRow] = []
+
+    async def on_interrupted(rows: list[SessionRow]) -> None:
+        reported.extend(rows)
+
+    store = SessionStore(database_url)
+    await store.open()
+    writer = SessionWriter(store, outbox, server_instance="i", server_run="r2",
+                           stale_after_s=60, on_interrupted=on_interrupted)
+    await writer.start()
+    await writer.wait_idle()
+    await writer.close()
+    await store.close()
+    assert [(r.session_id, r.status) for r in reported] == [(row.session_id, "interrupted")]
+
+
 # -- across a restart, receiver down -------------------------------------------------
 
 
@@ -371,6 +396,8 @@ async def metric(http: aiohttp.ClientSession, url: str, line_start: str) -> floa
 async def test_an_event_arrives_once_after_the_receiver_was_down_across_a_restart(
     tmp_path: Path, database_url: str
 ):
+    """Two interviews end while the receiver is down; the server is killed and
+    started again; the receiver comes back: each event arrives, once."""
     port = free_port()  # the receiver's, closed for now
     env = {"DATA_DIR": str(tmp_path / "data"), "DATABASE_URL": database_url,
            "WEBHOOK_URL": f"http://127.0.0.1:{port}/hooks", "WEBHOOK_SECRET": SECRET,
@@ -383,15 +410,18 @@ async def test_an_event_arrives_once_after_the_receiver_was_down_across_a_restar
                 sids.append((await resp.json())["session_id"])
             async with http.post(f"{server.url}/sessions/{sids[-1]}/end") as resp:
                 assert resp.status == 200
-        for _ in range(100):  # the receiver is down: attempts fail
+        # Stored before the end was answered: a crash now loses nothing.
+        assert await metric(http, server.url, "interview_webhook_pending") == 2
+        server.process.kill()
+        await server.process.wait()
+    assert len(list((tmp_path / "data" / "webhooks").glob("*.json"))) == 2
+    async with start_server(env) as server, aiohttp.ClientSession() as http:
+        for _ in range(100):  # the receiver is still down: attempts fail
             if await metric(http, server.url, failed) >= 3:
                 break
             await asyncio.sleep(0.1)
-        assert await metric(http, server.url, "interview_webhook_pending") == 2
         assert await metric(http, server.url, failed) >= 3
-    # Stopped (SIGTERM); the events wait on disk. Started again, then the receiver.
-    assert len(list((tmp_path / "data" / "webhooks").glob("*.json"))) == 2
-    async with start_server(env) as server, aiohttp.ClientSession() as http:
+        assert await metric(http, server.url, "interview_webhook_pending") == 2
         async with receiving(port) as receiver:
             await receiver.wait_delivered(2)
             for _ in range(100):
