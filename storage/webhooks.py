@@ -249,8 +249,8 @@ class WebhookSender:
     async def _attempt(self, pending: _Pending) -> None:
         outcome = await self._post(pending)
         if outcome is None:
-            self.delivered += 1
             await self._run_io(self._files.discard, pending.event_id)
+            self.delivered += 1
             del self._pending[pending.event_id]
             self._delivered[pending.event_id] = None
             if len(self._delivered) > _RECENTLY_DELIVERED:
