@@ -198,8 +198,8 @@ class WebhookSender:
 
         An `event_id` already stored, given up on, or delivered by this
         process is not stored again. Raises OSError when the disk cannot
-        take it, ValueError for an id that cannot name a file or data that is
-        not JSON.
+        take it, ValueError for an id that cannot name a file, TypeError or
+        ValueError for data JSON cannot hold.
         """
         if self.url is None:
             return
