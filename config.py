@@ -138,6 +138,11 @@ class Config:
     llm_timeout_s: float = DEFAULT_LLM_TIMEOUT_S
     resume_parse_timeout_s: float = 10.0
     resume_parse_memory_mb: int = 512
+    # Where `interview.ended` and `review.decided` events are POSTed, signed
+    # with `webhook_secret` (storage/webhooks.py); None sends none.
+    webhook_url: str | None = None
+    webhook_secret: str | None = field(default=None, repr=False)
+    webhook_retry_max_s: float = 300.0  # the longest wait between two attempts
 
     @property
     def disk_reserve_bytes(self) -> int:
@@ -169,6 +174,7 @@ class Config:
             )
         checkpoint_s = _positive_float(env, "CHECKPOINT_S", cls.checkpoint_s)
         turn_secret = _optional(env, "TURN_SECRET")
+        webhook_url, webhook_secret = _webhook(env)
         return cls(
             host=host,
             allow_unauthenticated=allow_unauthenticated,
@@ -240,6 +246,10 @@ class Config:
                 env, "RESUME_PARSE_TIMEOUT_S", cls.resume_parse_timeout_s),
             resume_parse_memory_mb=_positive_int(
                 env, "RESUME_PARSE_MEMORY_MB", cls.resume_parse_memory_mb),
+            webhook_url=webhook_url,
+            webhook_secret=webhook_secret,
+            webhook_retry_max_s=_positive_float(
+                env, "WEBHOOK_RETRY_MAX_S", cls.webhook_retry_max_s),
         )
 
 
@@ -420,6 +430,22 @@ def _public_url(env: Mapping[str, str]) -> str | None:
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise ConfigError(f"PUBLIC_URL must be an absolute http(s) URL, got {raw!r}")
     return raw.rstrip("/")
+
+
+def _webhook(env: Mapping[str, str]) -> tuple[str | None, str | None]:
+    """`WEBHOOK_URL` and the `WEBHOOK_SECRET` its events are signed with."""
+    url, secret = _optional(env, "WEBHOOK_URL"), _optional(env, "WEBHOOK_SECRET")
+    if url is None:
+        return None, secret
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        # Never echo the URL: it may carry a token.
+        raise ConfigError(f"WEBHOOK_URL must be an absolute http(s) URL, got scheme "
+                          f"{parts.scheme or '(none)'!r}")
+    if secret is None:
+        raise ConfigError("WEBHOOK_URL is set but WEBHOOK_SECRET is not: set it to the key "
+                          "receivers verify X-Signature with")
+    return url, secret
 
 
 def _ice_servers(env: Mapping[str, str], turn_secret: str | None) -> tuple[dict[str, Any], ...]:

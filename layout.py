@@ -9,6 +9,8 @@ client is given; they ask `DataLayout` and `PublicUrls`.
       postgres/             the embedded PostgreSQL cluster (no DATABASE_URL)
       outbox/               rows the database could not take yet
       outbox/quarantine/    rows it refused, outbox files unreadable: kept, not retried
+      webhooks/<id>.json    webhook events not delivered yet (WEBHOOK_URL)
+      webhooks/failed/      events given up on: kept, not retried
       models/               ASR models faster-whisper may download by name
       resumes/<id>.pdf      uploaded resumes
       recordings/<id>.webm  finished recordings (`.webm.part` while recording)
@@ -44,6 +46,10 @@ class DataLayout:
     @property
     def outbox(self) -> Path:
         return self.root / "outbox"
+
+    @property
+    def webhooks_dir(self) -> Path:
+        return self.root / "webhooks"
 
     @property
     def models(self) -> Path:

@@ -22,11 +22,13 @@ from media.metrics import MediaMetrics
 from media.runtime import MediaModels
 from media.service import MediaService
 from storage.pg import SessionStore
+from storage.webhooks import WebhookSender
 from storage.writer import SessionWriter
 
 __all__ = [
     "CONFIG", "LAYOUT", "URLS", "FILE_IO", "INSTANCE", "STORE", "WRITER", "REGISTRY",
     "MEDIA", "METRICS", "MODELS", "RESUME_PARSER", "REVIEW_KEYS", "SESSION", "REVIEWER",
+    "WEBHOOKS",
 ]
 
 CONFIG = web.AppKey("config", Config)
@@ -38,6 +40,8 @@ INSTANCE = web.AppKey("instance", Instance)
 STORE = web.AppKey("store", SessionStore)
 WRITER = web.AppKey("writer", SessionWriter)
 REGISTRY = web.AppKey("registry", InterviewTable)
+# Always set: without WEBHOOK_URL its `emit()` does nothing.
+WEBHOOKS = web.AppKey("webhooks", WebhookSender)
 MEDIA = web.AppKey("media", MediaService)
 # Models handed to `make_app` instead of those loaded on the first call.
 MODELS: web.AppKey[MediaModels | None] = web.AppKey("models")

@@ -1,25 +1,28 @@
 """What starts with the application and stops with it (aiohttp cleanup contexts).
 
-`storage_ctx` holds the data directory, the database and the row writer;
-`registry_ctx`, inside it, the live sessions, their media and the metrics.
+`storage_ctx` holds the data directory, the database, the webhook sender and
+the row writer; `registry_ctx`, inside it, the live sessions, their media and
+the metrics.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
 from aiohttp import web
 from prometheus_client import ProcessCollector
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from api.instance import Instance
 from api.keys import (
     CONFIG, FILE_IO, INSTANCE, LAYOUT, MEDIA, METRICS, MODELS, REGISTRY, RESUME_PARSER,
-    REVIEW_KEYS, STORE, WRITER,
+    REVIEW_KEYS, STORE, WEBHOOKS, WRITER,
 )
 from api.resume_text import ResumeLimits, ResumeParser
 from api.turn import is_turn
@@ -33,6 +36,7 @@ from storage.disk import DiskReserve, RetentionSweeper
 from storage.embedded import start_embedded, stop_embedded
 from storage.outbox import Outbox
 from storage.pg import DatabaseUnavailable, SessionStore
+from storage.webhooks import RetryPolicy, WebhookSender
 from storage.writer import SessionWriter
 
 __all__ = ["storage_ctx", "registry_ctx"]
@@ -60,18 +64,27 @@ async def storage_ctx(app: web.Application) -> AsyncIterator[None]:
     await store.open()
     app[REVIEW_KEYS] = ReviewKeys(lambda: store.server_secret(REVIEW_SECRET))
     outbox = await loop.run_in_executor(file_io, Outbox, layout.outbox)
+    # Before the writer: the rows its start-up sweep finds interrupted are
+    # reported, and after it at shutdown, for the endings saved last.
+    webhooks = app[WEBHOOKS] = WebhookSender(
+        config.webhook_url, config.webhook_secret or "", layout.webhooks_dir,
+        policy=RetryPolicy(max_s=config.webhook_retry_max_s),
+    )
+    await webhooks.start()
     writer = app[WRITER] = SessionWriter(
         store,
         outbox,
         server_instance=instance.instance_id,
         server_run=instance.run_id,
         stale_after_s=config.stale_after_s,
+        on_interrupted=webhooks.emit_all_ended if webhooks.enabled else None,
     )
     await writer.start()
     try:
         yield
     finally:
         await writer.close()
+        await webhooks.close()
         await store.close()
         if embedded is not None:
             await loop.run_in_executor(file_io, stop_embedded, embedded)
@@ -81,6 +94,7 @@ async def storage_ctx(app: web.Application) -> AsyncIterator[None]:
 
 async def registry_ctx(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
+    webhooks = app[WEBHOOKS]
     registry = app[REGISTRY] = InterviewTable(
         app[WRITER],
         checkpoint_s=config.checkpoint_s,
@@ -88,6 +102,7 @@ async def registry_ctx(app: web.Application) -> AsyncIterator[None]:
         rejoin_grace_s=config.rejoin_grace_s,
         anomaly_settings=AnomalySettings(device_labels=config.device_labels),
         invite_ttl_s=config.invite_ttl_s,
+        on_ended=webhooks.emit_ended if webhooks.enabled else None,
     )
     await _restore_invitations(app, registry)
     metrics = app[METRICS] = _metrics(app, registry)
@@ -138,7 +153,30 @@ def _metrics(app: web.Application, registry: InterviewTable) -> MediaMetrics:
     metrics.gauge("interview_rows_held",
                   "Rows in memory only: neither the database nor the disk took them yet",
                   lambda: writer.held_size)
+    webhooks = app[WEBHOOKS]
+    metrics.registry.register(_WebhookAttempts(webhooks))
+    metrics.gauge("interview_webhook_pending", "Webhook events stored, not delivered yet",
+                  lambda: webhooks.pending)
+    metrics.counter("interview_webhook_given_up",
+                    "Webhook events undelivered for too long, kept in DATA_DIR/webhooks/failed",
+                    lambda: webhooks.given_up)
     return metrics
+
+
+class _WebhookAttempts(Collector):
+    """`interview_webhook_attempts_total{outcome}`: POSTs answered 2xx, and the others."""
+
+    def __init__(self, webhooks: WebhookSender) -> None:
+        self._webhooks = webhooks
+
+    def collect(self) -> Iterator[Metric]:
+        attempts = CounterMetricFamily(
+            "interview_webhook_attempts", "Webhook deliveries tried, by outcome (delivered: "
+            "answered 2xx; failed: another status, no answer, or no connection)",
+            labels=["outcome"])
+        attempts.add_metric(["delivered"], self._webhooks.delivered)
+        attempts.add_metric(["failed"], self._webhooks.failed)
+        yield attempts
 
 
 async def _restore_invitations(app: web.Application, table: InterviewTable) -> None:

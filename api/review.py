@@ -19,7 +19,7 @@ from aiohttp import web
 from api.bodies import read_json_body
 from api.errors import json_error
 from api.files import STATIC_DIR
-from api.keys import LAYOUT, REGISTRY, REVIEW_KEYS, REVIEWER, STORE
+from api.keys import LAYOUT, REGISTRY, REVIEW_KEYS, REVIEWER, STORE, WEBHOOKS
 from api.lookup import client_urls, parse_session_id, stored_row
 from engine.review import (
     FlagDecision,
@@ -131,10 +131,8 @@ async def _announce(
     request: web.Request, session_id: uuid.UUID, entry: dict[str, Any],
     review: dict[str, Any], serial: int,
 ) -> None:
-    """The `review.decided` webhook, when webhooks are configured."""
-    sender = None  # TODO(merge): request.app.get(WEBHOOKS)
-    if sender is None:
-        return
+    """The `review.decided` webhook (sent when WEBHOOK_URL is set)."""
+    sender = request.app[WEBHOOKS]  # a no-op without WEBHOOK_URL
     data = {
         "session_id": str(session_id),
         "review_status": entry["decision"],

@@ -13,20 +13,22 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from datetime import timedelta
 
 from engine.aio import cancel_and_wait
 from engine.anomaly import AnomalyRules, AnomalySettings
 from engine.interview import Interview, InterviewState
 from engine.ports import RowSaver
-from engine.session import InterviewSession, SessionStatus, utc_now
+from engine.session import InterviewSession, SessionRow, SessionStatus, utc_now
 
 __all__ = ["InterviewTable"]
 
 log = logging.getLogger(__name__)
 
 EVALUATION_GRACE_S = 20.0  # at shutdown, for the model's evaluations still running
+# Endings reported to `on_ended`: an invitation that expired unused was no interview.
+_REPORTED = (SessionStatus.COMPLETED, SessionStatus.INTERRUPTED)
 
 
 class InterviewTable:
@@ -39,8 +41,12 @@ class InterviewTable:
         rejoin_grace_s: float = 0.0,
         anomaly_settings: AnomalySettings | None = None,
         invite_ttl_s: float | None = None,
+        on_ended: Callable[[SessionRow], Awaitable[None]] | None = None,
     ) -> None:
+        """`on_ended` gets the final row of each interview once it is over for
+        good (not while it is parked for a rejoin); shutdown waits for it."""
         self._saver = saver
+        self._on_ended = on_ended
         self._invite_ttl = None if invite_ttl_s is None else timedelta(seconds=invite_ttl_s)
         self._checkpoint_s = checkpoint_s
         self._heartbeat_s = heartbeat_s
@@ -51,6 +57,7 @@ class InterviewTable:
         self.on_forget: list[Callable[[Interview], None]] = []
         self._task: asyncio.Task[None] | None = None
         self._evaluations: set[asyncio.Task[None]] = set()
+        self._reporting: set[asyncio.Task[None]] = set()
         self.checkpoints = 0
 
     def __len__(self) -> int:
@@ -134,8 +141,11 @@ class InterviewTable:
         """
         interview = self._interviews.get(session_id)
         if interview is not None and interview.state is InterviewState.PARKED:
-            self._forget(interview)
-            return str(await self._saver.save(interview.row(status)))
+            interview.final_status = status
+            reported = self._forget(interview)
+            result = str(await self._saver.save(interview.row(status)))
+            await _stored(reported)
+            return result
         self.end_soon(session_id, status)
         if interview is None or interview.ending is None:
             return None
@@ -180,6 +190,7 @@ class InterviewTable:
             if isinstance(result, BaseException):
                 log.error("ending a session at shutdown failed: %r", result)
         self._forget_parked()  # parked by the endings just awaited
+        await self._reported()
         if self._evaluations:
             # The rows are saved already; the evaluations get a little longer.
             _, pending = await asyncio.wait(self._evaluations, timeout=EVALUATION_GRACE_S)
@@ -193,6 +204,7 @@ class InterviewTable:
     async def close(self) -> None:
         task, self._task = self._task, None
         await cancel_and_wait(task)
+        await self._reported()
 
     async def _end(self, interview: Interview, status: SessionStatus, rejoinable: bool) -> str:
         interview.final_status = status
@@ -222,7 +234,9 @@ class InterviewTable:
                     self._rejoin_grace_s, self._expire, interview
                 )
             else:
-                self._forget(interview)
+                # The caller hears of the end once it is reported too (the
+                # webhook event is on disk).
+                await _stored(self._forget(interview))
 
     def _expire(self, interview: Interview) -> None:
         if interview.state is InterviewState.PARKED:
@@ -234,7 +248,8 @@ class InterviewTable:
             if interview.state is InterviewState.PARKED:
                 self._forget(interview)
 
-    def _forget(self, interview: Interview) -> None:
+    def _forget(self, interview: Interview) -> asyncio.Task[None] | None:
+        """Gone for good; returns the task reporting the end to `on_ended`, if any."""
         if interview.rejoin_timer is not None:
             interview.rejoin_timer.cancel()
             interview.rejoin_timer = None
@@ -242,12 +257,34 @@ class InterviewTable:
         self._interviews.pop(interview.session_id, None)
         for callback in self.on_forget:
             callback(interview)
+        if self._on_ended is not None and interview.final_status in _REPORTED:
+            report = asyncio.get_running_loop().create_task(
+                self._report_ended(self._on_ended, interview.row(interview.final_status)),
+                name=f"ended-{interview.session_id}")
+            self._reporting.add(report)
+            report.add_done_callback(self._reporting.discard)
+        else:
+            report = None
         if interview.evaluable:
             # Only once it is over for good: a rejoin never waits for a model.
             task = asyncio.get_running_loop().create_task(
                 self._evaluate(interview), name=f"evaluate-{interview.session_id}")
             self._evaluations.add(task)
             task.add_done_callback(self._evaluations.discard)
+        return report
+
+    @staticmethod
+    async def _report_ended(on_ended: Callable[[SessionRow], Awaitable[None]],
+                            row: SessionRow) -> None:
+        try:
+            await on_ended(row)
+        except Exception:
+            log.exception("session %s: reporting its end failed", row.session_id)
+
+    async def _reported(self) -> None:
+        """Wait for the endings being reported (at shutdown, before what takes them closes)."""
+        if self._reporting:
+            await asyncio.wait(set(self._reporting))
 
     async def _evaluate(self, interview: Interview) -> None:
         try:
@@ -292,6 +329,12 @@ class InterviewTable:
         # (nobody joined yet) is never taken for abandoned: no refresh.
         started = interview.record.start_time is not None
         return started and time.monotonic() - interview.saved_at >= self._heartbeat_s
+
+
+async def _stored(report: asyncio.Task[None] | None) -> None:
+    """Wait for an end being reported; shielded: a cancelled caller leaves it running."""
+    if report is not None:
+        await asyncio.shield(report)
 
 
 def _log_failure(task: asyncio.Task[str]) -> None:

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.session import SessionRow
+from storage.files import fsync_directory, write_atomically
 
 __all__ = ["Outbox", "OutboxCorrupt"]
 
@@ -54,7 +55,7 @@ class Outbox:
     def put(self, row: SessionRow) -> None:
         """Write the row's snapshot; raise OSError (a full disk) or TypeError/ValueError."""
         data = json.dumps(row.to_json()).encode()
-        self._write_atomically(self._path(row.session_id), data)
+        write_atomically(self._path(row.session_id), data)
 
     def get(self, session_id: uuid.UUID) -> SessionRow | None:
         """The queued snapshot, None if there is none; raise `OutboxCorrupt`."""
@@ -74,7 +75,7 @@ class Outbox:
             self._path(session_id).unlink()
         except FileNotFoundError:
             return
-        self._fsync_directory(self.directory)
+        fsync_directory(self.directory)
 
     def pending(self) -> list[uuid.UUID]:
         """Session ids waiting in the outbox, oldest first."""
@@ -98,7 +99,7 @@ class Outbox:
         data = json.dumps(record, default=repr, indent=1).encode()
         self.quarantine_dir.mkdir(exist_ok=True)
         path = self.quarantine_dir / f"{row.session_id}.json"
-        self._write_atomically(path, data)
+        write_atomically(path, data)
         self.discard(row.session_id)
         return path
 
@@ -108,10 +109,10 @@ class Outbox:
         stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
         target = self.quarantine_dir / f"{path.stem}.{stamp}.corrupt"
         os.replace(path, target)
-        self._fsync_directory(self.directory)
+        fsync_directory(self.directory)
         try:
             note = target.with_name(target.name + ".error")
-            self._write_atomically(note, f"{reason}\n".encode())
+            write_atomically(note, f"{reason}\n".encode())
         except OSError as exc:  # the file itself is safe; the note needs room
             log.warning("no note written for %s: %s", target.name, exc)
         return target
@@ -124,33 +125,6 @@ class Outbox:
 
     def _path(self, session_id: uuid.UUID) -> Path:
         return self.directory / f"{session_id}.json"
-
-    def _write_atomically(self, path: Path, data: bytes) -> None:
-        tmp = path.with_name(path.name + ".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            try:
-                view = memoryview(data)
-                while view:  # a nearly full disk may take part of a write
-                    view = view[os.write(fd, view):]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, path)
-        except BaseException:
-            # Never leave a partial file behind: it would hold the space a
-            # full disk needs back.
-            tmp.unlink(missing_ok=True)
-            raise
-        self._fsync_directory(path.parent)
-
-    @staticmethod
-    def _fsync_directory(directory: Path) -> None:
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 def _mtime(path: Path) -> float:

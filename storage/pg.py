@@ -11,6 +11,7 @@ import json
 import logging
 import secrets
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -137,14 +138,14 @@ WHERE status = 'scheduled' AND session_information->>'server_instance' = $1
 
 # Rows left `in_progress` by an earlier process of this instance (same data
 # directory, another run), and anybody's whose last checkpoint is too old.
-_MARK_INTERRUPTED = """
+_MARK_INTERRUPTED = f"""
 UPDATE interview_sessions SET status = 'interrupted'
 WHERE status = 'in_progress' AND (
     (session_information->>'server_instance' = $1
      AND session_information->>'server_run' IS DISTINCT FROM $3)
     OR (session_information->>'checkpoint_at')::timestamptz < now() - make_interval(secs => $2)
 )
-RETURNING session_id
+RETURNING {_COLUMNS}
 """
 
 # What counts as "the database is down, try later" rather than a bug.
@@ -286,10 +287,26 @@ class SessionStore:
         return await self._fetchrow(query, interviewee_id) is not None
 
     async def mark_interrupted(
-        self, server_instance: str, server_run: str, stale_after_s: float
+        self,
+        server_instance: str,
+        server_run: str,
+        stale_after_s: float,
+        *,
+        before_commit: Callable[[list[SessionRow]], Awaitable[None]] | None = None,
     ) -> int:
-        """Declare rows abandoned by dead processes `interrupted`; return how many."""
-        rows = await self._fetch(_MARK_INTERRUPTED, server_instance, stale_after_s, server_run)
+        """Declare rows abandoned by dead processes `interrupted`; return how many.
+
+        `before_commit` gets the rows so marked while the change can still be
+        undone: when it raises, they stay `in_progress` for the next sweep, so
+        what it records about them (a webhook event) is never lost.
+        """
+        async with self._acquire() as conn:
+            async with conn.transaction():
+                records = await conn.fetch(_MARK_INTERRUPTED, server_instance, stale_after_s,
+                                           server_run)
+                rows = [_row(record) for record in records]
+                if rows and before_commit is not None:
+                    await before_commit(rows)
         return len(rows)
 
     async def server_secret(self, name: str) -> bytes:

@@ -28,7 +28,7 @@ import contextlib
 import enum
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import Any, TypeVar
@@ -82,6 +82,7 @@ class SessionWriter:
         retry_min_s: float = 0.5,
         retry_max_s: float = 30.0,
         max_held: int = 1000,
+        on_interrupted: Callable[[list[SessionRow]], Awaitable[None]] | None = None,
     ) -> None:
         self._store = store
         self._outbox = outbox
@@ -91,6 +92,10 @@ class SessionWriter:
         self._retry_min_s = retry_min_s
         self._retry_max_s = retry_max_s
         self._max_held = max_held
+        # Told of the rows found `in_progress` in the outbox at start, and of
+        # those the start-up sweep marks `interrupted` in the database, before
+        # that is committed (the webhook sender stores their events).
+        self._on_interrupted = on_interrupted
         self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox-io")
         self._writing = KeyedLock()  # one session's writes, in order
         self._queued: set[uuid.UUID] = set()  # a snapshot in the outbox
@@ -115,12 +120,18 @@ class SessionWriter:
 
     async def start(self) -> None:
         """Recover the outbox left by a previous process, then start retrying."""
-        recovered, held, quarantined = await self._run_io(self._recover_outbox)
+        recovered, held, quarantined, interrupted = await self._run_io(self._recover_outbox)
         self._queued.update(recovered)
         self._held.update(held)
         self.rows_quarantined += quarantined
         if recovered:
             log.warning("outbox holds %d row(s) from a previous run", len(recovered))
+        if interrupted and self._on_interrupted is not None:
+            try:
+                await self._on_interrupted(interrupted)
+            except Exception:
+                log.exception("%d interrupted session(s) from the outbox not reported",
+                              len(interrupted))
         self._wake.set()  # a first round at once
         self._task = asyncio.create_task(self._run(), name="session-writer")
 
@@ -307,7 +318,8 @@ class SessionWriter:
             raise down
         if self._sweep_needed:
             count = await self._store.mark_interrupted(
-                self._server_instance, self._server_run, self._stale_after_s
+                self._server_instance, self._server_run, self._stale_after_s,
+                before_commit=self._on_interrupted,
             )
             self._sweep_needed = False
             if count:
@@ -343,16 +355,19 @@ class SessionWriter:
                   corrupt.reason, target)
         return True
 
-    def _recover_outbox(self) -> tuple[list[uuid.UUID], dict[uuid.UUID, SessionRow], int]:
+    def _recover_outbox(
+        self,
+    ) -> tuple[list[uuid.UUID], dict[uuid.UUID, SessionRow], int, list[SessionRow]]:
         """Rows this instance left `in_progress` died with it: say so.
 
         Returns the readable queued ids, the rows to hold in memory (their
-        `interrupted` snapshot found no room on disk) and how many files were
-        quarantined.
+        `interrupted` snapshot found no room on disk), how many files were
+        quarantined, and the rows now `interrupted`.
         """
         ids: list[uuid.UUID] = []
         held: dict[uuid.UUID, SessionRow] = {}
         quarantined = 0
+        interrupted_rows: list[SessionRow] = []
         for session_id in self._outbox.pending():
             try:
                 row = self._outbox.get(session_id)
@@ -364,12 +379,13 @@ class SessionWriter:
             ids.append(session_id)
             if row.status == SessionStatus.IN_PROGRESS.value:
                 interrupted = row.with_status(SessionStatus.INTERRUPTED.value)
+                interrupted_rows.append(interrupted)
                 try:
                     self._outbox.put(interrupted)
                 except OSError as exc:
                     log.warning("session %s held in memory only: %s", session_id, exc)
                     held[session_id] = interrupted
-        return ids, held, quarantined
+        return ids, held, quarantined, interrupted_rows
 
     async def _run_io(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._io, fn, *args)

@@ -47,12 +47,24 @@ def test_ice_servers_json():
         ({"PUBLIC_URL": "example.org"}, "PUBLIC_URL must be an absolute"),
         ({"DETECT_CHANGE": "2"}, "DETECT_CHANGE must be a fraction"),
         ({"DETECT_MAX_INTERVAL_S": "-1"}, "DETECT_MAX_INTERVAL_S must be"),
+        ({"WEBHOOK_URL": "ftp://secret@h/x", "WEBHOOK_SECRET": "s"}, "WEBHOOK_URL must be"),
+        ({"WEBHOOK_URL": "https://h/secret"}, "WEBHOOK_SECRET is not"),
+        ({"WEBHOOK_RETRY_MAX_S": "0"}, "WEBHOOK_RETRY_MAX_S must be greater than 0"),
     ],
 )
 def test_bad_values_are_refused_precisely(env: dict[str, str], message: str):
     with pytest.raises(ConfigError, match=message) as info:
         Config.from_env(env)
     assert "secret" not in str(info.value)
+
+
+def test_webhook_settings_and_the_secret_stays_out_of_repr():
+    assert Config.from_env({}).webhook_url is None
+    config = Config.from_env({"WEBHOOK_URL": "https://hooks.example.org/in",
+                              "WEBHOOK_SECRET": "wh5ecret", "WEBHOOK_RETRY_MAX_S": "30"})
+    assert config.webhook_url == "https://hooks.example.org/in"
+    assert config.webhook_secret == "wh5ecret" and "wh5ecret" not in repr(config)
+    assert config.webhook_retry_max_s == 30.0
 
 
 def test_change_gate_settings():
