@@ -32,6 +32,7 @@ from engine.review import (
     timeline,
 )
 from engine.session import SessionRow
+from storage.webhooks import REVIEW_DECIDED
 
 __all__ = [
     "get_review", "put_flag", "put_review", "post_review_token", "list_sessions",
@@ -120,18 +121,18 @@ async def put_review(request: web.Request) -> web.Response:
     if entry is None:
         raise _not_stored_yet(session_id)
     log.info("session %s: review %s by %s", session_id, status, entry.decided_by)
-    decisions = await store.decisions(session_id)
-    flags = len(timeline(row.session_information)["flags"])
-    review = review_of(decisions, flags)
-    await _announce(request, session_id, entry.to_json(), review, len(decisions))
+    if status.decided:
+        decisions = await store.decisions(session_id)
+        flags = len(timeline(row.session_information)["flags"])
+        await _announce(request, session_id, entry.to_json(), review_of(decisions, flags))
     return web.json_response(entry.to_json())
 
 
 async def _announce(
-    request: web.Request, session_id: uuid.UUID, entry: dict[str, Any],
-    review: dict[str, Any], serial: int,
+    request: web.Request, session_id: uuid.UUID, entry: dict[str, Any], review: dict[str, Any],
 ) -> None:
-    """The `review.decided` webhook (sent when WEBHOOK_URL is set)."""
+    """The `review.decided` webhook (sent when WEBHOOK_URL is set): the
+    interview was cleared or rejected."""
     sender = request.app[WEBHOOKS]  # a no-op without WEBHOOK_URL
     data = {
         "session_id": str(session_id),
@@ -143,8 +144,8 @@ async def _announce(
         "flags": review["flags"],
     }
     # One event per logged decision: its place in the log is its identity.
-    event_id = str(uuid.uuid5(session_id, f"review.decided:{serial}"))
-    await sender.emit("review.decided", data, event_id=event_id)
+    event_id = str(uuid.uuid5(session_id, f"review.decided:{entry['id']}"))
+    await sender.emit(REVIEW_DECIDED, data, event_id=event_id)
 
 
 async def post_review_token(request: web.Request) -> web.Response:

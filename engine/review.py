@@ -83,9 +83,11 @@ class Decision:
     note: str | None
     decided_by: str
     decided_at: datetime
+    id: int = 0  # its place in the log (the table's `decision_id`)
 
     def to_json(self) -> dict[str, Any]:
         return {
+            "id": self.id,
             "flag": self.flag,
             "decision": self.decision,
             "note": self.note,

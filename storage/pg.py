@@ -78,11 +78,12 @@ CREATE TABLE IF NOT EXISTS server_secrets (
 _INSERT_DECISION = """
 INSERT INTO interview_review_decisions (session_id, flag_index, decision, note, decided_by)
 VALUES ($1, $2, $3, $4, $5)
-RETURNING flag_index, decision, note, decided_by, decided_at
+RETURNING decision_id, flag_index, decision, note, decided_by, decided_at
 """
 
 _SELECT_DECISIONS = """
-SELECT flag_index, decision, note, decided_by, decided_at FROM interview_review_decisions
+SELECT decision_id, flag_index, decision, note, decided_by, decided_at
+FROM interview_review_decisions
 WHERE session_id = $1 ORDER BY decision_id
 """
 
@@ -452,4 +453,4 @@ def _row(record: asyncpg.Record) -> SessionRow:
 
 def _decision(record: asyncpg.Record) -> Decision:
     return Decision(record["flag_index"], record["decision"], record["note"],
-                    record["decided_by"], record["decided_at"])
+                    record["decided_by"], record["decided_at"], record["decision_id"])

@@ -3,6 +3,7 @@ flags and on the interview, the audit log, the sessions list (issue 14)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from datetime import datetime, timedelta, timezone
@@ -217,3 +218,32 @@ async def test_review_tokens_survive_a_restart(make_client: AppFactory, db: asyn
     resp = await second.get(f"/sessions/{sid}/review", params={"token": token})
     assert resp.status == 200
     assert (await resp.json())["you"]["can_decide"] is (scope == "decide")
+
+
+async def test_a_decided_review_is_announced_by_webhook(make_client: AppFactory,
+                                                        db: asyncpg.Connection):
+    from tests.test_webhooks import receiving
+
+    async with receiving() as receiver:
+        client = await make_client(api_key="k3y", **hooks(receiver.url))
+        sid = await _ended_row(db, start=datetime.now(timezone.utc))
+        await client.put(f"/sessions/{sid}/flags/0", headers=KEY, json={"decision": "confirmed"})
+        for status in ("in_review", "rejected"):  # only a decision is announced
+            resp = await client.put(f"/sessions/{sid}/review", headers=KEY,
+                                    json={"status": status, "note": "phone", "reviewer": "eve"})
+            assert resp.status == 200
+        await receiver.wait_delivered(1)
+        await asyncio.sleep(0.3)  # and nothing else follows
+        events = [e for e in receiver.delivered if e["type"] == "review.decided"]
+        assert len(events) == 1 and receiver.bad_signatures == 0
+        data = events[0]["data"]
+        assert data["session_id"] == str(sid) and data["review_status"] == "rejected"
+        assert data["decided_by"] == "api-key: eve" and data["note"] == "phone"
+        assert data["open_flags"] == 1  # flag 1 was never decided
+        assert data["flags"][0]["decision"] == "confirmed" and data["flags"][1] is None
+
+
+def hooks(url: str) -> dict[str, Any]:
+    from tests.test_webhooks import SECRET
+
+    return {"webhook_url": url, "webhook_secret": SECRET, "webhook_retry_max_s": 0.2}
