@@ -180,11 +180,13 @@ function renderFlags() {
     const decision = flag.decision ? flag.decision.decision : 'open';
     const label = `${flagTitle(flag)} at ${clock(flag.offset_s)} (${DECISION_TEXT[decision]})`;
     const left = flag.offset_s == null ? 0 : Math.min(100, (100 * flag.offset_s) / total);
-    bar.append(el('button', {
-      type: 'button', class: `mark ${decision}`, style: `left: ${left}%`,
+    const mark = el('button', {
+      type: 'button', class: `mark ${decision}`,
       'data-flag': flag.flag, 'aria-label': label, title: label,
       onclick: () => select(flag.flag, true),
-    }));
+    });
+    mark.style.left = `${left}%`; // CSSOM: the page's CSP forbids style attributes
+    bar.append(mark);
     list.append(el('li', { class: `flag ${decision}`, 'data-flag': flag.flag },
       el('button', {
         type: 'button', class: 'flag-button', 'data-flag': flag.flag,

@@ -215,7 +215,7 @@ class ReviewRun:
             "row_offsets", ordered and near,
             f"line offsets {offsets}; anomalies {anomalies}; recorded onset {truth}")
 
-    async def plays(self, page: Page) -> None:
+    async def plays(self, page: Page) -> bool:
         await page.wait_for_function("() => document.getElementById('video').readyState >= 1",
                                      timeout=15000)
         duration = await page.evaluate("document.getElementById('video').duration")
@@ -224,8 +224,8 @@ class ReviewRun:
             "document.getElementById('video').currentTime > 1.5"), 10)
         now = await page.evaluate("document.getElementById('video').currentTime")
         await self.shot(page, "22-playing")
-        self.checks.record("video_plays", bool(moved) and duration > 10,
-                           f"duration {duration:.1f}s; playing, at {now:.2f}s")
+        return self.checks.record("video_plays", bool(moved) and duration > 10,
+                                  f"duration {duration:.1f}s; playing, at {now:.2f}s")
 
     async def follows(self, page: Page) -> None:
         """Select the candidate's line: the video seeks there and that line is the current one."""
@@ -259,6 +259,14 @@ class ReviewRun:
         flags = await page.evaluate("window.__review.data.flags")
         index = next(f["flag"] for f in flags if f["type"] == "multiple_persons")
         mark = page.locator(f'#timebar .mark[data-flag="{index}"]')
+        # The mark sits where its moment is on the bar.
+        placed = await page.evaluate(
+            "(i) => { const bar = document.getElementById('timebar').getBoundingClientRect();"
+            " const m = document.querySelector(`#timebar .mark[data-flag=\"${i}\"]`)"
+            ".getBoundingClientRect();"
+            " return (m.left + m.width / 2 - bar.left) / bar.width; }", index)
+        duration = await page.evaluate("document.getElementById('video').duration")
+        expected = flags[index]["offset_s"] / duration
         await mark.focus()
         await page.keyboard.press("Enter")
         await page.locator("#evidence").wait_for(state="visible")
@@ -268,9 +276,10 @@ class ReviewRun:
         at = await page.evaluate("document.getElementById('video').currentTime")
         await asyncio.sleep(0.5)  # the seeked frame painted
         await self.shot(page, "24-flag-evidence")
-        ok = truth is not None and abs(at - truth) <= 1.0
+        ok = truth is not None and abs(at - truth) <= 1.0 and abs(placed - expected) < 0.03
         self.checks.record("flag_seeks", ok,
-                           f"flag {index}: video at {at:.2f}s; recorded onset {truth}s; "
+                           f"flag {index}: mark at {placed:.3f} of the bar (its moment: "
+                           f"{expected:.3f}); video at {at:.2f}s; recorded onset {truth}s; "
                            "evidence picture shown")
 
     async def dismiss(self, page: Page, sid: str) -> None:
