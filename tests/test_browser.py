@@ -63,22 +63,28 @@ def browser_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     reason = _missing()
     if reason:
         pytest.skip(reason)
-    work = tmp_path_factory.mktemp("browser")
+    return run_driver("tests.browser.driver", ["--photo", str(PHOTO)],
+                      tmp_path_factory.mktemp("browser"), ARTIFACTS, DRIVER_TIMEOUT_S)
+
+
+def run_driver(module: str, extra: list[str], work: Path, artifacts: Path,
+               timeout_s: float) -> dict[str, Any]:
+    """Run a driver module in a fresh network namespace; its results as a dict."""
     out = work / "results.json"
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    for old in ARTIFACTS.glob("*"):
+    artifacts.mkdir(parents=True, exist_ok=True)
+    for old in artifacts.glob("*"):
         old.unlink()
     command = [
         "unshare", "-n", "sh", "-c", 'ip link set lo up && exec "$0" "$@"',
-        sys.executable, "-m", "tests.browser.driver",
-        "--work", str(work), "--artifacts", str(ARTIFACTS), "--out", str(out),
-        "--photo", str(PHOTO), "--timeout", str(DRIVER_TIMEOUT_S - 10),
+        sys.executable, "-m", module,
+        "--work", str(work), "--artifacts", str(artifacts), "--out", str(out),
+        *extra, "--timeout", str(timeout_s - 15),
     ]
     proc = subprocess.run(
-        command, check=False, cwd=REPO, capture_output=True, text=True, timeout=DRIVER_TIMEOUT_S
+        command, check=False, cwd=REPO, capture_output=True, text=True, timeout=timeout_s
     )
     output = proc.stdout + proc.stderr
-    (ARTIFACTS / "driver.log").write_text(output)
+    (artifacts / "driver.log").write_text(output)
     if not out.exists():
         pytest.fail(f"the driver wrote no results (exit {proc.returncode}):\n{output}")
     results: dict[str, Any] = json.loads(out.read_text())

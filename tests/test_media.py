@@ -111,7 +111,10 @@ async def test_speech_and_two_people_make_a_transcript_and_an_anomaly(
     assert [a["type"] for a in info["anomalies_detected"]] == ["multiple_persons"]
     await assert_recording(client, row["recording_url"], min_seconds=5, video=True)
     assert set(info["anomalies_detected"][0]) == {"timestamp", "type", "count", "detections",
-                                                  "evidence_url"}
+                                                  "evidence_url", "offset_s"}
+    # On the recording's clock: the anomaly and the answer inside the recording.
+    assert 0 <= info["anomalies_detected"][0]["offset_s"] < 30
+    assert 0 <= turn["offset_s"] < turn["end_offset_s"] < 30
 
 
 @needs_photos
@@ -277,6 +280,9 @@ async def test_a_dropped_candidate_rejoins_the_same_session(
     history = json.loads(row["session_information"])["conversation_history"]
     assert [t["role"] for t in history] == ["user", "user"]
     assert wer(transcript_of(second_clip), history[1]["content"]) <= 0.2
+    # One clock across the rejoin (issue 14): the second answer is placed after
+    # the first, not back at second 0 of a new call.
+    assert 0 <= history[0]["offset_s"] < history[0]["end_offset_s"] < history[1]["offset_s"]
     # After the grace window, or once ended for real, the session cannot be rejoined.
     late = Candidate(None, None)
     resp = await client.post(f"/sessions/{sid}/offer", json={"sdp": await late.offer(), "type": "offer"})

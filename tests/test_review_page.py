@@ -11,15 +11,12 @@ screenshots go to `artifacts/review/`.
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from typing import Any
 
 import pytest
 
 from tests.conftest import REPO, SHARED
-from tests.test_browser import _failures, _missing
+from tests.test_browser import _failures, _missing, run_driver
 
 ARTIFACTS = REPO / "artifacts" / "review"
 PHOTOS = SHARED / "testdata" / "photos"
@@ -40,26 +37,10 @@ def review_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     reason = _missing() or (None if ONE_PERSON.is_file() else f"missing {ONE_PERSON}")
     if reason:
         pytest.skip(reason)
-    work = tmp_path_factory.mktemp("review")
-    out = work / "results.json"
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    for old in ARTIFACTS.glob("*"):
-        old.unlink()
-    command = [
-        "unshare", "-n", "sh", "-c", 'ip link set lo up && exec "$0" "$@"',
-        sys.executable, "-m", "tests.browser.review_driver",
-        "--work", str(work), "--artifacts", str(ARTIFACTS), "--out", str(out),
-        "--first", str(ONE_PERSON), "--second", str(TWO_PERSONS),
-        "--timeout", str(DRIVER_TIMEOUT_S - 15),
-    ]
-    proc = subprocess.run(command, check=False, cwd=REPO, capture_output=True, text=True,
-                          timeout=DRIVER_TIMEOUT_S)
-    output = proc.stdout + proc.stderr
-    (ARTIFACTS / "driver.log").write_text(output)
-    if not out.exists():
-        pytest.fail(f"the driver wrote no results (exit {proc.returncode}):\n{output}")
-    results: dict[str, Any] = json.loads(out.read_text())
-    return results
+    return run_driver(
+        "tests.browser.review_driver",
+        ["--first", str(ONE_PERSON), "--second", str(TWO_PERSONS)],
+        tmp_path_factory.mktemp("review"), ARTIFACTS, DRIVER_TIMEOUT_S)
 
 
 @pytest.mark.timeout(DRIVER_TIMEOUT_S + 30)

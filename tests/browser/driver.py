@@ -435,15 +435,22 @@ class Run:
                            else "not completed 10 s after the tab closed")
 
 
-async def run(args: argparse.Namespace) -> None:
-    checks = Checks(args.out)
+async def run_checks(
+    out: Path, timeout_s: float, body: Callable[[Checks], Awaitable[None]]
+) -> None:
+    """Run `body` within `timeout_s`; whatever happens, its checks are written to `out`."""
+    checks = Checks(out)
     try:
-        await asyncio.wait_for(Run(args, checks).main(args.photo), args.timeout)
+        await asyncio.wait_for(body(checks), timeout_s)
     except Exception as exc:  # noqa: BLE001 - written to the results, which the test asserts
         checks.record("run", False, f"{type(exc).__name__}: {exc}")
     finally:
         checks.mark("done")
         checks.write()
+
+
+async def run(args: argparse.Namespace) -> None:
+    await run_checks(args.out, args.timeout, lambda checks: Run(args, checks).main(args.photo))
 
 
 def main() -> None:

@@ -33,7 +33,7 @@ from playwright.async_api import BrowserContext, Page, async_playwright
 from testing import start_server, transcript_of, wer
 from tests.browser.driver import (
     CHROMIUM, CHROMIUM_ARGS, RAW_AUDIO, Checks, candidate_words, connection_state, guarded,
-    open_interview, poll, start_by_keyboard,
+    open_interview, poll, run_checks, start_by_keyboard,
 )
 from tests.browser.media import fake_microphone
 from tests.conftest import CLIP
@@ -348,14 +348,7 @@ def _append(path: Path, line: str) -> None:
 
 
 async def run(args: argparse.Namespace) -> None:
-    checks = Checks(args.out)
-    try:
-        await asyncio.wait_for(ReviewRun(args, checks).main(), args.timeout)
-    except Exception as exc:  # noqa: BLE001 - written to the results, which the test asserts
-        checks.record("run", False, f"{type(exc).__name__}: {exc}")
-    finally:
-        checks.mark("done")
-        checks.write()
+    await run_checks(args.out, args.timeout, lambda checks: ReviewRun(args, checks).main())
 
 
 def main() -> None:
