@@ -74,6 +74,7 @@ class Config:
     database_url: str | None = field(default=None, repr=False)
     api_key: str | None = field(default=None, repr=False)
     data_dir: Path = Path("./data")
+    media_dir: Path | None = None  # resumes, recordings, evidence (default: under data_dir)
     public_url: str | None = None
     checkpoint_s: float = 5.0
     # Rows another instance left `in_progress` are only declared interrupted
@@ -193,6 +194,7 @@ class Config:
             database_url=_database_url(env),
             api_key=api_key,
             data_dir=Path(_optional(env, "DATA_DIR") or cls.data_dir).resolve(),
+            media_dir=_media_dir(env),
             public_url=_public_url(env),
             checkpoint_s=checkpoint_s,
             stale_after_s=max(60.0, 6 * checkpoint_s),
@@ -266,6 +268,11 @@ class Config:
             node_dead_s=_node_dead_s(env, heartbeat_s),
             drain_timeout_s=_non_negative_float(env, "DRAIN_TIMEOUT_S", cls.drain_timeout_s),
         )
+
+
+def _media_dir(env: Mapping[str, str]) -> Path | None:
+    raw = _optional(env, "MEDIA_DIR")
+    return None if raw is None else Path(raw).resolve()
 
 
 def _node_url(env: Mapping[str, str]) -> str | None:

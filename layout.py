@@ -16,6 +16,9 @@ client is given; they ask `DataLayout` and `PublicUrls`.
       recordings/<id>.webm  finished recordings (`.webm.part` while recording)
       evidence/<id>/<name>  anomaly evidence pictures
       worker-<i>/           each worker's own layout, with WORKERS=N
+
+With MEDIA_DIR, `resumes/`, `recordings/` and `evidence/` are there instead
+(session ids are unique, so nodes sharing it never write the same file).
 """
 
 from __future__ import annotations
@@ -30,6 +33,13 @@ __all__ = ["DataLayout", "PublicUrls"]
 @dataclass(frozen=True)
 class DataLayout:
     root: Path
+    # Resumes, recordings and evidence, when not under `root` (MEDIA_DIR: a
+    # directory every node shares, so any node serves any interview's files).
+    media_root: Path | None = None
+
+    @property
+    def media(self) -> Path:
+        return self.media_root or self.root
 
     @property
     def lock_file(self) -> Path:
@@ -57,14 +67,14 @@ class DataLayout:
 
     @property
     def recordings_dir(self) -> Path:
-        return self.root / "recordings"
+        return self.media / "recordings"
 
     @property
     def evidence_dir(self) -> Path:
-        return self.root / "evidence"
+        return self.media / "evidence"
 
     def resume(self, session_id: uuid.UUID) -> Path:
-        return self.root / "resumes" / f"{session_id}.pdf"
+        return self.media / "resumes" / f"{session_id}.pdf"
 
     def recording(self, session_id: uuid.UUID) -> Path:
         return self.recordings_dir / f"{session_id}.webm"
@@ -73,7 +83,7 @@ class DataLayout:
         return self.evidence_dir / str(session_id) / name
 
     def worker(self, index: int) -> DataLayout:
-        return DataLayout(self.root / f"worker-{index}")
+        return DataLayout(self.root / f"worker-{index}", self.media_root)
 
 
 @dataclass(frozen=True)

@@ -88,7 +88,7 @@ def make_app(config: Config, models: MediaModels | None = None) -> web.Applicati
     )
     app[CONFIG] = config
     app[MODELS] = models
-    app[LAYOUT] = DataLayout(config.data_dir)
+    app[LAYOUT] = DataLayout(config.data_dir, config.media_dir)
     app[URLS] = PublicUrls(config.public_url or "")
     if config.ice_loopback_only:
         use_loopback_only()

@@ -272,7 +272,7 @@ async def supervise(config: Config) -> None:
         embedded, dsn = await asyncio.to_thread(start_embedded, config.data_dir)
     else:
         dsn = config.database_url
-    layout = DataLayout(config.data_dir)
+    layout = DataLayout(config.data_dir, config.media_dir)
     workers = [Worker(i, layout.worker(i).root, dsn) for i in range(config.workers)]
     keepers: list[asyncio.Task[None]] = []
     try:

@@ -4,11 +4,13 @@ and the candidate page."""
 from __future__ import annotations
 
 import asyncio
+import uuid
 from pathlib import Path
 
 from aiohttp import web
 
 from api.errors import json_error
+from api.forward import forward_to_recorder
 from api.keys import LAYOUT
 from api.lookup import parse_session_id
 
@@ -23,7 +25,7 @@ async def get_resume(request: web.Request) -> web.StreamResponse:
     session_id = parse_session_id(request)
     # An attachment: a PDF opened inline runs the browser's PDF viewer on
     # whatever the candidate uploaded.
-    return await _serve(request.app[LAYOUT].resume(session_id),
+    return await _serve(request, session_id, request.app[LAYOUT].resume(session_id),
                         f"no resume for session {session_id}",
                         "application/pdf", f'attachment; filename="{session_id}-resume.pdf"')
 
@@ -31,7 +33,7 @@ async def get_resume(request: web.Request) -> web.StreamResponse:
 async def get_recording(request: web.Request) -> web.StreamResponse:
     """The session's recording (WebM), once it is finished."""
     session_id = parse_session_id(request)
-    return await _serve(request.app[LAYOUT].recording(session_id),
+    return await _serve(request, session_id, request.app[LAYOUT].recording(session_id),
                         f"no finished recording for session {session_id}",
                         "video/webm", f'inline; filename="{session_id}.webm"')
 
@@ -40,15 +42,21 @@ async def get_evidence(request: web.Request) -> web.StreamResponse:
     """An anomaly's evidence picture (JPEG)."""
     session_id = parse_session_id(request)
     name = request.match_info["name"]
-    return await _serve(request.app[LAYOUT].evidence(session_id, name), f"no evidence {name}",
+    return await _serve(request, session_id, request.app[LAYOUT].evidence(session_id, name),
+                        f"no evidence {name}",
                         "image/jpeg", f'inline; filename="{session_id}-{name}"')
 
 
 async def _serve(
-    path: Path, missing: str, content_type: str, disposition: str
+    request: web.Request, session_id: uuid.UUID, path: Path, missing: str, content_type: str,
+    disposition: str,
 ) -> web.StreamResponse:
-    """The file at `path` (404 with `missing` when there is none)."""
+    """The file at `path`; else from the node that recorded it (several nodes
+    without a shared MEDIA_DIR); else 404 with `missing`."""
     if not await _is_file(path):
+        elsewhere = await forward_to_recorder(request, session_id)
+        if elsewhere is not None:
+            return elsewhere
         raise json_error(web.HTTPNotFound, missing)
     return web.FileResponse(path, headers=_file_headers(content_type, disposition))
 

@@ -22,10 +22,14 @@ from aiohttp.typedefs import Handler
 
 from api.errors import json_error
 from api.keys import NODE, REGISTRY
+from api.lookup import stored_row
+from engine.session import SessionRow
+from storage.nodes import NodeInfo
 from routing import session_in_path
 from storage.pg import DatabaseUnavailable
 
-__all__ = ["FORWARDED", "Forwarder", "forward_middleware"]
+__all__ = ["FORWARDED", "FORWARDER", "Forwarder", "forward_middleware", "forward_to_recorder",
+           "recorder_of"]
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +77,36 @@ async def forward_middleware(request: web.Request, handler: Handler) -> web.Stre
     if owner is None or owner[0] == node.node_id:
         return await handler(request)
     return await _forward(request, owner[0], owner[1])
+
+
+async def recorder_of(request: web.Request, row: SessionRow) -> NodeInfo | None:
+    """The live node, other than this one, that recorded `row`'s interview."""
+    node = request.app.get(NODE)
+    recorder = (row.session_information or {}).get("server_instance")
+    if node is None or not recorder or recorder == node.node_id:
+        return None
+    try:
+        nodes = {n.node_id: n for n in await node.directory.nodes()}
+    except DatabaseUnavailable:
+        return None
+    found = nodes.get(str(recorder))
+    return found if found is not None and found.alive and found.url else None
+
+
+async def forward_to_recorder(request: web.Request,
+                              session_id: uuid.UUID) -> web.StreamResponse | None:
+    """A file (recording, evidence, resume) this node lacks, from the node that
+    recorded it while that node is up; None when there is no such node."""
+    if request.app.get(NODE) is None or FORWARDED in request.headers:
+        return None
+    try:
+        row = await stored_row(request, session_id)
+    except DatabaseUnavailable:
+        return None
+    found = None if row is None else await recorder_of(request, row)
+    if found is None or found.url is None:
+        return None
+    return await _forward(request, found.node_id, found.url)
 
 
 async def _owner(request: web.Request, session_id: uuid.UUID) -> tuple[str, str] | None:

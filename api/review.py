@@ -19,6 +19,7 @@ from aiohttp import web
 from api.bodies import read_json_body
 from api.errors import json_error
 from api.files import STATIC_DIR
+from api.forward import recorder_of
 from api.keys import LAYOUT, REGISTRY, REVIEW_KEYS, REVIEWER, STORE, WEBHOOKS
 from api.lookup import client_urls, parse_session_id, stored_row
 from engine.review import (
@@ -77,7 +78,7 @@ async def get_review(request: web.Request) -> web.Response:
         "end_time": _iso(row.end_time),
         "duration_s": _duration(row.start_time, row.end_time),
         "recording_url": row.recording_url,
-        "recording_ready": await _recording_ready(request, session_id),
+        "recording_ready": await _recording_ready(request, session_id, row, live),
         "transcript": lines["transcript"],
         "flags": lines["flags"],
         "report": row.interview_report,
@@ -291,9 +292,15 @@ def _not_stored_yet(session_id: uuid.UUID) -> web.HTTPError:
                       **{"Retry-After": "5"})
 
 
-async def _recording_ready(request: web.Request, session_id: uuid.UUID) -> bool:
+async def _recording_ready(request: web.Request, session_id: uuid.UUID, row: SessionRow,
+                           live: bool) -> bool:
+    """Whether the finished recording can be fetched: here, or from the node
+    that recorded it (several nodes without a shared MEDIA_DIR)."""
     path = request.app[LAYOUT].recording(session_id)
-    return await asyncio.get_running_loop().run_in_executor(None, path.is_file)
+    if await asyncio.get_running_loop().run_in_executor(None, path.is_file):
+        return True
+    return not live and row.recording_url is not None and (
+        await recorder_of(request, row)) is not None
 
 
 def _iso(value: datetime | None) -> str | None:

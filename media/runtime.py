@@ -125,7 +125,7 @@ class MediaRuntime:
         _voice_counters(metrics, models.synthesizer)
         runtime = cls(
             models=models,
-            layout=DataLayout(config.data_dir),
+            layout=DataLayout(config.data_dir, config.media_dir),
             urls=PublicUrls(config.public_url or ""),
             ice_servers=config.ice_servers,
             detect_fps=config.detect_fps,
