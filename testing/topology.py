@@ -68,8 +68,18 @@ def _run(*args: str) -> None:
         raise TopologyError(f"{' '.join(args)}: {proc.stderr.strip()}")
 
 
-def _namespace_id(kind: str, pid: int | str) -> str:
-    return os.readlink(f"/proc/{pid}/ns/{kind}")
+def _check_private() -> None:
+    """Refuse to touch the machine's own network or mounts."""
+    links = subprocess.run(["ip", "-o", "link", "show"], check=True, capture_output=True,
+                           text=True).stdout.splitlines()
+    if len(links) != 1 or ": lo:" not in links[0]:
+        raise TopologyError("refusing to build outside a fresh network namespace (it has "
+                            f"{len(links)} links): run under unshare -n -m -p -f --mount-proc")
+    # As PID 1 of its own PID namespace (--mount-proc: a mount namespace of its
+    # own too), /proc/1 is this process; otherwise PID 1's is the machine's.
+    if os.getpid() != 1 and os.readlink("/proc/self/ns/mnt") == os.readlink("/proc/1/ns/mnt"):
+        raise TopologyError("refusing to mount /run/netns in the machine's mount namespace: "
+                            "run under unshare -n -m -p -f --mount-proc")
 
 
 class Topology:
@@ -104,10 +114,7 @@ class Topology:
 
     def build(self) -> None:
         """The namespaces, the bridge and one veth pair per part (blocks)."""
-        for kind in ("net", "mnt"):
-            if _namespace_id(kind, "self") == _namespace_id(kind, 1):
-                raise TopologyError(f"refusing to build in the initial {kind} namespace: run "
-                                    "under unshare -n -m -p -f --mount-proc")
+        _check_private()
         Path("/run/netns").mkdir(parents=True, exist_ok=True)
         _run("mount", "-t", "tmpfs", "-o", "mode=755", "tmpfs", "/run/netns")
         _run("ip", "netns", "add", "br")
