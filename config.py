@@ -143,6 +143,16 @@ class Config:
     webhook_url: str | None = None
     webhook_secret: str | None = field(default=None, repr=False)
     webhook_retry_max_s: float = 300.0  # the longest wait between two attempts
+    # Several nodes on one database (storage/nodes.py): the URL other nodes
+    # reach this one at (None: http://HOST:PORT), how often it writes its
+    # heartbeat, and how old another node's heartbeat must be for it to count
+    # as dead (its open interviews then become `interrupted`).
+    node_url: str | None = None
+    node_heartbeat_s: float = 5.0
+    node_dead_s: float = 20.0
+    # SIGTERM drains first: no new sessions, live interviews may finish for
+    # up to this long, then they are saved and closed (0: at once).
+    drain_timeout_s: float = 0.0
 
     @property
     def disk_reserve_bytes(self) -> int:
@@ -175,6 +185,7 @@ class Config:
         checkpoint_s = _positive_float(env, "CHECKPOINT_S", cls.checkpoint_s)
         turn_secret = _optional(env, "TURN_SECRET")
         webhook_url, webhook_secret = _webhook(env)
+        heartbeat_s = _positive_float(env, "NODE_HEARTBEAT_S", cls.node_heartbeat_s)
         return cls(
             host=host,
             allow_unauthenticated=allow_unauthenticated,
@@ -250,7 +261,28 @@ class Config:
             webhook_secret=webhook_secret,
             webhook_retry_max_s=_positive_float(
                 env, "WEBHOOK_RETRY_MAX_S", cls.webhook_retry_max_s),
+            node_url=_node_url(env),
+            node_heartbeat_s=heartbeat_s,
+            node_dead_s=_node_dead_s(env, heartbeat_s),
+            drain_timeout_s=_non_negative_float(env, "DRAIN_TIMEOUT_S", cls.drain_timeout_s),
         )
+
+
+def _node_url(env: Mapping[str, str]) -> str | None:
+    raw = _optional(env, "NODE_URL")
+    if raw is None:
+        return None
+    parts = urlsplit(raw)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.path not in ("", "/"):
+        raise ConfigError(f"NODE_URL must be http(s)://host[:port], got {raw!r}")
+    return raw.rstrip("/")
+
+
+def _node_dead_s(env: Mapping[str, str], heartbeat_s: float) -> float:
+    dead = _positive_float(env, "NODE_DEAD_S", 20.0)
+    if dead < 2 * heartbeat_s:
+        raise ConfigError(f"NODE_DEAD_S must be at least twice NODE_HEARTBEAT_S, got {dead}")
+    return dead
 
 
 def is_loopback(host: str) -> bool:

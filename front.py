@@ -91,7 +91,11 @@ class Front:
             async with self.http.get(f"{worker.base_url}/healthz",
                                      timeout=HEALTH_TIMEOUT) as resp:
                 body = await resp.json()
-                return body if resp.status == 200 and isinstance(body, dict) else None
+                # 503 with a body is a worker that is up but takes no new
+                # sessions (draining or full): still up for its own.
+                up = resp.status == 200 or (resp.status == 503 and isinstance(body, dict)
+                                            and body.get("status") in ("draining", "full"))
+                return body if up and isinstance(body, dict) else None
         except (aiohttp.ClientError, asyncio.TimeoutError, ValueError):
             return None
 

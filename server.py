@@ -20,10 +20,12 @@ from api.auth import access_middleware
 from api.bodies import MAX_RESUME_BYTES
 from api.cors import cors_middleware
 from api.errors import error_middleware
+from api.forward import forward_middleware
 from api.guards import guard_middleware
 from api.headers import add_security_headers
-from api.keys import CONFIG, LAYOUT, MODELS, REGISTRY, URLS
+from api.keys import CONFIG, LAYOUT, MODELS, NODE, REGISTRY, URLS
 from api.lifecycle import registry_ctx, storage_ctx
+from api.node import Node
 from api.routes import Access, Route, Static, add_routes, check_declared
 from config import Config, ConfigError
 from engine.aio import cancel_and_wait
@@ -62,6 +64,9 @@ ROUTES: tuple[Route | Static, ...] = (
     Route("PATCH", f"{_WHIP}/resource", signaling.patch_whip, Access.CANDIDATE),
     Route("GET", "/healthz", operations.healthz, Access.PUBLIC),
     Route("GET", "/metrics", operations.metrics, Access.MANAGEMENT),
+    Route("POST", "/admin/drain", operations.post_drain, Access.MANAGEMENT),
+    Route("DELETE", "/admin/drain", operations.delete_drain, Access.MANAGEMENT),
+    Route("GET", "/admin/nodes", operations.get_nodes, Access.MANAGEMENT),
     Route("GET", "/config", operations.client_config, Access.PUBLIC),
     Route("GET", "/openapi.json", openapi.openapi_json, Access.PUBLIC),
     Route("GET", "/", files.index, Access.PUBLIC),
@@ -74,9 +79,11 @@ ROUTES: tuple[Route | Static, ...] = (
 def make_app(config: Config, models: MediaModels | None = None) -> web.Application:
     """The application; `models` replace those loaded on the first call (tests)."""
     app = web.Application(
-        # CORS outermost, so that errors get its headers too; access last, so
-        # that its refusals are JSON errors like any other.
-        middlewares=[cors_middleware, error_middleware, guard_middleware, access_middleware],
+        # CORS outermost, so that errors get its headers too; forwarding before
+        # access (the node that holds the session checks the credentials);
+        # access last, so that its refusals are JSON errors like any other.
+        middlewares=[cors_middleware, error_middleware, guard_middleware, forward_middleware,
+                     access_middleware],
         client_max_size=MAX_RESUME_BYTES + 65536,
     )
     app[CONFIG] = config
@@ -115,6 +122,10 @@ async def serve(config: Config, link: WorkerLink | None = None) -> None:
     site = web.SockSite(runner, sock)
     await site.start()
     host, port = sock.getsockname()[:2]
+    if config.node_url is None:
+        # What other nodes reach this one at; a wildcard address names no one.
+        wildcard = host in ("0.0.0.0", "::")
+        runner.app[NODE].url = None if wildcard else f"http://{_url_host(host)}:{port}"
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -129,9 +140,26 @@ async def serve(config: Config, link: WorkerLink | None = None) -> None:
             _stop_when_orphaned(link, stop), name="supervisor-watch"
         )
     await stop.wait()
+    if config.drain_timeout_s > 0:
+        await _drain(runner.app[NODE], config.drain_timeout_s, stop)
     log.info("shutting down: ending %d live session(s)", len(runner.app[REGISTRY]))
     await runner.cleanup()
     await cancel_and_wait(supervisor_watch)
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+async def _drain(node: Node, deadline_s: float, stop: asyncio.Event) -> None:
+    """SIGTERM with DRAIN_TIMEOUT_S: no new sessions, the live ones may finish;
+    a second signal cuts it short."""
+    stop.clear()
+    node.drain(deadline_s)
+    second = asyncio.create_task(stop.wait(), name="second-signal")
+    drained = asyncio.create_task(node.drained(), name="drained")
+    await asyncio.wait({second, drained}, return_when=asyncio.FIRST_COMPLETED)
+    await cancel_and_wait(second, drained)
 
 
 async def _stop_when_orphaned(link: WorkerLink, stop: asyncio.Event) -> None:

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from api.keys import NODE
+
 __all__ = ["PAGE_CSP", "API_CSP", "add_security_headers"]
 
 PAGE_CSP = "; ".join((
@@ -41,6 +43,9 @@ def add_security_headers(app: web.Application) -> None:
 async def _on_prepare(request: web.Request, response: web.StreamResponse) -> None:
     headers = response.headers
     headers["X-Content-Type-Options"] = "nosniff"
+    node = request.app.get(NODE)
+    if node is not None:
+        headers.setdefault("X-Node", node.node_id)  # which node answered (several behind a balancer)
     headers.setdefault("Referrer-Policy", "no-referrer")
     path = request.path
     page = path in ("/", "/review") or path.startswith(("/static/", "/review/"))

@@ -12,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from aiohttp import web
 
 from api.instance import Instance
+from api.node import Node
 from api.resume_text import ResumeParser
 from config import Config
 from engine.registry import InterviewTable
@@ -27,7 +28,7 @@ from storage.writer import SessionWriter
 
 __all__ = [
     "CONFIG", "LAYOUT", "URLS", "FILE_IO", "INSTANCE", "STORE", "WRITER", "REGISTRY",
-    "MEDIA", "METRICS", "MODELS", "RESUME_PARSER", "REVIEW_KEYS", "SESSION", "REVIEWER",
+    "MEDIA", "METRICS", "MODELS", "RESUME_PARSER", "REVIEW_KEYS", "NODE", "SESSION", "REVIEWER",
     "WEBHOOKS",
 ]
 
@@ -48,6 +49,7 @@ MODELS: web.AppKey[MediaModels | None] = web.AppKey("models")
 METRICS = web.AppKey("metrics", MediaMetrics)
 RESUME_PARSER = web.AppKey("resume_parser", ResumeParser)
 REVIEW_KEYS = web.AppKey("review_keys", ReviewKeys)
+NODE = web.AppKey("node", Node)
 
 # The live session a candidate route's caller was admitted to (`api.auth`).
 SESSION = web.RequestKey("session", InterviewSession)

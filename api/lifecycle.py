@@ -22,8 +22,10 @@ from prometheus_client.registry import Collector
 from api.instance import Instance
 from api.keys import (
     CONFIG, FILE_IO, INSTANCE, LAYOUT, MEDIA, METRICS, MODELS, REGISTRY, RESUME_PARSER,
-    REVIEW_KEYS, STORE, WEBHOOKS, WRITER,
+    NODE, REVIEW_KEYS, STORE, WEBHOOKS, WRITER,
 )
+from api.forward import FORWARDER, Forwarder
+from api.node import Node
 from api.resume_text import ResumeLimits, ResumeParser
 from api.turn import is_turn
 from engine.anomaly import AnomalySettings
@@ -34,6 +36,7 @@ from media.metrics import MediaMetrics
 from media.service import MediaService
 from storage.disk import DiskReserve, RetentionSweeper
 from storage.embedded import start_embedded, stop_embedded
+from storage.nodes import NodeDirectory
 from storage.outbox import Outbox
 from storage.pg import DatabaseUnavailable, SessionStore
 from storage.webhooks import RetryPolicy, WebhookSender
@@ -123,12 +126,31 @@ async def registry_ctx(app: web.Application) -> AsyncIterator[None]:
     metrics.counter("interview_retention_files_deleted",
                     "Recordings and evidence deleted past RECORDING_RETENTION_DAYS",
                     lambda: retention.files_deleted)
+    webhooks = app[WEBHOOKS]
+    node = app[NODE] = Node(
+        config, app[INSTANCE], registry, media,
+        NodeDirectory(app[STORE], dead_after_s=config.node_dead_s),
+        on_interrupted=webhooks.emit_all_ended if webhooks.enabled else None,
+    )
+    metrics.counter("interview_node_sweep_interrupted",
+                    "Interviews of dead nodes this node marked interrupted",
+                    lambda: node.interrupted_by_sweep)
+    metrics.counter("interview_node_heartbeats_failed", "Heartbeats the directory did not take",
+                    lambda: node.beats_failed)
+    metrics.gauge("interview_node_draining", "1 while this node drains", lambda: node.draining)
     await registry.start()
     media.start()
     await retention.start()
+    forwarder = app[FORWARDER] = Forwarder()
+    metrics.counter("interview_forwarded_requests",
+                    "Calls about a session another node holds, forwarded there",
+                    lambda: forwarder.forwarded)
+    await node.start()
     try:
         yield
     finally:
+        await node.close()
+        await forwarder.close()
         await retention.close()
         # Shutdown (SIGTERM included) ends and saves every live session,
         # closing its media first, briefly.

@@ -144,6 +144,13 @@ _REVIEW_STATUSES = ["unreviewed", "in_review", "cleared", "rejected"]
 _HTML = {"description": "HTML", "content": {"text/html": {"schema": {"type": "string"}}}}
 _SCHEMAS: Json = {
     "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}},
+    "Health": {"type": "object", "required": ["status"], "properties": {
+        "status": {"enum": ["ok", "draining", "full"]}, "node": {"type": "string"},
+        "live_sessions": {"type": "integer"}, "admits": {"type": "boolean"},
+        "draining": {"type": "boolean"}, "load": {"type": "number"}}},
+    "Drain": {"type": "object", "properties": {
+        "node_id": {"type": "string"}, "draining": {"type": "boolean"},
+        "interviews": {"type": "integer"}, "deadline_in_s": {"type": ["number", "null"]}}},
     "NewSession": {"type": "object", "properties": _TEXT_FIELDS, "additionalProperties": False},
     "NewSessionForm": {
         "type": "object", "additionalProperties": False,
@@ -342,8 +349,24 @@ _OPERATIONS: dict[tuple[str, str], Json] = {
         "summary": "No trickle ICE or ICE restart", "parameters": _SESSION,
         "responses": {**_errors(400, 401, 404, 405, 409)},
     },
-    ("GET", "/healthz"): {"summary": "Health", "responses": {"200": _json(
-        {"type": "object", "required": ["status"]}, "ok")}},
+    ("GET", "/healthz"): {"summary": "Health: 503 while draining or full (new sessions elsewhere)",
+                          "responses": {
+        "200": _json(_ref("Health"), "ok: takes new sessions"),
+        "503": _json(_ref("Health"), "draining or full: serves its own sessions only")}},
+    ("POST", "/admin/drain"): {
+        "summary": "Drain this node: no new sessions; live ones end by the deadline",
+        "requestBody": {"required": False, "content": {"application/json": {"schema": {
+            "type": "object", "additionalProperties": False,
+            "properties": {"deadline_s": {"type": "number", "minimum": 0}}}}}},
+        "responses": {"202": _json(_ref("Drain"), "draining"), **_errors(400, 401)}},
+    ("DELETE", "/admin/drain"): {
+        "summary": "Stop draining: admit new sessions again",
+        "responses": {"200": _json(_ref("Drain"), "admitting"), **_errors(401)}},
+    ("GET", "/admin/nodes"): {
+        "summary": "The node directory", "responses": {
+            "200": _json({"type": "object", "properties": {
+                "this_node": {"type": "string"}, "nodes": {"type": "array"}}}, "the nodes"),
+            **_errors(401, 503)}},
     ("GET", "/metrics"): {"summary": "Prometheus metrics", "responses": {
         "200": {"description": "text format", "content": {"text/plain": {"schema": {
             "type": "string"}}}}, **_errors(401)}},

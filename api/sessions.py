@@ -15,7 +15,7 @@ from api.bodies import (
     optional_text, optional_url, optional_uuid, read_json_body, read_multipart,
 )
 from api.errors import json_error
-from api.keys import CONFIG, FILE_IO, INSTANCE, LAYOUT, REGISTRY, RESUME_PARSER, STORE
+from api.keys import CONFIG, FILE_IO, INSTANCE, LAYOUT, NODE, REGISTRY, RESUME_PARSER, STORE
 from api.lookup import client_urls, not_live_error, parse_session_id, stored_row
 from api.review import review_url
 from adapters.resume import extract_resume_text
@@ -45,6 +45,9 @@ async def create_session(request: web.Request) -> web.Response:
             web.HTTPUnsupportedMediaType,
             "send application/json or multipart/form-data with a 'resume' PDF",
         )
+    refusal = request.app[NODE].refusal()
+    if refusal is not None:
+        raise json_error(web.HTTPServiceUnavailable, refusal, **{"Retry-After": "1"})
     session = await _new_session(request, fields)
     urls = client_urls(request)
     if resume is not None:

@@ -73,6 +73,24 @@ CREATE TABLE IF NOT EXISTS server_secrets (
     secret bytea NOT NULL,
     created_at timestamptz NOT NULL DEFAULT now()
 );
+-- The node directory (storage/nodes.py): every server node, its heartbeat,
+-- and which live interviews it holds.
+CREATE TABLE IF NOT EXISTS server_nodes (
+    node_id text PRIMARY KEY,
+    node_index integer NULL,
+    url text NULL,
+    admits boolean NOT NULL,
+    draining boolean NOT NULL,
+    live_sessions integer NOT NULL,
+    load real NOT NULL,
+    started_at timestamptz NOT NULL,
+    heartbeat_at timestamptz NOT NULL
+);
+CREATE TABLE IF NOT EXISTS node_sessions (
+    session_id uuid PRIMARY KEY,
+    node_id text NOT NULL REFERENCES server_nodes ON DELETE CASCADE,
+    since timestamptz NOT NULL DEFAULT now()
+);
 """
 
 _INSERT_DECISION = """
@@ -364,6 +382,11 @@ class SessionStore:
         async with self._acquire() as conn:
             return list(await conn.fetch(query, *args))
 
+    def connection(self) -> _Connection:
+        """`async with store.connection() as conn:` a pooled connection, with
+        transient failures raised as `DatabaseUnavailable` (storage modules)."""
+        return self._acquire()
+
     def _acquire(self) -> _Connection:
         if self._pool is None:
             raise RuntimeError("SessionStore.open() was not called")
@@ -454,3 +477,12 @@ def _row(record: asyncpg.Record) -> SessionRow:
 def _decision(record: asyncpg.Record) -> Decision:
     return Decision(record["flag_index"], record["decision"], record["note"],
                     record["decided_by"], record["decided_at"], record["decision_id"])
+
+
+# For the other storage modules that read rows of `interview_sessions`.
+COLUMNS = _COLUMNS
+
+
+def row_of(record: asyncpg.Record) -> SessionRow:
+    """A `SessionRow` from a record holding `COLUMNS`."""
+    return _row(record)

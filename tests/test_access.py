@@ -40,6 +40,8 @@ ROUTE_TABLE = {
     ("PATCH", "/whip/{session_id}/resource"): C,
     ("GET", "/healthz"): P, ("HEAD", "/healthz"): P,
     ("GET", "/metrics"): M, ("HEAD", "/metrics"): M,
+    ("POST", "/admin/drain"): M, ("DELETE", "/admin/drain"): M,
+    ("GET", "/admin/nodes"): M, ("HEAD", "/admin/nodes"): M,
     ("GET", "/config"): P, ("HEAD", "/config"): P,
     ("GET", "/openapi.json"): P, ("HEAD", "/openapi.json"): P,
     ("GET", "/"): P, ("HEAD", "/"): P,

@@ -1,0 +1,121 @@
+"""Any node answers a call about any session: it serves it, or forwards it to the node that holds it.
+
+A load balancer in front (deploy/haproxy.cfg) sends a session's calls to the
+node its id names, so forwarding is the exception: a session taken over by
+another node, a node reached directly, a balancer that lost its state. When
+the session in a request's path is not held here, the node directory
+(`storage.nodes`) names the live node that holds it, and the request goes
+there as it came (method, path, query, headers, body) and its answer comes
+back as it went, streamed. A forwarded request carries `X-Forwarded-Node`
+and is never forwarded again. Sessions no node holds (ended ones) are
+answered here, from the shared database.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+
+import aiohttp
+from aiohttp import hdrs, web
+from aiohttp.typedefs import Handler
+
+from api.errors import json_error
+from api.keys import NODE, REGISTRY
+from routing import session_in_path
+from storage.pg import DatabaseUnavailable
+
+__all__ = ["FORWARDED", "Forwarder", "forward_middleware"]
+
+log = logging.getLogger(__name__)
+
+FORWARDED = "X-Forwarded-Node"
+# Hop-by-hop headers (RFC 9110 §7.6.1) and those the two legs set for themselves.
+_DROP = frozenset(h.lower() for h in (
+    hdrs.CONNECTION, hdrs.KEEP_ALIVE, hdrs.PROXY_AUTHENTICATE, hdrs.PROXY_AUTHORIZATION,
+    hdrs.TE, hdrs.TRAILER, hdrs.TRANSFER_ENCODING, hdrs.UPGRADE, hdrs.HOST,
+    hdrs.CONTENT_LENGTH,
+))
+_TIMEOUT = aiohttp.ClientTimeout(total=None, connect=3, sock_read=60)
+
+
+class Forwarder:
+    """The HTTP client one node uses to reach the others."""
+
+    def __init__(self) -> None:
+        self._http: aiohttp.ClientSession | None = None
+        self.forwarded = 0
+        self.failed = 0
+
+    def client(self) -> aiohttp.ClientSession:
+        if self._http is None:
+            # Bodies pass through as they are (no decompression, no redirects).
+            self._http = aiohttp.ClientSession(timeout=_TIMEOUT, auto_decompress=False)
+        return self._http
+
+    async def close(self) -> None:
+        if self._http is not None:
+            await self._http.close()
+
+
+FORWARDER = web.AppKey("forwarder", Forwarder)
+
+
+@web.middleware
+async def forward_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    session_id = session_in_path(request.path)
+    node = request.app.get(NODE)
+    if session_id is None or node is None or FORWARDED in request.headers:
+        return await handler(request)
+    if request.app[REGISTRY].interview(session_id) is not None:
+        return await handler(request)  # held here
+    owner = await _owner(request, session_id)
+    if owner is None or owner[0] == node.node_id:
+        return await handler(request)
+    return await _forward(request, owner[0], owner[1])
+
+
+async def _owner(request: web.Request, session_id: uuid.UUID) -> tuple[str, str] | None:
+    try:
+        info = await request.app[NODE].directory.owner(session_id)
+    except DatabaseUnavailable:
+        return None  # answered here: from the outbox, or a clear 503 from the handler
+    if info is None or not info.url:
+        return None
+    return info.node_id, info.url
+
+
+async def _forward(request: web.Request, node_id: str, base_url: str) -> web.StreamResponse:
+    forwarder = request.app[FORWARDER]
+    headers = {k: v for k, v in request.headers.items() if k.lower() not in _DROP}
+    headers[FORWARDED] = request.app[NODE].node_id
+    peer = request.remote or ""
+    headers[hdrs.X_FORWARDED_FOR] = ", ".join(
+        p for p in (request.headers.get(hdrs.X_FORWARDED_FOR), peer) if p)
+    body = await request.read() if request.can_read_body else None
+    url = f"{base_url}{request.rel_url}"
+    out: web.StreamResponse | None = None
+    try:
+        async with forwarder.client().request(
+                request.method, url, headers=headers, data=body, allow_redirects=False) as resp:
+            out = web.StreamResponse(status=resp.status, reason=resp.reason)
+            for name, value in resp.headers.items():
+                if name.lower() not in _DROP and name.lower() != "x-node":
+                    out.headers.add(name, value)
+            out.headers["X-Node"] = node_id
+            if resp.content_length is not None:
+                out.content_length = resp.content_length
+            await out.prepare(request)
+            async for chunk in resp.content.iter_chunked(65536):
+                await out.write(chunk)
+            await out.write_eof()
+            forwarder.forwarded += 1
+            return out
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        forwarder.failed += 1
+        log.warning("forwarding %s %s to node %s failed: %r", request.method, request.path,
+                    node_id, exc)
+        if out is not None and out.prepared:
+            return out  # cut short mid-body: the client sees a truncated answer
+        raise json_error(web.HTTPBadGateway, f"the node holding this session ({node_id}) "
+                         "did not answer; try again", **{"Retry-After": "2"}) from None

@@ -1,0 +1,164 @@
+"""Several nodes on one PostgreSQL (issue 15): the node directory, forwarding
+a session's calls to the node that holds it, draining, and the sweep that
+closes the interviews of a node whose heartbeat stopped."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+from aiohttp.test_utils import TestClient
+
+from api.keys import NODE
+from testing import Candidate, SpeechTrack
+from tests.conftest import CLIP, AppFactory
+from tests.test_media import live_client, new_session, stored_row
+
+KEY = {"Authorization": "Bearer k3y"}
+FAST = {"node_heartbeat_s": 0.2, "node_dead_s": 1.0}
+
+
+async def _node(make_client: AppFactory, tmp_path: Path, name: str, **overrides: Any) -> TestClient:
+    client = await live_client(make_client, api_key="k3y", data_dir=tmp_path / name,
+                               **FAST, **overrides)
+    client.server.app[NODE].url = str(client.make_url("")).rstrip("/")
+    return client
+
+
+def _token(created: dict[str, Any]) -> dict[str, str]:
+    return {"Authorization": f"Bearer {created['token']}"}
+
+
+async def _until(probe: Any, timeout_s: float = 10.0) -> Any:
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not (result := await probe()):
+        assert asyncio.get_running_loop().time() < deadline, "timed out"
+        await asyncio.sleep(0.1)
+    return result
+
+
+async def test_a_call_to_another_node_is_forwarded_to_the_one_holding_the_session(
+    make_client: AppFactory, db: asyncpg.Connection, tmp_path: Path
+):
+    a = await _node(make_client, tmp_path, "a")
+    b = await _node(make_client, tmp_path, "b")
+    node_a, node_b = a.server.app[NODE].node_id, b.server.app[NODE].node_id
+    assert node_a != node_b
+    created = await new_session(a, headers=KEY)
+    sid = created["session_id"]
+    candidate = Candidate(SpeechTrack(CLIP.with_suffix(".wav")), None)
+    await candidate.join(a, sid, headers=_token(created))
+    try:
+        await _until(lambda: db.fetchval(
+            "SELECT node_id FROM node_sessions WHERE session_id = $1", uuid.UUID(sid)))
+        # Node B does not hold it: it forwards, and A answers with the live row.
+        resp = await b.get(f"/sessions/{sid}", headers=KEY)
+        assert resp.status == 200 and resp.headers["X-Node"] == node_a
+        assert (await resp.json())["status"] == "in_progress"
+        # Credentials are checked where the session is: a wrong key is refused there.
+        refused = await b.get(f"/sessions/{sid}", headers={"Authorization": "Bearer nope"})
+        assert refused.status == 401 and refused.headers["X-Node"] == node_a
+        nodes = await (await b.get("/admin/nodes", headers=KEY)).json()
+        assert {n["node_id"] for n in nodes["nodes"]} >= {node_a, node_b}
+        # Ending through B ends it on A.
+        ended = await b.post(f"/sessions/{sid}/end", headers=KEY)
+        assert ended.status == 200, await ended.text()
+        row = await stored_row(db, sid)
+        assert row["status"] == "completed"
+        # Ended: nobody holds it, and any node answers from the database.
+        await _until(lambda: _not_held(db, sid))
+        here = await b.get(f"/sessions/{sid}", headers=KEY)
+        assert here.status == 200 and here.headers["X-Node"] == node_b
+        assert (await here.json())["status"] == "completed"
+    finally:
+        await candidate.close()
+
+
+async def _not_held(db: asyncpg.Connection, sid: str) -> bool:
+    held = await db.fetchval("SELECT count(*) FROM node_sessions WHERE session_id = $1",
+                             uuid.UUID(sid))
+    return bool(held == 0)
+
+
+async def test_a_draining_node_takes_no_new_session_and_closes_its_own_at_the_deadline(
+    make_client: AppFactory, db: asyncpg.Connection, tmp_path: Path
+):
+    client = await _node(make_client, tmp_path, "a")
+    created = await new_session(client, headers=KEY)
+    sid = created["session_id"]
+    candidate = Candidate(SpeechTrack(CLIP.with_suffix(".wav")), None)
+    await candidate.join(client, sid, headers=_token(created))
+    try:
+        assert (await client.get("/healthz")).status == 200
+        resp = await client.post("/admin/drain", json={"deadline_s": 3}, headers=KEY)
+        assert resp.status == 202
+        assert (await resp.json())["interviews"] == 1
+        health = await client.get("/healthz")
+        assert health.status == 503 and (await health.json())["status"] == "draining"
+        refused = await client.post("/sessions", json={"job_role": "x"}, headers=KEY)
+        assert refused.status == 503 and refused.headers["Retry-After"] == "1"
+        assert "draining" in (await refused.json())["error"]
+        # The interview in progress goes on meanwhile...
+        candidate.send({"type": "ping"})
+        await candidate.wait_for("pong", timeout=5)
+        assert (await db.fetchval("SELECT status FROM interview_sessions WHERE session_id = $1",
+                                  uuid.UUID(sid))) in ("scheduled", "in_progress")
+        # ...and is saved and closed at the deadline.
+        row = await stored_row(db, sid, timeout=15)
+        assert row["status"] == "completed"
+        beat = await _until(lambda: db.fetchrow(
+            "SELECT draining, admits FROM server_nodes WHERE node_id = $1",
+            client.server.app[NODE].node_id))
+        assert beat["draining"] is True and beat["admits"] is False
+        # Undrained, it admits again.
+        assert (await client.delete("/admin/drain", headers=KEY)).status == 200
+        assert (await client.get("/healthz")).status == 200
+        assert (await client.post("/sessions", json={"job_role": "x"}, headers=KEY)).status == 201
+        for bad in ({"deadline_s": -1}, {"deadline_s": "soon"}, {"when": 1}):
+            resp = await client.post("/admin/drain", json=bad, headers=KEY)
+            assert resp.status == 400, bad
+    finally:
+        await candidate.close()
+
+
+async def test_the_interviews_of_a_dead_node_become_interrupted(
+    make_client: AppFactory, db: asyncpg.Connection, tmp_path: Path
+):
+    """A node whose heartbeat stopped (its process killed: tests/test_topology.py
+    does it for real) leaves rows `in_progress`; a live node closes them."""
+    client = await _node(make_client, tmp_path, "alive")  # (its start creates the schema)
+    stale = datetime.now(timezone.utc) - timedelta(seconds=30)
+    held, fresh, ended = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    info = json.dumps({"job_role": "x", "checkpoint_at": stale.isoformat()})
+    for sid, status in ((held, "in_progress"), (fresh, "in_progress"), (ended, "completed")):
+        await db.execute(
+            "INSERT INTO interview_sessions (session_id, start_time, status, session_information)"
+            " VALUES ($1, $2, $3, $4::jsonb)", sid, stale, status, info)
+    # `fresh` was checkpointed a moment ago: its node may be alive after all.
+    await db.execute(
+        "UPDATE interview_sessions SET session_information = jsonb_set(session_information,"
+        " '{checkpoint_at}', to_jsonb(now()::text)) WHERE session_id = $1", fresh)
+    await db.execute(
+        "INSERT INTO server_nodes (node_id, url, admits, draining, live_sessions, load,"
+        " started_at, heartbeat_at) VALUES ('dead', 'http://10.0.0.9:8080', true, false, 3, 0,"
+        " $1, $1)", stale)
+    await db.executemany("INSERT INTO node_sessions (session_id, node_id) VALUES ($1, 'dead')",
+                         [(held,), (fresh,), (ended,)])
+    row = await _until(lambda: db.fetchrow(
+        "SELECT status FROM interview_sessions WHERE session_id = $1 AND status = 'interrupted'",
+        held), timeout_s=5)
+    assert row["status"] == "interrupted"
+    statuses = dict(await db.fetch("SELECT session_id, status FROM interview_sessions"))
+    assert statuses[fresh] == "in_progress" and statuses[ended] == "completed"
+    # The dead node stays listed while one of its interviews may still be alive.
+    assert await db.fetchval("SELECT count(*) FROM server_nodes WHERE node_id = 'dead'") == 1
+    metrics = await (await client.get("/metrics", headers=KEY)).text()
+    assert "interview_node_sweep_interrupted_total 1.0" in metrics
+    # A forwarded call for a session of a node that is gone is answered here.
+    resp = await client.get(f"/sessions/{held}", headers=KEY)
+    assert resp.status == 200 and (await resp.json())["status"] == "interrupted"
