@@ -24,6 +24,7 @@ import contextlib
 import os
 import shutil
 import subprocess
+import warnings
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
@@ -158,9 +159,12 @@ class Topology:
 
     async def start_database(self) -> str:
         """PostgreSQL in `db`, on its address, trusting this /24 only; its DSN."""
-        # pgserver's binaries, and its helpers for running them as its own user.
-        from pgserver._commands import POSTGRES_BIN_PATH
-        from pgserver.utils import ensure_prefix_permissions, ensure_user_exists
+        with warnings.catch_warnings():
+            # platformdirs warns at import when XDG_RUNTIME_DIR is unset (root, CI).
+            warnings.simplefilter("ignore")
+            # pgserver's binaries, and its helpers for running them as its own user.
+            from pgserver._commands import POSTGRES_BIN_PATH
+            from pgserver.utils import ensure_prefix_permissions, ensure_user_exists
 
         pgdata = self.work / "postgres"
         pgdata.mkdir(parents=True)

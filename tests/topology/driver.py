@@ -143,12 +143,12 @@ class Run:
         return True
 
     async def live_anywhere(self, sessions: dict[int, dict[str, str]]) -> None:
-        """A live session's row and info, asked of every node directly and of HAProxy,
+        """A live session's row, info and review, asked of every node directly and of HAProxy,
         match its owner's answer (the others answer from the database or forward)."""
         problems, asked = [], 0
         for owner, session in sessions.items():
             sid = session["session_id"]
-            for path in (f"/sessions/{sid}", f"/sessions/{sid}/info"):
+            for path in (f"/sessions/{sid}", f"/sessions/{sid}/info", f"/sessions/{sid}/review"):
                 _, expected = await self.call("GET", self.topo.node_url(owner) + path)
                 for where in self._everywhere():
                     asked += 1
@@ -258,7 +258,7 @@ class Run:
         await self.topo.kill_node(KILLED)
         killed_at = time.monotonic()
         self.checks.mark("killed")
-        status, _ = await self.call("GET", f"{self.lb}/sessions/{sid}")
+        reading = asyncio.create_task(self._readable(sid, killed_at), name="read-killed")
         landed = [node_of((await self.create())["session_id"]) for _ in range(4)]
         # Not to the dead node, nor to the drained one (once draining works).
         drained = self.checks.checks.get("drain_healthz", {}).get("ok", False)
@@ -266,8 +266,7 @@ class Run:
         self.checks.record("kill_new_to_survivors", not refused & set(landed),
                            f"4 new sessions right after the kill went to nodes {landed} "
                            f"(never to {sorted(refused)})")
-        self.checks.record("kill_session_readable", status == 200,
-                           f"GET the killed node's live session through HAProxy: {status}")
+        await guarded(self.checks, "kill_session_readable", reading)
 
         async def interrupted() -> bool:
             row = (await self.snapshot()).get(sid)
@@ -288,6 +287,24 @@ class Run:
                            f"{len(before)} rows compared; changed: {lost}; the killed interview's "
                            f"answer saved before the kill: {bool(saved)}, kept: {kept}")
         await candidate.close()
+
+    async def _readable(self, sid: str, killed_at: float) -> None:
+        """The killed node's session through HAProxy, as a client would read it:
+        until its node is known dead the survivors may only say "try again"
+        (502/503 with Retry-After); then they answer from the database."""
+        answers: list[str] = []
+        while time.monotonic() - killed_at < INTERRUPTED_WITHIN_S:
+            async with self.http.get(f"{self.lb}/sessions/{sid}", headers=AUTH) as resp:
+                retry = resp.headers.get("Retry-After")
+                answers.append(f"{resp.status}" + (f" (Retry-After {retry})" if retry else ""))
+                if resp.status == 200 or resp.status not in (502, 503) or retry is None:
+                    break
+            await asyncio.sleep(float(retry))
+        took = time.monotonic() - killed_at
+        ok = answers[-1] == "200"
+        self.checks.record("kill_session_readable", ok,
+                           f"GET through HAProxy from the SIGKILL on: {answers}, the last "
+                           f"{took:.0f} s after it")
 
     # -- helpers -------------------------------------------------------------------
 
