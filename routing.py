@@ -11,10 +11,11 @@ routes without shared state. The rule, for `N` workers:
   `N` grows, and ids minted with one worker spread evenly.
 
 Nothing else in the project knows this rule. A standard proxy reproduces it
-from the path alone; in HAProxy, for example (a sketch, not yet tried):
+from the path alone; in HAProxy (2.6, `deploy/haproxy.cfg`, run by
+tests/test_topology.py), with one backend per node:
 
-    http-request set-var(txn.worker) path,field(3,/),bytes(34,2),hex2i,mod(N)
-    use_backend worker%[var(txn.worker)] if { path_reg ^/(sessions|whip)/[^/]{36} }
+    http-request set-var(txn.node) path,field(3,/),bytes(34,2),hex2i,mod(N) if names_session
+    use_backend node%[var(txn.node)] if names_session
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ import signal
 import sys
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -95,10 +95,14 @@ def _server_env(env: Mapping[str, str]) -> dict[str, str]:
 @contextlib.asynccontextmanager
 async def start_server(
     env: Mapping[str, str], *, log_path: Path | None = None, script: Path = SERVER_SCRIPT,
-    start_timeout_s: float = 90, stop_timeout_s: float = 60,
+    start_timeout_s: float = 90, stop_timeout_s: float = 60, wrapper: Sequence[str] = (),
 ) -> AsyncIterator[ServerProcess]:
     """Start `script` with this environment minus `_SCRUBBED`, plus `env` (by default
     on a free port); yield it once it is serving; stop it on the way out.
+
+    `wrapper` goes before the command, and must exec it (so that the process
+    signalled is the server): `("ip", "netns", "exec", "n0")` runs it in a
+    network namespace (`testing.topology`).
 
     Raises `ServerExited` (with the output's tail, or the log's path) when the
     server exits before serving, TimeoutError after `start_timeout_s`."""
@@ -106,7 +110,7 @@ async def start_server(
         log_path.parent.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, str(script), cwd=script.parent, env=_server_env(env),
+        *wrapper, sys.executable, str(script), cwd=script.parent, env=_server_env(env),
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
     )
     serving: asyncio.Future[str] = asyncio.get_running_loop().create_future()

@@ -19,7 +19,7 @@ import contextlib
 import json
 import subprocess
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,7 @@ from playwright.async_api import BrowserContext, Frame, Page, async_playwright
 from playwright.async_api import TimeoutError as PlaywrightTimeout
 
 from testing import start_server, transcript_of, wer
+from tests.checks import Checks, guarded, poll, run_checks
 from tests.browser.media import fake_camera, fake_microphone
 from tests.conftest import CLIP
 
@@ -89,37 +90,6 @@ SENDER_FRAMERATE = """async () => {
     sending: outbound ? outbound.framesPerSecond ?? null : null,
   };
 }"""
-
-
-class Checks:
-    """What the run found, check by check, written as JSON at the end."""
-
-    def __init__(self, out: Path) -> None:
-        self._out = out
-        self.checks: dict[str, dict[str, Any]] = {}
-        self.timings: dict[str, float] = {}
-        self._t0 = time.monotonic()
-
-    def record(self, name: str, ok: bool, detail: str) -> bool:
-        self.checks[name] = {"ok": ok, "detail": detail}
-        print(f"[{time.monotonic() - self._t0:6.1f}s] {'PASS' if ok else 'FAIL'} {name}: {detail}",
-              flush=True)
-        return ok
-
-    def mark(self, name: str) -> None:
-        self.timings[name] = round(time.monotonic() - self._t0, 2)
-
-    def write(self) -> None:
-        self._out.write_text(json.dumps({"checks": self.checks, "timings": self.timings}, indent=2))
-
-
-async def guarded(checks: Checks, name: str, step: Awaitable[Any]) -> Any:
-    """Run a step; an exception becomes a failed check rather than ending the run."""
-    try:
-        return await step
-    except Exception as exc:  # noqa: BLE001 - every failure is a result to report
-        checks.record(name, False, f"{type(exc).__name__}: {exc}")
-        return None
 
 
 # -- the server -------------------------------------------------------------------
@@ -214,16 +184,6 @@ async def connection_state(page: Page | Frame, state: str, timeout_s: float) -> 
 async def candidate_words(page: Page) -> str:
     texts: list[str] = await page.locator("#transcript li.you .words").all_inner_texts()
     return " ".join(texts)
-
-
-async def poll(probe: Callable[[], Awaitable[Any]], timeout_s: float, every_s: float = 0.25) -> Any:
-    """The first truthy result of `probe`, or its last result after `timeout_s`."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        result = await probe()
-        if result or time.monotonic() > deadline:
-            return result
-        await asyncio.sleep(every_s)
 
 
 # -- the run ------------------------------------------------------------------------
@@ -433,20 +393,6 @@ class Run:
         self.checks.record("tab_closed_saved", row is not None,
                            f"status completed {elapsed:.1f}s after the tab closed" if row
                            else "not completed 10 s after the tab closed")
-
-
-async def run_checks(
-    out: Path, timeout_s: float, body: Callable[[Checks], Awaitable[None]]
-) -> None:
-    """Run `body` within `timeout_s`; whatever happens, its checks are written to `out`."""
-    checks = Checks(out)
-    try:
-        await asyncio.wait_for(body(checks), timeout_s)
-    except Exception as exc:  # noqa: BLE001 - written to the results, which the test asserts
-        checks.record("run", False, f"{type(exc).__name__}: {exc}")
-    finally:
-        checks.mark("done")
-        checks.write()
 
 
 async def run(args: argparse.Namespace) -> None:
