@@ -76,7 +76,14 @@ async def forward_middleware(request: web.Request, handler: Handler) -> web.Stre
     owner = await _owner(request, session_id)
     if owner is None or owner[0] == node.node_id:
         return await handler(request)
-    return await _forward(request, owner[0], owner[1])
+    try:
+        return await _forward(request, owner[0], owner[1])
+    except web.HTTPBadGateway:
+        if request.method not in (hdrs.METH_GET, hdrs.METH_HEAD):
+            raise
+        # The holder does not answer (it may have just died): a read is
+        # answered here, from the last row it saved.
+        return await handler(request)
 
 
 async def recorder_of(request: web.Request, row: SessionRow) -> NodeInfo | None:
