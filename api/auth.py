@@ -10,16 +10,18 @@ with `WWW-Authenticate: Bearer`.
 from __future__ import annotations
 
 import hmac
+import uuid
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from api.errors import json_error
-from api.keys import CONFIG, REGISTRY, REVIEW_KEYS, REVIEWER, SESSION
-from api.lookup import not_live_error, parse_session_id
+from api.keys import CONFIG, NODE, REGISTRY, REVIEW_KEYS, REVIEWER, SESSION
+from api.lookup import not_live_error, parse_session_id, stored_row
 from api.routes import Access, access_of
 from engine.review import Reviewer
 from engine.session import InterviewSession
+from storage.pg import DatabaseUnavailable
 
 __all__ = ["access_middleware", "rejoin_session"]
 
@@ -95,12 +97,28 @@ async def _candidate_session(request: web.Request, *, rejoining: bool) -> Interv
         await registry.wait_ended(session_id)
     session = registry.get(session_id)
     if session is None and rejoining:
-        session = registry.parked(session_id)
+        session = registry.parked(session_id) or await _continued(request, session_id)
     if session is None:
         _require_api_key_or_hide(request)
         raise await not_live_error(request, session_id)
     require_candidate(request, session)
     return session
+
+
+async def _continued(request: web.Request, session_id: uuid.UUID) -> InterviewSession | None:
+    """A rejoin for an interview whose node died: go on with it here, when it
+    can (`api.node.Node.adopt`) and the caller holds its token."""
+    try:
+        row = await stored_row(request, session_id)
+    except DatabaseUnavailable:
+        return None
+    if row is None:
+        return None
+    candidate = InterviewSession.from_checkpoint(row)
+    if candidate is None:
+        return None
+    require_candidate(request, candidate)  # before anything is taken over
+    return await request.app[NODE].adopt(row)
 
 
 async def _reviewer(request: web.Request, *, decide: bool) -> Reviewer:

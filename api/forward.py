@@ -78,12 +78,16 @@ async def forward_middleware(request: web.Request, handler: Handler) -> web.Stre
         return await handler(request)
     try:
         return await _forward(request, owner[0], owner[1])
-    except web.HTTPBadGateway:
-        if request.method not in (hdrs.METH_GET, hdrs.METH_HEAD):
-            raise
-        # The holder does not answer (it may have just died): a read is
-        # answered here, from the last row it saved.
-        return await handler(request)
+    except _Unreachable:
+        if request.method in (hdrs.METH_GET, hdrs.METH_HEAD):
+            # The holder does not answer (it may have just died): a read is
+            # answered here, from the last row it saved.
+            return await handler(request)
+        # A rejoin comes back once the holder counts as dead, and is then
+        # continued here (`api.node.Node.adopt`); a 503 keeps it trying.
+        raise json_error(web.HTTPServiceUnavailable,
+                         f"the node holding this session ({owner[0]}) does not answer; "
+                         "try again shortly", **{"Retry-After": "2"}) from None
 
 
 async def recorder_of(request: web.Request, row: SessionRow) -> NodeInfo | None:
@@ -113,7 +117,10 @@ async def forward_to_recorder(request: web.Request,
     found = None if row is None else await recorder_of(request, row)
     if found is None or found.url is None:
         return None
-    return await _forward(request, found.node_id, found.url)
+    try:
+        return await _forward(request, found.node_id, found.url)
+    except _Unreachable:
+        return None  # answered here: 404
 
 
 async def _owner(request: web.Request, session_id: uuid.UUID) -> tuple[str, str] | None:
@@ -158,5 +165,8 @@ async def _forward(request: web.Request, node_id: str, base_url: str) -> web.Str
                     node_id, exc)
         if out is not None and out.prepared:
             return out  # cut short mid-body: the client sees a truncated answer
-        raise json_error(web.HTTPBadGateway, f"the node holding this session ({node_id}) "
-                         "did not answer; try again", **{"Retry-After": "2"}) from None
+        raise _Unreachable(node_id) from exc
+
+
+class _Unreachable(Exception):
+    """The node that holds (or recorded) the session did not answer."""

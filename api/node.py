@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from datetime import datetime
 import time
 from collections.abc import Awaitable, Callable
 
@@ -24,7 +25,7 @@ from config import Config
 from engine.aio import cancel_and_wait
 from engine.interview import InterviewState
 from engine.registry import InterviewTable
-from engine.session import SessionRow
+from engine.session import InterviewSession, SessionRow, SessionStatus, utc_now
 from media.service import MediaService
 from storage.nodes import NodeBeat, NodeDirectory
 from storage.pg import DatabaseUnavailable
@@ -46,6 +47,11 @@ class Node:
         on_interrupted: Callable[[list[SessionRow]], Awaitable[None]] | None = None,
     ) -> None:
         self.node_id = instance.instance_id
+        self._run_id = instance.run_id
+        # An interview whose node died may go on here this long after its
+        # last checkpoint: the candidate's rejoin window plus the time it
+        # takes to see the node dead.
+        self.continue_within_s = config.rejoin_grace_s + config.node_dead_s + 10.0
         self._config = config
         self._registry = registry
         self._media = media
@@ -128,6 +134,33 @@ class Node:
                         self.node_id, left)
         await self._registry.end_all()  # saves and closes whatever is left
         log.info("node %s drained", self.node_id)
+
+    # -- taking over ---------------------------------------------------------------
+
+    async def adopt(self, row: SessionRow) -> InterviewSession | None:
+        """Go on here with an interview whose node died, from its last checkpoint.
+
+        It can continue when its row is `in_progress` or `interrupted`, was
+        checkpointed within `continue_within_s`, no live node holds it, and
+        this node wins the claim; then the candidate's rejoin is its next
+        call. The recording starts again here (the dead node never finished
+        its part), and so does its clock.
+        """
+        if row.status not in (SessionStatus.IN_PROGRESS, SessionStatus.INTERRUPTED):
+            return None
+        checkpoint = (row.session_information or {}).get("checkpoint_at")
+        try:
+            age = (utc_now() - datetime.fromisoformat(str(checkpoint))).total_seconds()
+        except ValueError:
+            return None
+        session = InterviewSession.from_checkpoint(row)
+        if session is None or age > self.continue_within_s:
+            return None
+        if not await self.directory.claim(row.session_id, self.node_id):
+            return None  # a live node holds it (or just took it)
+        session.server_instance = self.node_id
+        session.server_run = self._run_id
+        return self._registry.adopt(session)
 
     # -- the heartbeat -------------------------------------------------------------
 

@@ -19,9 +19,9 @@ import asyncio
 import contextlib
 import logging
 import re
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from config import DEFAULT_END_OF_TURN_S, DEFAULT_INTERVIEW_MINUTES, DEFAULT_NUDGE_S
 from engine.aio import cancel_and_wait
@@ -126,6 +126,37 @@ class ConversationState:
     turns: list[TurnMetrics] = field(default_factory=list)
     interviewer_audio_s: float = 0.0
     started_at: float | None = None  # loop time of the first greeting
+
+    def snapshot(self, now: float) -> dict[str, Any]:
+        """The state to go on from, as JSON: checkpointed with the row, so
+        that another node can continue the interview after this one died."""
+        return {
+            "plan": self.engine.snapshot(),
+            "questions": [
+                {"index": q.index, "question": q.question, "answers": list(q.answers),
+                 "speech_s": round(q.speech_s, 3)}
+                for _, q in sorted(self.questions.items())
+            ],
+            "interviewer_audio_s": round(self.interviewer_audio_s, 3),
+            "elapsed_s": None if self.started_at is None else round(now - self.started_at, 3),
+        }
+
+    def restore(self, data: Mapping[str, Any], now: float) -> None:
+        """Go on from a `snapshot()`; `now` is this loop's time."""
+        plan = data.get("plan")
+        if isinstance(plan, Mapping):
+            self.engine.restore(plan)
+        for item in data.get("questions") or []:
+            if isinstance(item, Mapping) and isinstance(item.get("index"), int):
+                self.questions[item["index"]] = QuestionLog(
+                    item["index"], str(item.get("question", "")),
+                    [str(a) for a in item.get("answers") or []],
+                    float(item.get("speech_s") or 0.0))
+        audio = data.get("interviewer_audio_s")
+        self.interviewer_audio_s = float(audio) if isinstance(audio, (int, float)) else 0.0
+        elapsed = data.get("elapsed_s")
+        if isinstance(elapsed, (int, float)):
+            self.started_at = now - float(elapsed)  # so its time limit still holds
 
 
 _WORD = re.compile(r"[a-z']+")

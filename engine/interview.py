@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -117,6 +118,8 @@ class Interview:
         if status is None:
             started = self.record.start_time is not None
             status = SessionStatus.IN_PROGRESS if started else SessionStatus.SCHEDULED
+        if self.conversation is not None:
+            self.record.interviewer_state = self.conversation.snapshot(time.monotonic())
         return self.record.to_row(status)
 
     def close_record(self) -> None:

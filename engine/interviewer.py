@@ -18,9 +18,9 @@ from __future__ import annotations
 import enum
 import logging
 import re
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from config import DEFAULT_INTERVIEW_MINUTES, DEFAULT_INTERVIEWER_NAME
 from engine.ports import InterviewerLlm, LlmError, LlmRequest
@@ -109,6 +109,12 @@ class InterviewerEngine(Protocol):
         """The move worded as sentences, streamed as they become ready."""
         ...
 
+    def snapshot(self) -> dict[str, Any]:
+        """Where the plan stands, as JSON (`restore` goes on from it)."""
+        ...
+
+    def restore(self, data: Mapping[str, Any]) -> None: ...
+
 
 _REPEAT = re.compile(
     r"\b(repeat|say (that|it) again|didn'?t (catch|hear|get)|pardon|come again|one more time)\b",
@@ -144,6 +150,20 @@ class StructuredInterviewer:
     @property
     def question_index(self) -> int:
         return self._index
+
+    def snapshot(self) -> dict[str, Any]:
+        """Where the plan stands, as JSON (checkpointed, so another node can go on)."""
+        return {"index": self._index, "followed_up": sorted(self._followed_up),
+                "acks": self._acks}
+
+    def restore(self, data: Mapping[str, Any]) -> None:
+        """Go on from a `snapshot()` (taken by this or another process)."""
+        index = data.get("index", -1)
+        if isinstance(index, int) and -1 <= index <= len(self.plan.questions):
+            self._index = index
+        self._followed_up = {i for i in data.get("followed_up", []) if isinstance(i, int)}
+        acks = data.get("acks", 0)
+        self._acks = acks if isinstance(acks, int) and acks >= 0 else 0
 
     def decide(self, answer: str, *, time_left_s: float, nudges: int) -> Move:
         """Choose the next move after `answer` (empty for the opening or a nudge)."""
@@ -228,6 +248,12 @@ class GeminiInterviewer:
 
     def resume(self) -> Move:
         return self.structured.resume()
+
+    def snapshot(self) -> dict[str, Any]:
+        return self.structured.snapshot()
+
+    def restore(self, data: Mapping[str, Any]) -> None:
+        self.structured.restore(data)
 
     async def say(self, move: Move, history: Sequence[Turn]) -> AsyncIterator[str]:
         request = LlmRequest(system=self._system_prompt(move), history=list(history))

@@ -104,6 +104,20 @@ class InterviewTable:
         self._interviews[session.session_id] = interview
         return True
 
+    def adopt(self, session: InterviewSession) -> InterviewSession:
+        """An interview another node held until it died, continued here: its
+        row says where it was (`InterviewSession.from_checkpoint`); the
+        candidate's call comes next."""
+        existing = self._interviews.get(session.session_id)
+        if existing is not None:
+            return existing.record
+        interview = Interview(session, AnomalyRules(self._anomaly_settings))
+        session.touch()  # saved `in_progress` again by the next checkpoint round
+        self._interviews[session.session_id] = interview
+        log.info("session %s continued here (from %s)", session.session_id,
+                 session.extra_information.get("continued_from"))
+        return session
+
     async def wait_ended(self, session_id: uuid.UUID) -> None:
         """If the interview is being ended right now, wait until that is done."""
         interview = self._interviews.get(session_id)

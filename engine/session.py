@@ -29,6 +29,9 @@ __all__ = [
 
 ANSWER_IN_PROGRESS = "answer_in_progress"  # session_information key
 INVITATION = "invitation"  # session_information key, while the candidate has not joined
+# session_information key once joined: what another node needs to go on with
+# the interview (the token's digest, the plan, the interviewer's state).
+CONTINUATION = "continuation"
 # session_information key, true while an ended interview's call still drains:
 # the row already has its final status; the last answer and the report follow.
 CLOSING = "closing"
@@ -183,6 +186,9 @@ class InterviewSession:
     # survive a restart); the token itself exists in the join URL alone.
     token_sha256: str = field(default="", repr=False)
     clock: SessionClock = field(default_factory=SessionClock, repr=False)
+    # The interviewer's state (`ConversationState.snapshot`), saved with each
+    # checkpoint so that another node can go on after this one died.
+    interviewer_state: dict[str, Any] | None = None
     version: int = 0
 
     def __post_init__(self) -> None:
@@ -278,6 +284,13 @@ class InterviewSession:
             "server_run": self.server_run,
             "checkpoint_at": utc_now().isoformat(),
         }
+        if self.start_time is not None and self.token_sha256:
+            # Enough for another node to go on with it (`from_checkpoint`).
+            info[CONTINUATION] = {
+                "token_sha256": self.token_sha256,
+                "questions": list(self.questions),
+                "interviewer": self.interviewer_state,
+            }
         if self.start_time is None:
             # Enough to restore the invitation after a restart (`from_invitation`).
             info[INVITATION] = {
@@ -308,6 +321,41 @@ class InterviewSession:
             created_at=datetime.fromisoformat(invitation["created_at"]),
             invite_expires_at=_datetime_or_none(invitation.get("expires_at")),
             server_instance=info.get("server_instance"),
+        )
+
+    @classmethod
+    def from_checkpoint(cls, row: SessionRow) -> InterviewSession | None:
+        """The interview an `in_progress` (or `interrupted`) row describes, to go
+        on with on this node: its conversation, flags and plan; None if the
+        row holds no continuation."""
+        info = row.session_information or {}
+        saved = info.get(CONTINUATION)
+        if row.start_time is None or not isinstance(saved, dict) or not isinstance(
+                saved.get("token_sha256"), str):
+            return None
+        history = []
+        for turn in info.get("conversation_history") or []:
+            if isinstance(turn, dict) and turn.get("role") in ("assistant", "user"):
+                history.append(Turn(turn["role"], str(turn.get("content", "")),
+                                    turn.get("offset_s"), turn.get("end_offset_s")))
+        interviewer = saved.get("interviewer")
+        return cls(
+            job_role=str(info.get("job_role") or ""),
+            session_id=row.session_id,
+            token="",
+            token_sha256=saved["token_sha256"],
+            template_id=row.template_id,
+            interviewee_id=row.interviewee_id,
+            questions=[str(q) for q in saved.get("questions") or []],
+            resume_url=row.resume_url,
+            recording_url=row.recording_url,
+            start_time=row.start_time,
+            conversation_history=history,
+            anomalies_detected=[a for a in info.get("anomalies_detected") or []
+                                if isinstance(a, dict)],
+            turn_decisions=[d for d in info.get("turn_decisions") or [] if isinstance(d, dict)],
+            interviewer_state=interviewer if isinstance(interviewer, dict) else None,
+            extra_information={"continued_from": info.get("server_instance")},
         )
 
     def to_row(self, status: SessionStatus) -> SessionRow:

@@ -193,7 +193,11 @@ class MediaService:
     def _prepare(self, interview: Interview) -> None:
         """What outlives a call, made on the interview's first call."""
         if self._config.interviewer and interview.conversation is None:
-            interview.conversation = new_conversation(interview.record, self._interviewer, self._llm)
+            state = new_conversation(interview.record, self._interviewer, self._llm)
+            saved = interview.record.interviewer_state
+            if saved is not None:  # continued from another node's checkpoint
+                state.restore(saved, asyncio.get_running_loop().time())
+            interview.conversation = state
 
     def _recorder(self, interview: Interview, runtime: MediaRuntime) -> SessionRecorder | None:
         """One recording per interview, continued across rejoins."""

@@ -84,6 +84,17 @@ DELETE FROM server_nodes n WHERE node_id = ANY($1::text[]) AND NOT EXISTS (
 """
 
 
+# Take a session over: only from a node whose heartbeat stopped (or none).
+_CLAIM = """
+INSERT INTO node_sessions (session_id, node_id) VALUES ($1, $2)
+ON CONFLICT (session_id) DO UPDATE SET node_id = EXCLUDED.node_id, since = now()
+WHERE node_sessions.node_id = EXCLUDED.node_id OR NOT EXISTS (
+    SELECT 1 FROM server_nodes n WHERE n.node_id = node_sessions.node_id
+    AND n.heartbeat_at > now() - make_interval(secs => $3))
+RETURNING node_id
+"""
+
+
 @dataclass(frozen=True)
 class NodeBeat:
     """What a node says of itself in each heartbeat."""
@@ -144,6 +155,13 @@ class NodeDirectory:
         async with self._store.connection() as conn:
             record = await conn.fetchrow(_OWNER, session_id, self.dead_after_s)
         return None if record is None else NodeInfo(*record.values())
+
+    async def claim(self, session_id: uuid.UUID, node_id: str) -> bool:
+        """Hold `session_id` from now on, unless a live node holds it (atomic:
+        of two nodes claiming at once, one wins)."""
+        async with self._store.connection() as conn:
+            won = await conn.fetchval(_CLAIM, session_id, node_id, self.dead_after_s)
+        return bool(won == node_id)
 
     async def nodes(self) -> list[NodeInfo]:
         async with self._store.connection() as conn:
