@@ -118,7 +118,12 @@ async def _continued(request: web.Request, session_id: uuid.UUID) -> InterviewSe
     if candidate is None:
         return None
     require_candidate(request, candidate)  # before anything is taken over
-    return await request.app[NODE].adopt(row)
+    node = request.app[NODE]
+    if node.draining and row.status in ("in_progress", "interrupted"):
+        # Not here: a balancer's next try reaches a node that takes it.
+        raise json_error(web.HTTPServiceUnavailable, node.refusal() or "draining",
+                         **{"Retry-After": "1"})
+    return await node.adopt(row)
 
 
 async def _reviewer(request: web.Request, *, decide: bool) -> Reviewer:

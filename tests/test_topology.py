@@ -129,3 +129,12 @@ def test_a_killed_nodes_interview_is_interrupted_within_60_s(
     """The killed node's live row becomes `interrupted` within 60 s, swept by a
     survivor that sees the node's heartbeat stop."""
     _assert(topology_run, "kill_interrupted")
+
+
+@pytest.mark.timeout(DRIVER_TIMEOUT_S + 30)
+def test_a_killed_nodes_interview_goes_on_on_a_survivor(topology_run: dict[str, Any]) -> None:
+    """Its candidate rejoins through HAProxy (retrying while told to): a
+    survivor takes the interview over from the last checkpoint, the earlier
+    answer kept, and the next one is transcribed and saved there."""
+    _assert(topology_run, "continue_first_answer", "continue_second_answer",
+            "continue_on_survivor")

@@ -253,11 +253,20 @@ class Run:
         sid = session["session_id"]
         candidate = await self.join(session)
         await guarded(self.checks, "kill_transcript", self.heard("kill_transcript", candidate))
+        # A second interview there, whose candidate will rejoin after the kill.
+        going_on = await self.create_on(KILLED)
+        rejoiner = await self.join(going_on)
+        await guarded(self.checks, "continue_first_answer",
+                      self.heard("continue_first_answer", rejoiner))
         saved = await poll(lambda: self._answer_saved(sid), 15)
+        await poll(lambda: self._answer_saved(going_on["session_id"]), 15)
         before = await self.snapshot()
         await self.topo.kill_node(KILLED)
         killed_at = time.monotonic()
         self.checks.mark("killed")
+        await rejoiner.close()
+        continuing = asyncio.create_task(self.continues(going_on, before, killed_at),
+                                         name="continue-killed")
         reading = asyncio.create_task(self._readable(sid, killed_at), name="read-killed")
         landed = [node_of((await self.create())["session_id"]) for _ in range(4)]
         # Not to the dead node, nor to the drained one (once draining works).
@@ -267,6 +276,7 @@ class Run:
                            f"4 new sessions right after the kill went to nodes {landed} "
                            f"(never to {sorted(refused)})")
         await guarded(self.checks, "kill_session_readable", reading)
+        await guarded(self.checks, "continue_on_survivor", continuing)
 
         async def interrupted() -> bool:
             row = (await self.snapshot()).get(sid)
@@ -280,13 +290,65 @@ class Run:
                            f"{took:.0f} s after the SIGKILL (needs the periodic failover sweep)")
         after = await self.snapshot()
         lost = [s for s, (state, info) in before.items()
-                if s != sid and after.get(s) != (state, info)]
+                if s not in (sid, going_on["session_id"]) and after.get(s) != (state, info)]
         kept = after.get(sid, ("", {}))[1].get("conversation_history") == \
             before[sid][1].get("conversation_history")
         self.checks.record("saved_rows_intact", bool(saved) and not lost and kept,
                            f"{len(before)} rows compared; changed: {lost}; the killed interview's "
                            f"answer saved before the kill: {bool(saved)}, kept: {kept}")
         await candidate.close()
+
+    async def continues(self, session: dict[str, str], before: dict[str, Any],
+                        killed_at: float) -> None:
+        """The candidate of a killed node's interview rejoins through HAProxy (as
+        the browser client does, retrying while told to): a survivor takes the
+        interview over from its last checkpoint, and it goes on there."""
+        sid = session["session_id"]
+        token = {"Authorization": f"Bearer {session['token']}"}
+        refusals: list[str] = []
+        while True:
+            candidate: Candidate[Any, Any] = Candidate(SpeechTrack(CLIP.with_suffix(".wav")), None)
+            try:
+                await candidate.connect(self.http, f"{self.lb}/sessions/{sid}/offer",
+                                        headers=token)
+                break
+            except Exception as exc:  # noqa: BLE001 - 503 until the node counts as dead
+                await candidate.close()
+                refusals.append(str(exc)[:60])
+                if time.monotonic() - killed_at > INTERRUPTED_WITHIN_S:
+                    raise AssertionError(f"not continued: {refusals}") from None
+                await asyncio.sleep(1)
+        took = time.monotonic() - killed_at
+        try:
+            await self.heard("continue_second_answer", candidate)
+            row = await poll(lambda: self._held_elsewhere(sid), 15)
+            info = row[1] if row else {}
+            earlier = before[sid][1].get("conversation_history", [])
+            history = info.get("conversation_history", [])
+            status, _ = await self.call("POST", f"{self.lb}/sessions/{sid}/end")
+            final = await poll(lambda: self._completed(sid), 20)
+        finally:
+            await candidate.close()
+        users = [t for t in (final[1] if final else {}).get("conversation_history", [])
+                 if t.get("role") == "user"]
+        ok = bool(row) and history[:len(earlier)] == earlier and status == 200 \
+            and bool(final) and len(users) >= 2
+        self.checks.record(
+            "continue_on_survivor", ok,
+            f"rejoined through HAProxy {took:.1f} s after the SIGKILL ({len(refusals)} "
+            f"refusals first); continued on {info.get('server_instance')} from "
+            f"{info.get('continued_from')}; earlier turns kept: "
+            f"{history[:len(earlier)] == earlier}; ended {status}; {len(users)} answers saved")
+
+    async def _held_elsewhere(self, sid: str) -> tuple[str, dict[str, Any]] | None:
+        row = (await self.snapshot()).get(sid)
+        return row if row is not None and row[0] == "in_progress" and row[1].get(
+            "continued_from") else None
+
+    async def _completed(self, sid: str) -> tuple[str, dict[str, Any]] | None:
+        row = (await self.snapshot()).get(sid)
+        return row if row is not None and row[0] == "completed" and not row[1].get(
+            "closing") else None
 
     async def _readable(self, sid: str, killed_at: float) -> None:
         """The killed node's session through HAProxy, as a client would read it:
