@@ -42,7 +42,10 @@ _HOP_BY_HOP = frozenset({
     "transfer-encoding", "upgrade", "content-length",
 })  # Host passes through: workers build join/resume URLs from it
 
-HEALTH_TIMEOUT = aiohttp.ClientTimeout(total=2.0)
+# Short: while a killed worker is being restarted its socket (the
+# supervisor's) still accepts, and a health check waits there until the new
+# worker answers; a longer wait would hide the whole restart behind one check.
+HEALTH_TIMEOUT = aiohttp.ClientTimeout(total=0.75)
 
 
 class Front:
