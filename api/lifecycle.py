@@ -149,13 +149,13 @@ async def registry_ctx(app: web.Application) -> AsyncIterator[None]:
     try:
         yield
     finally:
-        await node.close()
-        await forwarder.close()
         await retention.close()
         # Shutdown (SIGTERM included) ends and saves every live session,
         # closing its media first, briefly.
         media.hurry()
         await registry.end_all()
+        await node.close()  # holds nothing now: out of the directory
+        await forwarder.close()
         await media.close()
         await registry.close()
 
