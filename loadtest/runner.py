@@ -22,6 +22,7 @@ import aiohttp
 
 from loadtest.candidate import CandidatePlan, CandidateResult
 from loadtest.monitor import MetricsSnapshot, ServerMonitor, ServerSample
+from loadtest.nodes import NodeInfo, NodeMonitors, list_nodes
 from loadtest.progress import ProgressDisplay
 from loadtest.scenarios import scenario_for
 from loadtest.worker import WorkerJob, WorkerResult, run_worker
@@ -68,6 +69,9 @@ class StepData:
     metrics_before: MetricsSnapshot | None = None
     metrics_after: MetricsSnapshot | None = None
     metrics_available: bool = False
+    # Behind a balancer: the nodes `/admin/nodes` listed, and each one's own samples.
+    nodes: list[NodeInfo] = field(default_factory=list)
+    node_samples: dict[str, list[ServerSample]] = field(default_factory=dict)
 
     @property
     def candidates(self) -> list[CandidateResult]:
@@ -96,7 +100,10 @@ async def run_step(settings: StepSettings, target: ServerTarget, http: aiohttp.C
     data = StepData(settings)
     monitor = ServerMonitor(http, target.url, target.api_key, target.pid, target.data_dir)
     data.metrics_before = await monitor.scrape()
+    data.nodes = await list_nodes(http, target.url, target.api_key)
+    nodes = await NodeMonitors.for_nodes(http, data.nodes, target.api_key)
     await monitor.start()
+    await nodes.start()
     started = time.monotonic()
     try:
         display = ProgressDisplay(settings.sessions, settings.ramp_s + settings.duration_s, label)
@@ -108,7 +115,9 @@ async def run_step(settings: StepSettings, target: ServerTarget, http: aiohttp.C
         await _read_rows(http, target, data)
     finally:
         await monitor.stop()
+        await nodes.stop()
     data.samples = monitor.samples
+    data.node_samples = nodes.samples()
     data.metrics_after = await monitor.scrape()
     data.metrics_available = bool(monitor.metrics_available)
     return data
