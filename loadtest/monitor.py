@@ -49,6 +49,16 @@ class MetricsSnapshot:
                 samples[key] = merge((samples[key], float(s.value))) if key in samples else float(s.value)
         return cls(samples)
 
+    @classmethod
+    def combine(cls, snapshots: Iterable[MetricsSnapshot]) -> MetricsSnapshot:
+        """Several nodes' scrapes as one server's: summed (ages: the greatest)."""
+        samples: dict[Key, float] = {}
+        for snapshot in snapshots:
+            for key, v in snapshot.samples.items():
+                merge = max if key[0] in _GREATEST_OF_WORKERS else sum
+                samples[key] = merge((samples[key], v)) if key in samples else v
+        return cls(samples)
+
     def value(self, name: str, **labels: str) -> float | None:
         return self.samples.get((name, tuple(sorted(labels.items()))))
 

@@ -7,19 +7,21 @@ them. Every response names its node in `X-Node`, and `GET /admin/nodes`
 the nodes and, when there are several and their own URLs answer from here,
 samples each one's `/metrics` on that URL (`process_cpu_seconds_total`,
 `process_resident_memory_bytes`): through the balancer, which node answers
-a scrape is not known. With one node the run's own `ServerMonitor` is that
-node's (psutil when it was spawned here).
+a scrape is not known. The step's counters and histograms are then all the
+nodes' summed, and its server CPU and RSS their sum. With one node the run's
+own `ServerMonitor` is that node's (psutil when it was spawned here).
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
 
-from loadtest.monitor import ServerMonitor, ServerSample
+from loadtest.monitor import MetricsSnapshot, ServerMonitor, ServerSample
 
 __all__ = ["NodeInfo", "NodeMonitors", "list_nodes", "reachable"]
 
@@ -94,5 +96,37 @@ class NodeMonitors:
         for monitor in self.monitors.values():
             await monitor.stop()
 
+    async def scrape(self) -> MetricsSnapshot | None:
+        """Every node's `/metrics` summed, or None unless each one answered
+        (through a balancer, successive scrapes may come from different nodes)."""
+        if not self.monitors:
+            return None
+        found = await asyncio.gather(*(m.scrape() for m in self.monitors.values()))
+        return None if None in found else MetricsSnapshot.combine(s for s in found if s is not None)
+
+    def combined(self) -> list[ServerSample]:
+        """CPU and RSS of all the nodes together, second by second."""
+        series = list(self.samples().values())
+        combined = []
+        for at_once in zip(*series):
+            cpu = [s.cpu_pct for s in at_once]
+            rss = [s.rss_mb for s in at_once]
+            combined.append(ServerSample(
+                at_once[0].t, None if None in cpu else sum(c or 0.0 for c in cpu),
+                None if None in rss else sum(r or 0.0 for r in rss),
+                live_sessions=sum(s.live_sessions or 0 for s in at_once),
+                queue_depth=_merged((s.queue_depth for s in at_once), sum),
+                queue_oldest_s=_merged((s.queue_oldest_s for s in at_once), max)))
+        return combined
+
     def samples(self) -> dict[str, list[ServerSample]]:
         return {node_id: m.samples for node_id, m in self.monitors.items()}
+
+
+def _merged(values: Iterable[dict[str, float]], merge: Callable[[Iterable[float]], float]
+            ) -> dict[str, float]:
+    by_name: dict[str, list[float]] = {}
+    for value in values:
+        for name, v in value.items():
+            by_name.setdefault(name, []).append(v)
+    return {name: merge(vs) for name, vs in by_name.items()}

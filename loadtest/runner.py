@@ -99,9 +99,10 @@ async def run_step(settings: StepSettings, target: ServerTarget, http: aiohttp.C
                    label: str) -> StepData:
     data = StepData(settings)
     monitor = ServerMonitor(http, target.url, target.api_key, target.pid, target.data_dir)
-    data.metrics_before = await monitor.scrape()
     data.nodes = await list_nodes(http, target.url, target.api_key)
     nodes = await NodeMonitors.for_nodes(http, data.nodes, target.api_key)
+    # Several nodes: the balancer's address is any node's; their sum is the server's.
+    data.metrics_before = await (nodes.scrape() if nodes.monitors else monitor.scrape())
     await monitor.start()
     await nodes.start()
     started = time.monotonic()
@@ -116,10 +117,11 @@ async def run_step(settings: StepSettings, target: ServerTarget, http: aiohttp.C
     finally:
         await monitor.stop()
         await nodes.stop()
-    data.samples = monitor.samples
     data.node_samples = nodes.samples()
-    data.metrics_after = await monitor.scrape()
-    data.metrics_available = bool(monitor.metrics_available)
+    data.samples = nodes.combined() if nodes.monitors else monitor.samples
+    data.metrics_after = await (nodes.scrape() if nodes.monitors else monitor.scrape())
+    data.metrics_available = bool(monitor.metrics_available) and (
+        not nodes.monitors or data.metrics_after is not None)
     return data
 
 

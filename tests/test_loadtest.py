@@ -287,6 +287,9 @@ async def test_nodes_are_listed_and_sampled_on_their_own_urls():
             await monitors.start()
             await asyncio.sleep(0.3)
             await monitors.stop()
+            both = await monitors.scrape()  # the server's counters: the nodes' summed
+            assert both is not None and both.value("process_resident_memory_bytes") == 200 * 2**20
+        assert {s.rss_mb for s in monitors.combined()} == {200.0}
         samples = monitors.samples()
         assert set(samples) == {"n0", "n1"}
         assert all(s.rss_mb == 100.0 for ss in samples.values() for s in ss)
