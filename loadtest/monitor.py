@@ -186,7 +186,10 @@ class ServerMonitor:
         try:
             async with self.http.get(f"{self.url}/metrics", headers=headers) as resp:
                 if resp.status != 200:
-                    self.metrics_available = False
+                    # Refused or absent: none to read. Anything else (a 5xx from a
+                    # proxy under load) may pass: ask again next time.
+                    if resp.status in (401, 403, 404):
+                        self.metrics_available = False
                     return None
                 snapshot = MetricsSnapshot.parse(await resp.text())
         except (TimeoutError, aiohttp.ClientError, ValueError):

@@ -101,10 +101,10 @@ async def run_step(settings: StepSettings, target: ServerTarget, http: aiohttp.C
     monitor = ServerMonitor(http, target.url, target.api_key, target.pid, target.data_dir)
     data.nodes = await list_nodes(http, target.url, target.api_key)
     nodes = await NodeMonitors.for_nodes(http, data.nodes, target.api_key)
-    # Several nodes: the balancer's address is any node's; their sum is the server's.
+    # Several nodes: the balancer's address answers from any one of them, so it
+    # is not watched; the nodes are, each on its own URL, and their sum is the server.
     data.metrics_before = await (nodes.scrape() if nodes.monitors else monitor.scrape())
-    await monitor.start()
-    await nodes.start()
+    await (nodes.start() if nodes.monitors else monitor.start())
     started = time.monotonic()
     try:
         display = ProgressDisplay(settings.sessions, settings.ramp_s + settings.duration_s, label)
@@ -120,8 +120,8 @@ async def run_step(settings: StepSettings, target: ServerTarget, http: aiohttp.C
     data.node_samples = nodes.samples()
     data.samples = nodes.combined() if nodes.monitors else monitor.samples
     data.metrics_after = await (nodes.scrape() if nodes.monitors else monitor.scrape())
-    data.metrics_available = bool(monitor.metrics_available) and (
-        not nodes.monitors or data.metrics_after is not None)
+    data.metrics_available = data.metrics_after is not None and all(
+        m.metrics_available for m in (nodes.monitors.values() if nodes.monitors else [monitor]))
     return data
 
 
