@@ -211,7 +211,7 @@ async def _warm_up_nodes(http: aiohttp.ClientSession, url: str, api_key: str | N
     """Warm every node on its own URL when several answer from here (through a
     balancer only one would be warmed); else the server at `url`. The longest."""
     direct = await reachable(http, nodes) if len(nodes) > 1 else []
-    urls = [str(n.url) for n in direct] if len(direct) == len(nodes) else [url]
+    urls = [str(n.url) for n in direct] if direct and len(direct) == len(nodes) else [url]
     return max(await asyncio.gather(*(warm_up(http, u, api_key, library) for u in urls)))
 
 
