@@ -8,17 +8,19 @@ over it is "none"), not as a missing sample that would flatter the rest.
 from __future__ import annotations
 
 import math
+import uuid
 from collections import Counter
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from loadtest.candidate import CandidateResult
 from loadtest.monitor import HistogramSummary, MetricsSnapshot, ServerSample
+from loadtest.nodes import NodeInfo
 from loadtest.runner import StepData
 from loadtest.scenarios import SCENARIOS
 from testing import wer
 
-__all__ = ["Slo", "analyse", "stats"]
+__all__ = ["NO_NODE", "Slo", "analyse", "by_node", "stats"]
 
 SERVER_HISTOGRAMS = (
     "interview_asr_seconds",
@@ -31,6 +33,8 @@ SERVER_HISTOGRAMS = (
 # Clients that send more than this share of packets late (> 40 ms) are
 # themselves overloaded, and their latencies include their own delay.
 CLIENT_LATE_WARN = 0.01
+# The group of candidates that no node answered (the create failed or was refused).
+NO_NODE = "(none)"
 
 
 @dataclass(frozen=True)
@@ -90,11 +94,74 @@ def analyse(data: StepData, slo: Slo) -> dict[str, Any]:
         "frames": _frames(data, candidates),
         "server_histograms": _histograms(data),
         "server": _server(data.samples),
+        "nodes": by_node(candidates, data.rows, data.nodes, data.node_samples, data.samples),
         "client": _client(data),
         "candidates": [asdict(c) for c in candidates],
     }
     result["slo"] = _slo(result, candidates, slo)
     return result
+
+
+def by_node(candidates: list[CandidateResult], rows: dict[str, dict[str, Any] | None],
+            nodes: list[NodeInfo], node_samples: dict[str, list[ServerSample]],
+            samples: list[ServerSample]) -> list[dict[str, Any]]:
+    """One entry per node: the sessions it held and what became of them, the
+    503s it answered, its CPU and RSS. The listed nodes first (index order),
+    then any only seen in `X-Node`, then the candidates no node answered.
+    With a single node the run's own samples are its CPU and RSS."""
+    listed = {n.node_id: n for n in nodes}
+    groups: dict[str, list[CandidateResult]] = {}
+    for c in candidates:
+        groups.setdefault(_holder(c, nodes) or NO_NODE, []).append(c)
+    refusals = Counter(c.refused_by for c in candidates if c.refused_by)
+    seen = [*listed, *sorted({*groups, *refusals} - set(listed) - {NO_NODE})]
+    single = len(seen) == 1
+    entries = []
+    for node_id in seen + ([NO_NODE] if NO_NODE in groups else []):
+        info = listed.get(node_id)
+        own = node_samples.get(node_id) or (samples if single and node_id != NO_NODE else [])
+        server = _server(own) if own else None
+        entries.append({
+            "node_id": node_id,
+            "node_index": info.node_index if info else None,
+            "url": info.url if info else None,
+            **_node_sessions(groups.get(node_id, []), rows, info, len(nodes)),
+            "refusals": refusals.get(node_id, 0),
+            "cpu_pct": server["cpu_pct"] if server else {"mean": None, "max": None},
+            "rss_mb_max": server["rss_mb"]["max"] if server else None,
+        })
+    return entries
+
+
+def _holder(c: CandidateResult, nodes: list[NodeInfo]) -> str | None:
+    """The node that holds `c`'s session: its `X-Node`; else, from the id, the
+    node whose index minted it (the id's last byte mod the node count: routing.py)."""
+    if c.node is not None or c.session_id is None or not nodes:
+        return c.node
+    index = uuid.UUID(c.session_id).bytes[-1] % len(nodes)
+    return next((n.node_id for n in nodes if n.node_index == index), None)
+
+
+def _node_sessions(group: list[CandidateResult], rows: dict[str, dict[str, Any] | None],
+                   info: NodeInfo | None, node_count: int) -> dict[str, Any]:
+    answers = [a for c in group for a in c.answers]
+    ids = [c.session_id for c in group if c.session_id]
+    w, a = _wer(group, rows), _anomalies(group, rows)
+    minted_elsewhere = sum(
+        1 for sid in ids if info is not None and info.node_index is not None
+        and uuid.UUID(sid).bytes[-1] % node_count != info.node_index)
+    return {
+        "sessions": len(group),
+        "scenarios": dict(Counter(c.scenario for c in group)),
+        "completed": sum(1 for sid in ids if (rows.get(sid) or {}).get("status") == "completed"),
+        "errors": sum(1 for c in group if c.error),
+        "wer": {"live_mean": w["live_mean"], "stored_mean": w["stored_mean"]},
+        "turn_latency_s": stats([x.turn_latency_s for x in answers], missing_is_late=True),
+        "anomalies": {k: a[k] for k in ("expected", "detected", "missed", "unexpected")},
+        # Routing: an offer answered by another node, an id another node's index minted.
+        "offers_elsewhere": sum(1 for c in group for n in c.offer_nodes if n != c.node),
+        "minted_elsewhere": minted_elsewhere,
+    }
 
 
 def _wer(candidates: list[CandidateResult], rows: dict[str, dict[str, Any] | None]) -> dict[str, Any]:

@@ -68,6 +68,12 @@ class CandidateResult:
     index: int
     scenario: str
     session_id: str | None = None
+    # Which node holds the session: the `X-Node` of the create's answer (of the
+    # first offer's when the create had none); where the offers were answered;
+    # the node that refused the candidate with a 503 (draining or full).
+    node: str | None = None
+    offer_nodes: list[str] = field(default_factory=list)
+    refused_by: str | None = None
     error: str | None = None
     create_s: float | None = None
     connect_s: float | None = None
@@ -142,9 +148,13 @@ class Candidate:
             f"{self.plan.server}/sessions", json={"job_role": self.plan.job_role},
             headers=self._headers(self.plan.api_key),
         ) as resp:
+            node = resp.headers.get("X-Node")
+            if resp.status == 503:
+                self.result.refused_by = node
             if resp.status != 201:
                 raise RuntimeError(f"create: HTTP {resp.status} {(await resp.text())[:200]}")
             body = await resp.json()
+        self.result.node = node
         self.result.create_s = time.monotonic() - started
         self.result.session_id = body["session_id"]
         self._token = body["token"]
@@ -156,14 +166,24 @@ class Candidate:
         peer = Peer(MicrophoneTrack(library.silence), camera, log=self.log, ear=self.ear)
         self._peers.append(peer)
         url = f"{self.plan.server}/sessions/{self.result.session_id}/offer"
-        connect_s = await peer.connect(self._http, url, headers=self._headers(self._token),
-                                       rejoin=rejoin, ping_s=PING_S)
+        try:
+            connect_s = await peer.connect(self._http, url, headers=self._headers(self._token),
+                                           rejoin=rejoin, ping_s=PING_S)
+        finally:
+            self._note_offer_node(peer)
         if len(self._peers) == 1:
             self.result.connect_s = connect_s
             self._first_connected = time.monotonic()
             self._schedule_camera_switch()
         self._progress("connected", self.plan.index, f"{connect_s:.2f}")
         return connect_s
+
+    def _note_offer_node(self, peer: Peer) -> None:
+        if peer.answered_by is not None:
+            self.result.offer_nodes.append(peer.answered_by)
+            self.result.node = self.result.node or peer.answered_by
+        if peer.answer_status == 503 and self.result.refused_by is None:
+            self.result.refused_by = peer.answered_by
 
     def _schedule_camera_switch(self) -> None:
         switch_to = self.scenario.switch_to

@@ -22,6 +22,7 @@ import aiohttp
 
 from loadtest.analysis import Slo, analyse
 from loadtest.media import MediaLibrary
+from loadtest.nodes import NodeInfo, list_nodes, reachable
 from loadtest.prepare import DEFAULT_CACHE, PHOTOS_DIR, SPEECH_DIR, MediaSources, ensure_media
 from loadtest.report import summary_markdown, write_plots, write_result
 from loadtest.runner import ServerTarget, StepSettings, run_step
@@ -192,15 +193,26 @@ async def _run(config: LoadTestConfig) -> dict[str, Any]:
             from media.ice import use_loopback_only
 
             use_loopback_only()
+        nodes = await list_nodes(http, target.url, config.api_key)
+        server_info["nodes"] = [asdict(n) for n in nodes]
         if config.warmup:
             library = await loop.run_in_executor(None, MediaLibrary.load, manifest)
-            warmup_s = await warm_up(http, target.url, config.api_key, library)
+            warmup_s = await _warm_up_nodes(http, target.url, config.api_key, library, nodes)
             server_info["warmup_s"] = round(warmup_s, 3)
         runs, capacity = await _steps(config, target, http, manifest)
     return {"version": 1, "started_at": started, "settings": _settings(config),
             "server": server_info, "runs": runs, "capacity": capacity,
             "passed": all(r["slo"]["passed"] for r in runs) if capacity is None
             else capacity["sessions_held"] > 0}
+
+
+async def _warm_up_nodes(http: aiohttp.ClientSession, url: str, api_key: str | None,
+                         library: MediaLibrary, nodes: list[NodeInfo]) -> float:
+    """Warm every node on its own URL when several answer from here (through a
+    balancer only one would be warmed); else the server at `url`. The longest."""
+    direct = await reachable(http, nodes) if len(nodes) > 1 else []
+    urls = [str(n.url) for n in direct] if direct and len(direct) == len(nodes) else [url]
+    return max(await asyncio.gather(*(warm_up(http, u, api_key, library) for u in urls)))
 
 
 async def _steps(config: LoadTestConfig, target: ServerTarget, http: aiohttp.ClientSession,

@@ -49,6 +49,16 @@ class MetricsSnapshot:
                 samples[key] = merge((samples[key], float(s.value))) if key in samples else float(s.value)
         return cls(samples)
 
+    @classmethod
+    def combine(cls, snapshots: Iterable[MetricsSnapshot]) -> MetricsSnapshot:
+        """Several nodes' scrapes as one server's: summed (ages: the greatest)."""
+        samples: dict[Key, float] = {}
+        for snapshot in snapshots:
+            for key, v in snapshot.samples.items():
+                merge = max if key[0] in _GREATEST_OF_WORKERS else sum
+                samples[key] = merge((samples[key], v)) if key in samples else v
+        return cls(samples)
+
     def value(self, name: str, **labels: str) -> float | None:
         return self.samples.get((name, tuple(sorted(labels.items()))))
 
@@ -176,7 +186,10 @@ class ServerMonitor:
         try:
             async with self.http.get(f"{self.url}/metrics", headers=headers) as resp:
                 if resp.status != 200:
-                    self.metrics_available = False
+                    # Refused or absent: none to read. Anything else (a 5xx from a
+                    # proxy under load) may pass: ask again next time.
+                    if resp.status in (401, 403, 404):
+                        self.metrics_available = False
                     return None
                 snapshot = MetricsSnapshot.parse(await resp.text())
         except (TimeoutError, aiohttp.ClientError, ValueError):

@@ -67,7 +67,8 @@ def summary_markdown(document: dict[str, Any]) -> str:
              (f"- warm-up, offer to greeting heard (models loading): "
               f"{_fmt(document['server'].get('warmup_s'))} s"),
              "", _HEADER, _separator(),
-             *(_row(run) for run in runs), "", _TURN_NOTE, "", *_server_table(runs)]
+             *(_row(run) for run in runs), "", *_node_table(runs), _TURN_NOTE, "",
+             *_server_table(runs)]
     final = runs[-1] if runs else None
     if document.get("capacity") is not None:
         cap = document["capacity"]
@@ -77,6 +78,30 @@ def summary_markdown(document: dict[str, Any]) -> str:
     if final is not None:
         lines += _slo_table(final) + _notes(final)
     return "\n".join(lines) + "\n"
+
+
+_NODE_HEADER = ("| sessions | node | index | held | completed | WER live/stored | turn p50/p95 s "
+                "| anomalies found/expected (unexpected) | refused (503) | CPU mean/max % "
+                "| RSS max MB |")
+
+
+def _node_table(runs: list[dict[str, Any]]) -> list[str]:
+    """Per node, every step: the sessions it held (its `X-Node`) and what became of them."""
+    if not any(run.get("nodes") for run in runs):
+        return []
+    lines = ["Per node (the node that answered each candidate, `X-Node`):", "", _NODE_HEADER,
+             "|" + "---|" * (_NODE_HEADER.count("|") - 1)]
+    for run in runs:
+        for node in run.get("nodes", []):
+            w, a, cpu = node["wer"], node["anomalies"], node["cpu_pct"]
+            lines.append(
+                f"| {run['sessions']} | {node['node_id']} | {_fmt(node['node_index'])} "
+                f"| {node['sessions']} | {node['completed']}/{node['sessions']} "
+                f"| {_fmt(w['live_mean'])} / {_fmt(w['stored_mean'])} | {_pair(node['turn_latency_s'])} "
+                f"| {a['detected']}/{a['expected']} ({a['unexpected']}) | {node['refusals']} "
+                f"| {_fmt(cpu['mean'], digits=0)} / {_fmt(cpu['max'], digits=0)} "
+                f"| {_fmt(node['rss_mb_max'], digits=0)} |")
+    return lines + [""]
 
 
 _SERVER_COLUMNS = (

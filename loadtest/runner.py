@@ -22,6 +22,7 @@ import aiohttp
 
 from loadtest.candidate import CandidatePlan, CandidateResult
 from loadtest.monitor import MetricsSnapshot, ServerMonitor, ServerSample
+from loadtest.nodes import NodeInfo, NodeMonitors, list_nodes
 from loadtest.progress import ProgressDisplay
 from loadtest.scenarios import scenario_for
 from loadtest.worker import WorkerJob, WorkerResult, run_worker
@@ -68,6 +69,9 @@ class StepData:
     metrics_before: MetricsSnapshot | None = None
     metrics_after: MetricsSnapshot | None = None
     metrics_available: bool = False
+    # Behind a balancer: the nodes `/admin/nodes` listed, and each one's own samples.
+    nodes: list[NodeInfo] = field(default_factory=list)
+    node_samples: dict[str, list[ServerSample]] = field(default_factory=dict)
 
     @property
     def candidates(self) -> list[CandidateResult]:
@@ -95,8 +99,12 @@ async def run_step(settings: StepSettings, target: ServerTarget, http: aiohttp.C
                    label: str) -> StepData:
     data = StepData(settings)
     monitor = ServerMonitor(http, target.url, target.api_key, target.pid, target.data_dir)
-    data.metrics_before = await monitor.scrape()
-    await monitor.start()
+    data.nodes = await list_nodes(http, target.url, target.api_key)
+    nodes = await NodeMonitors.for_nodes(http, data.nodes, target.api_key)
+    # Several nodes: the balancer's address answers from any one of them, so it
+    # is not watched; the nodes are, each on its own URL, and their sum is the server.
+    data.metrics_before = await (nodes.scrape() if nodes.monitors else monitor.scrape())
+    await (nodes.start() if nodes.monitors else monitor.start())
     started = time.monotonic()
     try:
         display = ProgressDisplay(settings.sessions, settings.ramp_s + settings.duration_s, label)
@@ -108,9 +116,12 @@ async def run_step(settings: StepSettings, target: ServerTarget, http: aiohttp.C
         await _read_rows(http, target, data)
     finally:
         await monitor.stop()
-    data.samples = monitor.samples
-    data.metrics_after = await monitor.scrape()
-    data.metrics_available = bool(monitor.metrics_available)
+        await nodes.stop()
+    data.node_samples = nodes.samples()
+    data.samples = nodes.combined() if nodes.monitors else monitor.samples
+    data.metrics_after = await (nodes.scrape() if nodes.monitors else monitor.scrape())
+    data.metrics_available = data.metrics_after is not None and all(
+        m.metrics_available for m in (nodes.monitors.values() if nodes.monitors else [monitor]))
     return data
 
 

@@ -80,6 +80,10 @@ class Candidate(Generic[AudioT, VideoT]):
         self.closed_at: float | None = None
         self.lost = asyncio.Event()  # the connection failed or the server closed it
         self.busy_retries = 0
+        # The last offer's answer: its status and `X-Node` (which node answered,
+        # when several stand behind a balancer).
+        self.answer_status: int | None = None
+        self.answered_by: str | None = None
 
     async def offer(self) -> str:
         """Create the offer and set it as the local description; its SDP."""
@@ -116,6 +120,7 @@ class Candidate(Generic[AudioT, VideoT]):
         body = {"sdp": sdp, "type": "offer"}
         for _ in range(BUSY_RETRIES):
             async with http.post(url, json=body, headers=headers) as resp:
+                self.answer_status, self.answered_by = resp.status, resp.headers.get("X-Node")
                 if resp.status == 409 and rejoin:
                     self.busy_retries += 1
                     await asyncio.sleep(BUSY_RETRY_S)

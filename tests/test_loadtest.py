@@ -12,13 +12,19 @@ import asyncio
 import json
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
+import aiohttp
 import pytest
+from aiohttp import web
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
-from loadtest.analysis import stats
-from loadtest.monitor import HistogramSummary, MetricsSnapshot
+from loadtest.analysis import NO_NODE, by_node, stats
+from loadtest.candidate import AnswerResult, CandidateResult
+from loadtest.monitor import HistogramSummary, MetricsSnapshot, ServerSample
+from loadtest.nodes import NodeInfo, NodeMonitors, list_nodes
+from loadtest.report import _node_table
 from loadtest.prepare import PHOTOS_DIR
 from loadtest.scenarios import MIXED_ORDER, scenario_for
 from testing import CameraTrack, EncodedClip, MicrophoneTrack, SpeechClip
@@ -177,3 +183,117 @@ def _assert_measurements(run: dict) -> None:
         assert queues["detect_jobs"]["oldest_s_max"] >= 0 and queues["audio_frames"]["depth_max"] >= 0
     assert [c["name"] for c in run["slo"]["checks"]] == [
         "p95 turn latency", "video samples analysed", "lost rows", "client errors"]
+
+
+# -- several nodes behind one address ---------------------------------------------
+
+
+def _session_on(index: int) -> str:
+    return str(uuid.UUID(bytes=uuid.uuid4().bytes[:-1] + bytes([index])))
+
+
+def _candidate(i: int, node: str | None, sid: str | None, turn: list[float | None],
+               scenario: str = "answers", **extra: object) -> CandidateResult:
+    answers = [AnswerResult("c", "hello there", "hello there", 0.0, 1.0, t, 0.0) for t in turn]
+    return CandidateResult(i, scenario, session_id=sid, node=node, answers=answers, **extra)
+
+
+def _row(status: str, *anomalies: str) -> dict:
+    return {"status": status, "session_information": {
+        "conversation_history": [{"role": "user", "content": "hello there"}],
+        "anomalies_detected": [{"type": t} for t in anomalies]}}
+
+
+def test_candidates_are_grouped_by_the_node_that_holds_them():
+    nodes = [NodeInfo("node-a", 0, "http://10.0.0.10:8080"), NodeInfo("node-b", 1, "http://10.0.0.11:8080")]
+    a1, a2, b1 = _session_on(0), _session_on(2), _session_on(1)
+    b2 = _session_on(3)  # no X-Node seen: its id says node index 1
+    candidates = [
+        _candidate(0, "node-a", a1, [1.0, 2.0]),
+        _candidate(1, "node-b", b1, [3.0], scenario="second_person", offer_nodes=["node-b"]),
+        _candidate(2, "node-a", a2, [None], offer_nodes=["node-b"]),  # answered elsewhere
+        _candidate(3, None, b2, [4.0]),
+        _candidate(4, None, None, [], error="RuntimeError: create: HTTP 503", refused_by="node-b"),
+    ]
+    rows = {a1: _row("completed"), a2: _row("in_progress"), b1: _row("completed", "multiple_persons"),
+            b2: _row("completed", "devices_detected")}
+    samples = {"node-b": [ServerSample(0.0, 10.0, 300.0), ServerSample(1.0, 30.0, 320.0)]}
+    own = [ServerSample(0.0, 99.0, 999.0)]  # the balancer's address: nobody's in particular
+    a, b, none = by_node(candidates, rows, nodes, samples, own)
+    assert (a["node_id"], a["sessions"], a["completed"], a["refusals"]) == ("node-a", 2, 1, 0)
+    assert a["turn_latency_s"]["n"] == 3 and a["turn_latency_s"]["p50"] == 2.0
+    assert a["turn_latency_s"]["missing"] == 1 and a["offers_elsewhere"] == 1
+    assert a["cpu_pct"] == {"mean": None, "max": None} and a["rss_mb_max"] is None
+    assert (b["sessions"], b["completed"], b["refusals"], b["minted_elsewhere"]) == (2, 2, 1, 0)
+    assert b["anomalies"] == {"expected": 1, "detected": 1, "missed": 0, "unexpected": 1}
+    assert b["wer"] == {"live_mean": 0.0, "stored_mean": 0.0}
+    assert b["cpu_pct"] == {"mean": 20.0, "max": 30.0} and b["rss_mb_max"] == 320.0
+    assert (none["node_id"], none["sessions"], none["errors"]) == (NO_NODE, 1, 1)
+
+
+def test_one_server_is_one_node_with_the_runs_own_samples():
+    sid = _session_on(7)
+    candidates = [_candidate(0, "solo", sid, [1.5]), _candidate(1, "solo", _session_on(9), [2.5])]
+    own = [ServerSample(0.0, None, 200.0), ServerSample(1.0, 50.0, 250.0)]
+    (node,) = by_node(candidates, {sid: _row("completed")}, [], {}, own)  # /admin/nodes refused
+    assert (node["node_id"], node["node_index"], node["sessions"], node["completed"]) == ("solo", None, 2, 1)
+    assert node["cpu_pct"]["max"] == 50.0 and node["rss_mb_max"] == 250.0
+    run = {"sessions": 2, "nodes": [node]}
+    assert "| 2 | solo | – | 2 | 1/2 |" in "\n".join(_node_table([run]))
+
+
+async def test_nodes_are_listed_and_sampled_on_their_own_urls():
+    """Two fake nodes: the directory is read through one, each one's /metrics on its own URL."""
+    cpu = {"n0": 1.0, "n1": 5.0}
+    runners, urls = [], {}
+
+    def app(name: str) -> web.Application:
+        async def nodes(request: web.Request) -> web.Response:
+            assert request.headers["Authorization"] == "Bearer k"
+            return web.json_response({"this_node": name, "nodes": [
+                {"node_id": n, "node_index": i, "url": urls[n], "admits": True, "draining": False,
+                 "live_sessions": 0, "load": 0.0, "alive": True}
+                for i, n in reversed(list(enumerate(("n0", "n1"))))]})
+
+        async def metrics(_: web.Request) -> web.Response:
+            cpu[name] += 0.5
+            return web.Response(text=f"process_cpu_seconds_total {cpu[name]}\n"
+                                     f"process_resident_memory_bytes {100 * 2**20}\n")
+
+        async def healthz(_: web.Request) -> web.Response:
+            return web.json_response({"status": "full"}, status=503)  # still reachable
+
+        application = web.Application()
+        application.router.add_get("/admin/nodes", nodes)
+        application.router.add_get("/metrics", metrics)
+        application.router.add_get("/healthz", healthz)
+        return application
+
+    try:
+        for name in ("n0", "n1"):
+            runner = web.AppRunner(app(name))
+            await runner.setup()
+            site = web.TCPSite(runner, "127.0.0.1", 0)
+            await site.start()
+            runners.append(runner)
+            urls[name] = f"http://127.0.0.1:{runner.addresses[0][1]}"
+        async with aiohttp.ClientSession() as http:
+            listed = await list_nodes(http, urls["n1"], "k")
+            assert [(n.node_id, n.node_index) for n in listed] == [("n0", 0), ("n1", 1)]
+            assert await list_nodes(http, urls["n1"], None) == []  # refused: no directory
+            monitors = await NodeMonitors.for_nodes(http, listed, "k")
+            for monitor in monitors.monitors.values():
+                monitor.interval_s = 0.05
+            await monitors.start()
+            await asyncio.sleep(0.3)
+            await monitors.stop()
+            both = await monitors.scrape()  # the server's counters: the nodes' summed
+            assert both is not None and both.value("process_resident_memory_bytes") == 200 * 2**20
+        assert {s.rss_mb for s in monitors.combined()} == {200.0}
+        samples = monitors.samples()
+        assert set(samples) == {"n0", "n1"}
+        assert all(s.rss_mb == 100.0 for ss in samples.values() for s in ss)
+        assert all(s.cpu_pct is not None and s.cpu_pct > 0 for s in samples["n1"][1:])
+    finally:
+        for runner in runners:
+            await runner.cleanup()
