@@ -131,6 +131,7 @@ class WebRtcCall:
             totals.recording_cpu_s = self._recorder.stats.encode_cpu_seconds
         totals.extra_track_frames = self.extra_track_frames
         totals.messages_refused = self.peer.messages_refused
+        totals.messages_oversized = self.peer.messages_oversized
         totals.events_dropped = self.peer.messages_dropped
         return totals
 

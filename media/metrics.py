@@ -42,6 +42,7 @@ class FrameTotals:
     video_refused: int = 0  # frames too large to analyse or record
     extra_track_frames: int = 0  # frames of tracks beyond the first audio and video, discarded
     messages_refused: int = 0  # data-channel messages beyond the candidate's rate
+    messages_oversized: int = 0  # messages cut in reassembly: over the size limit
     events_dropped: int = 0  # data-channel events the candidate did not read in time
     recording_cpu_s: float = 0.0  # CPU time of the recorders' writer threads
 
@@ -159,11 +160,13 @@ class _FrameCollector(Collector):
         refused = CounterMetricFamily(
             "interview_input_refused",
             "Candidate input refused: oversized video frames, frames of extra tracks, "
-            "data-channel messages beyond the rate, events the candidate did not read",
+            "data-channel messages beyond the rate or cut before they were whole, events the "
+            "candidate did not read",
             labels=["kind"])
         refused.add_metric(["video_frame_too_large"], total.video_refused)
         refused.add_metric(["extra_track_frame"], total.extra_track_frames)
         refused.add_metric(["message_rate"], total.messages_refused)
+        refused.add_metric(["message_size"], total.messages_oversized)
         refused.add_metric(["event_unread"], total.events_dropped)
         yield from (received, dropped, samples, skipped, pieces, recording, refused)
         read = self._metrics._cpu_read

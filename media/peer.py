@@ -21,6 +21,7 @@ from aiortc.mediastreams import MediaStreamTrack
 from engine.aio import cancel_and_wait
 from engine.events import ClientMessage, ErrorEvent, Event, Ping, PongEvent
 from media.ice import rtc_configuration
+from media.sctp import bound_reassembly
 from media.wire import decode, encode
 
 __all__ = ["InterviewPeer", "SignalingError", "check_offer"]
@@ -73,9 +74,13 @@ class InterviewPeer:
         self._allowance = _TokenBucket(MESSAGE_RATE, MESSAGE_BURST)
         self.messages_dropped = 0  # events for the candidate we could not send
         self.messages_refused = 0  # the candidate's messages beyond the rate
+        self.messages_oversized = 0  # messages cut before they were whole (media/sctp.py)
         self.pc.on("datachannel", self._handle_datachannel)
         self.pc.on("track", self._handle_track)
         self.pc.on("connectionstatechange", self._handle_state)
+
+    def _refuse_oversized(self) -> None:
+        self.messages_oversized += 1
 
     def seen(self) -> None:
         """Something arrived from the candidate (a frame, a message)."""
@@ -86,6 +91,8 @@ class InterviewPeer:
         check_offer(sdp)
         try:
             await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type=kind))
+            if self.pc.sctp is not None:
+                bound_reassembly(self.pc.sctp, self._refuse_oversized)
             await self.pc.setLocalDescription(await self.pc.createAnswer())
         # aiortc's SDP parser also asserts on what it cannot read (found by fuzzing).
         except (ValueError, TypeError, AttributeError, IndexError, KeyError, AssertionError,

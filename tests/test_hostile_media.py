@@ -133,3 +133,43 @@ async def test_a_message_flood_is_cut_to_the_rate_and_nothing_is_echoed(make_cli
         assert 'interview_input_refused_total{kind="message_rate"}' in metrics
     finally:
         await candidate.close()
+
+
+async def test_a_message_that_never_ends_is_cut_before_it_is_whole(make_client: AppFactory):
+    """Fragments of one huge message (a sender that ignores the size the
+    server accepts) do not pile up in the server's SCTP reassembly: past
+    `MAX_REASSEMBLY_BYTES` the association is aborted, the call goes on, and
+    the server serves everyone else."""
+    from media.sctp import MAX_REASSEMBLY_BYTES
+
+    client = await live_client(make_client)
+    sid = (await new_session(client))["session_id"]
+    hostile = Candidate(None, None)
+    other = Candidate(None, None)
+    try:
+        await hostile.join(client, sid)
+        await asyncio.wait_for(hostile.opened.wait(), 10)
+        transport = hostile.pc.sctp
+        transport._remote_max_message_size = 64 * 1024 * 1024  # lie to our own sender
+        hostile.channel.send(b"x" * (3 * MAX_REASSEMBLY_BYTES))
+        call = client.server.app[MEDIA].live(uuid.UUID(sid))
+        assert call is not None
+        for _ in range(300):
+            if call.peer.messages_oversized:
+                break
+            await asyncio.sleep(0.1)
+        assert call.peer.messages_oversized == 1
+        server_sctp = call.peer.pc.sctp
+        buffered = sum(len(c.user_data) for s in server_sctp._inbound_streams.values()
+                       for c in s.reassembly)
+        assert buffered <= MAX_REASSEMBLY_BYTES
+        metrics = await (await client.get("/metrics")).text()
+        assert 'interview_input_refused_total{kind="message_size"} 1.0' in metrics
+        # Everyone else is served as before.
+        second = (await new_session(client))["session_id"]
+        await other.join(client, second)
+        other.send({"type": "ping"})
+        await other.wait_for("pong", timeout=10)
+    finally:
+        await hostile.close()
+        await other.close()
