@@ -144,12 +144,14 @@ async def test_the_interviews_of_a_dead_node_become_interrupted(
         "UPDATE interview_sessions SET session_information = jsonb_set(session_information,"
         " '{checkpoint_at}', to_jsonb((now() + interval '1 hour')::text)) WHERE session_id = $1",
         fresh)  # (ahead: "a moment ago" however slow this machine is)
-    await db.execute(
-        "INSERT INTO server_nodes (node_id, url, admits, draining, live_sessions, load,"
-        " started_at, heartbeat_at) VALUES ('dead', 'http://10.0.0.9:8080', true, false, 3, 0,"
-        " $1, $1)", stale)
-    await db.executemany("INSERT INTO node_sessions (session_id, node_id) VALUES ($1, 'dead')",
-                         [(held,), (fresh,), (ended,)])
+    async with db.transaction():  # one step: the live node's sweep must not see half
+        await db.execute(
+            "INSERT INTO server_nodes (node_id, url, admits, draining, live_sessions, load,"
+            " started_at, heartbeat_at) VALUES ('dead', 'http://10.0.0.9:8080', true, false, 3,"
+            " 0, $1, $1)", stale)
+        await db.executemany(
+            "INSERT INTO node_sessions (session_id, node_id) VALUES ($1, 'dead')",
+            [(held,), (fresh,), (ended,)])
     row = await _until(lambda: db.fetchrow(
         "SELECT status FROM interview_sessions WHERE session_id = $1 AND status = 'interrupted'",
         held), timeout_s=5)
