@@ -4,8 +4,11 @@
 mints an id it owns; every other call naming a session goes to the worker
 that owns it (`routing.py` holds the one rule); `/metrics` merges the
 workers' metrics with a `worker` label; `/healthz` reports each worker;
-everything else goes to the first live worker. A call for a worker that is
-down gets a JSON `503` with `Retry-After`. The API key is checked here
+everything else goes to the first live worker. While a session's worker is
+down, a read of it is answered by a live worker from the database and any
+other call gets a JSON `503` with `Retry-After`: the same rule, the same node
+directory and the same fallback as several machines behind HAProxy
+(`deploy/haproxy.cfg`, `api/forward.py`), on one machine. The API key is checked here
 before any body is read, and no body larger than the worker's own limits is
 buffered. The workers themselves (their processes, links and restarts) are
 `workers.py`'s.
@@ -41,6 +44,9 @@ _HOP_BY_HOP = frozenset({
     "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailers",
     "transfer-encoding", "upgrade", "content-length",
 })  # Host passes through: workers build join/resume URLs from it
+# Only a node (or this front) sets it; a client's is dropped, as HAProxy does
+# (deploy/haproxy.cfg).
+_FORWARDED = "x-forwarded-node"
 
 # Short: while a killed worker is being restarted its socket (the
 # supervisor's) still accepts, and a health check waits there until the new
@@ -78,10 +84,18 @@ class Front:
         return next((w for w in self.workers if w.state == "up"), None)
 
     async def least_loaded(self) -> Worker | None:
-        """The live worker with the fewest live sessions; ties take turns."""
+        """The live worker with the fewest live sessions; ties take turns.
+
+        As HAProxy's pool does, it prefers workers whose health is `ok` to
+        full ones and full ones to draining ones (which refuse new sessions,
+        with a 503 of their own, when every worker drains).
+        """
         up = [w for w in self.workers if w.state == "up"]
         loads = await asyncio.gather(*(self.health(w) for w in up))
-        counts = {w.index: int(h["live_sessions"]) for w, h in zip(up, loads) if h is not None}
+        answered = [(w, h) for w, h in zip(up, loads) if h is not None]
+        admitting = [(w, h) for w, h in answered if h.get("status") != "draining"]
+        ok = [(w, h) for w, h in admitting if h.get("status") == "ok"]
+        counts = {w.index: int(h["live_sessions"]) for w, h in (ok or admitting or answered)}
         if not counts:
             return None
         best = min(counts.values())
@@ -132,6 +146,15 @@ async def route(request: web.Request) -> web.StreamResponse:
     if creating and not keyed:
         return _unauthorized()  # before reading a byte of the (resume-sized) body
     worker = front.owner(request)
+    stand_in = False
+    if worker is not None and worker.state != "up" and request.method in ("GET", "HEAD"):
+        # What a node does when the node holding a session does not answer
+        # (api/forward.py), and what HAProxy's backup servers do for a dead
+        # node: a read is answered by a live worker, from the last row saved.
+        # A write waits (503) for the owner's restart, which goes on with it.
+        live = front.first_up()
+        if live is not None:
+            worker, stand_in = live, True
     if worker is None:
         worker = await front.least_loaded() if creating else front.first_up()
     if worker is None or worker.state != "up":
@@ -140,7 +163,7 @@ async def route(request: web.Request) -> web.StreamResponse:
     body = await _read_body(request, limit)
     if body is None:
         return _error(413, f"request body larger than {limit // 1024} KB")
-    return await forward(request, front, worker, body)
+    return await forward(request, front, worker, body, stand_in=stand_in)
 
 
 async def _read_body(request: web.Request, limit: int) -> bytes | None:
@@ -156,8 +179,13 @@ async def _read_body(request: web.Request, limit: int) -> bytes | None:
 
 
 async def forward(request: web.Request, front: Front, worker: Worker,
-                  body: bytes) -> web.StreamResponse:
-    headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_BY_HOP}
+                  body: bytes, *, stand_in: bool = False) -> web.StreamResponse:
+    headers = {k: v for k, v in request.headers.items()
+               if k.lower() not in _HOP_BY_HOP and k.lower() != _FORWARDED}
+    if stand_in:
+        # Answer there: the owner's socket (held here while it restarts)
+        # would keep a forwarded call waiting.
+        headers[_FORWARDED] = "front"
     response: web.StreamResponse | None = None
     try:
         async with front.http.request(
@@ -177,6 +205,41 @@ async def forward(request: web.Request, front: Front, worker: Worker,
             raise  # too late for a status: the client sees the connection close
         # The worker died under this call; its keeper restarts it.
         return unavailable(worker)
+
+
+async def drain(request: web.Request) -> web.Response:
+    """`POST`/`DELETE /admin/drain` drains this machine: every live worker, at once.
+
+    Each worker answers as a node does; the status is theirs when they agree
+    (202, 200, or the same 400), else the highest; the body lists each one's.
+    """
+    front = request.app[FRONT]
+    if not front.keyed(request):
+        return _unauthorized()
+    body = await _read_body(request, CANDIDATE_BODY_MAX)
+    if body is None:
+        return _error(413, f"request body larger than {CANDIDATE_BODY_MAX // 1024} KB")
+    up = [w for w in front.workers if w.state == "up"]
+    if not up:
+        return unavailable(None)
+    headers = {k: v for k, v in request.headers.items()
+               if k.lower() in ("authorization", "content-type")}
+    answers = await asyncio.gather(*(_call(front, w, request.method, request.path_qs,
+                                           headers, body) for w in up))
+    reports = [{"worker": w.index, "status": status, **answer}
+               for w, (status, answer) in zip(up, answers)]
+    return web.json_response({"workers": reports}, status=max(s for s, _ in answers))
+
+
+async def _call(front: Front, worker: Worker, method: str, path: str, headers: dict[str, str],
+                body: bytes) -> tuple[int, dict[str, Any]]:
+    try:
+        async with front.http.request(method, f"{worker.base_url}{path}", headers=headers,
+                                      data=body, timeout=aiohttp.ClientTimeout(total=10)) as resp:
+            answer = await resp.json()
+            return resp.status, answer if isinstance(answer, dict) else {"answer": answer}
+    except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
+        return 503, {"error": f"worker {worker.index} did not answer: {exc!r}"}
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -235,13 +298,20 @@ async def healthz(request: web.Request) -> web.Response:
     front = request.app[FRONT]
     reports = await asyncio.gather(*(_report(front, w) for w in front.workers))
     up = sum(r["state"] == "up" for r in reports)
+    # As a node's: every live worker draining (or full) takes no new session,
+    # and a 503 says so to a load balancer in front of several machines.
+    statuses = [r["status"] for r in reports if r["state"] == "up"]
+    if statuses and all(s in ("draining", "full") for s in statuses):
+        status = "draining" if all(s == "draining" for s in statuses) else "full"
+    else:
+        status = "ok" if up == len(reports) else "degraded" if up else "down"
     body = {
-        "status": "ok" if up == len(reports) else "degraded" if up else "down",
+        "status": status,
         "workers": reports,
         "live_sessions": sum(r["live_sessions"] or 0 for r in reports),
         "outbox": sum(r["outbox"] or 0 for r in reports),
     }
-    return web.json_response(body, status=200 if up else 503)
+    return web.json_response(body, status=200 if status in ("ok", "degraded") else 503)
 
 
 async def _report(front: Front, worker: Worker) -> dict[str, Any]:
@@ -253,6 +323,7 @@ async def _report(front: Front, worker: Worker) -> dict[str, Any]:
         "pid": worker.proc.pid if worker.proc is not None and state != "down" else None,
         "restarts": worker.restarts,
         "last_exit": worker.last_exit,
+        "status": None if health is None else health.get("status"),
         "live_sessions": None if health is None else health.get("live_sessions"),
         "outbox": None if health is None else health.get("outbox"),
     }
@@ -285,5 +356,7 @@ def front_app(workers: list[Worker], config: Config) -> web.Application:
     app.cleanup_ctx.append(session_ctx)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/healthz", healthz)
+    app.router.add_route("POST", "/admin/drain", drain)
+    app.router.add_route("DELETE", "/admin/drain", drain)
     app.router.add_route("*", "/{tail:.*}", route)
     return app

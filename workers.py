@@ -233,19 +233,25 @@ class Worker:
             except Exception:  # e.g. out of file descriptors: try again later
                 log.exception("worker %d could not be restarted", self.index)
 
-    async def stop(self) -> None:
-        """SIGTERM: the worker ends and saves its live sessions, then exits."""
+    async def stop(self, drain_s: float = 0.0) -> None:
+        """SIGTERM: the worker ends and saves its live sessions, then exits
+        (first draining for up to `drain_s`, its DRAIN_TIMEOUT_S)."""
         proc = self.proc
         if proc is not None and proc.returncode is None:
             proc.send_signal(signal.SIGTERM)
             try:
-                await asyncio.wait_for(proc.wait(), STOP_TIMEOUT_S)
+                await asyncio.wait_for(proc.wait(), STOP_TIMEOUT_S + drain_s)
             except asyncio.TimeoutError:
                 log.error("worker %d (pid %d) did not stop; killing it", self.index, proc.pid)
                 proc.kill()
                 await proc.wait()
         self._release_link()
         self.listener.close()
+
+    def signal_again(self) -> None:
+        """A second SIGTERM: a draining worker cuts its drain short."""
+        if self.proc is not None and self.proc.returncode is None:
+            self.proc.send_signal(signal.SIGTERM)
 
     def _release_link(self) -> None:
         if self._link is not None:
@@ -286,17 +292,38 @@ async def supervise(config: Config) -> None:
             raise RuntimeError(f"worker(s) {failed} exited before serving")
         keepers = [asyncio.create_task(w.keep_alive(), name=f"worker-{w.index}-keeper")
                    for w in workers]
-        await _serve_front(config, workers)
+        await _serve_front(config, workers, keepers)
     finally:
-        for task in keepers:
-            task.cancel()
-        await asyncio.gather(*keepers, return_exceptions=True)
-        await asyncio.gather(*(w.stop() for w in workers))
+        await _stop_workers(workers, keepers, config.drain_timeout_s)
         if embedded is not None:
             await asyncio.to_thread(stop_embedded, embedded)
 
 
-async def _serve_front(config: Config, workers: list[Worker]) -> None:
+async def _stop_workers(workers: list[Worker], keepers: list[asyncio.Task[None]],
+                        drain_s: float) -> None:
+    for task in keepers:
+        task.cancel()  # a worker that exits now stays down
+    await asyncio.gather(*keepers, return_exceptions=True)
+    await asyncio.gather(*(w.stop(drain_s) for w in workers))
+
+
+async def _drain_workers(workers: list[Worker], keepers: list[asyncio.Task[None]],
+                         drain_s: float, stop: asyncio.Event) -> None:
+    """SIGTERM with DRAIN_TIMEOUT_S: every worker drains while the front goes on
+    routing their sessions' calls; a second signal cuts the drains short."""
+    stop.clear()
+    stopping = asyncio.create_task(_stop_workers(workers, keepers, drain_s), name="drain")
+    second = asyncio.create_task(stop.wait(), name="second-signal")
+    await asyncio.wait({stopping, second}, return_when=asyncio.FIRST_COMPLETED)
+    if not stopping.done():
+        for worker in workers:
+            worker.signal_again()
+    second.cancel()
+    await stopping
+
+
+async def _serve_front(config: Config, workers: list[Worker],
+                       keepers: list[asyncio.Task[None]]) -> None:
     from aiohttp import web
 
     from front import front_app  # here: `front` imports this module's `Worker`
@@ -315,5 +342,9 @@ async def _serve_front(config: Config, workers: list[Worker]) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         await stop.wait()
+        if config.drain_timeout_s > 0:
+            log.info("draining %d worker(s) for up to %.0f s", len(workers),
+                     config.drain_timeout_s)
+            await _drain_workers(workers, keepers, config.drain_timeout_s, stop)
     finally:
         await runner.cleanup()

@@ -21,7 +21,7 @@ async def cors_middleware(request: web.Request, handler: Handler) -> web.StreamR
     response: web.StreamResponse
     if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
         response = web.Response(status=204)
-        response.headers["Access-Control-Allow-Methods"] = "GET, POST, DELETE, PATCH, OPTIONS"
+        response.headers["Access-Control-Allow-Methods"] = "GET, POST, PUT, DELETE, PATCH, OPTIONS"
         response.headers["Access-Control-Allow-Headers"] = "Authorization, Content-Type"
         response.headers["Access-Control-Max-Age"] = "600"
     else:

@@ -68,6 +68,9 @@ class Node:
         self._beat_task: asyncio.Task[None] | None = None
         self.beats_failed = 0
         self.interrupted_by_sweep = 0
+        # A heartbeat releases what its snapshot did not hold: a claim made
+        # between the snapshot and its write would be released with it.
+        self._holding_lock = asyncio.Lock()
 
     async def start(self) -> None:
         self._beat_task = asyncio.create_task(self._beat_loop(), name="node-heartbeat")
@@ -156,11 +159,12 @@ class Node:
         session = InterviewSession.from_checkpoint(row)
         if session is None or age > self.continue_within_s:
             return None
-        if not await self.directory.claim(row.session_id, self.node_id):
-            return None  # a live node holds it (or just took it)
-        session.server_instance = self.node_id
-        session.server_run = self._run_id
-        return self._registry.adopt(session)
+        async with self._holding_lock:
+            if not await self.directory.claim(row.session_id, self.node_id):
+                return None  # a live node holds it (or just took it)
+            session.server_instance = self.node_id
+            session.server_run = self._run_id
+            return self._registry.adopt(session)
 
     # -- the heartbeat -------------------------------------------------------------
 
@@ -180,7 +184,8 @@ class Node:
     async def _beat_loop(self) -> None:
         while True:
             try:
-                await self.directory.beat(self.beat())
+                async with self._holding_lock:
+                    await self.directory.beat(self.beat())
                 rows = await self.directory.sweep_dead(self.node_id, self._on_interrupted)
                 if rows:
                     self.interrupted_by_sweep += len(rows)

@@ -84,7 +84,9 @@ def verify(secret: str, header: str, body: bytes, *, tolerance_s: float = 300,
         return False  # a replay of an old request
     expected = sign(secret, timestamp, body).rpartition("v1=")[2]
     # Any v1 may match: a sender rotating its secret may send two.
-    return any(hmac.compare_digest(expected, given) for given in fields.get("v1", []))
+    # Bytes: compare_digest refuses a str that is not ASCII (a hostile header).
+    return any(hmac.compare_digest(expected.encode(), given.encode())
+               for given in fields.get("v1", []))
 
 
 def interview_ended_event(row: SessionRow) -> tuple[str, dict[str, Any]]:
@@ -100,8 +102,10 @@ def interview_ended_event(row: SessionRow) -> tuple[str, dict[str, Any]]:
         "anomalies": len(anomalies) if isinstance(anomalies, list) else 0,
         "recording_url": row.recording_url,
     }
-    # One interview ends once: whichever path reports it, the id is the same.
-    return str(uuid.uuid5(row.session_id, INTERVIEW_ENDED)), data
+    # An ending is reported once: whichever path reports it, the id is the
+    # same. An interrupted interview may still go on on another node and end
+    # completed later: that is a second ending, with its own id.
+    return str(uuid.uuid5(row.session_id, f"{INTERVIEW_ENDED}:{row.status}")), data
 
 
 @dataclass(frozen=True)

@@ -97,3 +97,17 @@ async def test_an_allowed_origin_may_post(make_client: AppFactory):
                              headers={"Origin": "https://ats.example.org"})
     assert resp.status == 201
     assert resp.headers["Access-Control-Allow-Origin"] == "https://ats.example.org"
+
+
+async def test_a_preflight_allows_every_method_the_routes_use(make_client: AppFactory):
+    from api.routes import Route
+    from server import ROUTES
+
+    client = await make_client(cors_origins=("https://ats.example.org",))
+    resp = await client.options("/sessions/00000000-0000-4000-8000-000000000000/review",
+                                headers={"Origin": "https://ats.example.org",
+                                         "Access-Control-Request-Method": "PUT"})
+    assert resp.status == 204
+    allowed = {m.strip() for m in resp.headers["Access-Control-Allow-Methods"].split(",")}
+    methods = {route.method for route in ROUTES if isinstance(route, Route)}
+    assert "PUT" in methods and methods <= allowed  # PUT: review decisions

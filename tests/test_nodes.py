@@ -165,3 +165,30 @@ async def test_the_interviews_of_a_dead_node_become_interrupted(
     # A forwarded call for a session of a node that is gone is answered here.
     resp = await client.get(f"/sessions/{held}", headers=KEY)
     assert resp.status == 200 and (await resp.json())["status"] == "interrupted"
+
+
+async def test_no_node_takes_over_a_session_its_live_recorder_has_not_reported_yet(
+    make_client: AppFactory, db: asyncpg.Connection, tmp_path: Path
+):
+    """A claim is refused while the node named in the row as its recorder is
+    alive, even before that node's heartbeat lists the session."""
+    client = await _node(make_client, tmp_path, "b")
+    node = client.server.app[NODE]
+    directory = node.directory
+    await _until(lambda: db.fetchval("SELECT 1 FROM server_nodes WHERE node_id = $1",
+                                     node.node_id))  # its first heartbeat
+    sid = uuid.uuid4()
+    info = json.dumps({"job_role": "x", "server_instance": "a"})
+    await db.execute(
+        "INSERT INTO interview_sessions (session_id, start_time, status, session_information)"
+        " VALUES ($1, now(), 'in_progress', $2::jsonb)", sid, info)
+    await db.execute(
+        "INSERT INTO server_nodes (node_id, url, admits, draining, live_sessions, load,"
+        " started_at, heartbeat_at) VALUES ('a', 'http://10.0.0.9:8080', true, false, 0, 0,"
+        " now(), now() + interval '1 hour')")  # alive, and lists nothing
+    assert not await directory.claim(sid, node.node_id)
+    await db.execute("UPDATE server_nodes SET heartbeat_at = now() - interval '1 hour'"
+                     " WHERE node_id = 'a'")  # now 'a' is dead
+    assert await directory.claim(sid, node.node_id)
+    owner = await directory.owner(sid)
+    assert owner is not None and owner.node_id == node.node_id

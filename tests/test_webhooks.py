@@ -126,6 +126,7 @@ def test_signature_round_trip_and_what_breaks_it():
     assert not verify("other", header, body)  # another secret
     old = sign(SECRET, now - 301, body)
     assert not verify(SECRET, old, body)  # a replay, too old
+    assert not verify(SECRET, f"t={now},v1=\u00e9\u00e9", body)  # not hex, not even ASCII
     assert verify(SECRET, old, body, tolerance_s=600)
     assert not verify(SECRET, header, body, now=now + 400)
     for broken in ("", "t=abc,v1=00", f"v1={header.rpartition('v1=')[2]}", f"t={now}"):
@@ -293,7 +294,7 @@ async def test_an_ended_interview_posts_one_signed_event(make_client: AppFactory
         await asyncio.sleep(0.3)  # time for a wrong second delivery
         metrics = await (await client.get("/metrics")).text()
     [event] = receiver.delivered
-    assert event["id"] == str(uuid.uuid5(uuid.UUID(sid), "interview.ended"))
+    assert event["id"] == str(uuid.uuid5(uuid.UUID(sid), "interview.ended:completed"))
     assert event["type"] == "interview.ended"
     data = event["data"]
     assert data["session_id"] == sid and data["status"] == "completed"
@@ -431,7 +432,7 @@ async def test_an_event_arrives_once_after_the_receiver_was_down_across_a_restar
             delivered = 'interview_webhook_attempts_total{outcome="delivered"}'
             assert await metric(http, server.url, delivered) == 2
             await asyncio.sleep(1.0)  # time for a wrong second delivery
-    expected = {str(uuid.uuid5(uuid.UUID(sid), "interview.ended")) for sid in sids}
+    expected = {str(uuid.uuid5(uuid.UUID(sid), "interview.ended:completed")) for sid in sids}
     assert sorted(receiver.ids()) == sorted(expected)  # each id delivered once
     assert {e["data"]["session_id"] for e in receiver.delivered} == set(sids)
     assert receiver.bad_signatures == 0
