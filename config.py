@@ -144,6 +144,9 @@ class Config:
     webhook_url: str | None = None
     webhook_secret: str | None = field(default=None, repr=False)
     webhook_retry_max_s: float = 300.0  # the longest wait between two attempts
+    # How long a review token minted without `ttl_s` (the `review_url` of a
+    # new session included) stays valid.
+    review_token_ttl_s: float = 30 * 24 * 3600.0
     # Several nodes on one database (storage/nodes.py): the URL other nodes
     # reach this one at (None: http://HOST:PORT), how often it writes its
     # heartbeat, and how old another node's heartbeat must be for it to count
@@ -263,6 +266,8 @@ class Config:
             webhook_secret=webhook_secret,
             webhook_retry_max_s=_positive_float(
                 env, "WEBHOOK_RETRY_MAX_S", cls.webhook_retry_max_s),
+            review_token_ttl_s=_positive_float(
+                env, "REVIEW_TOKEN_TTL_S", cls.review_token_ttl_s),
             node_url=_node_url(env),
             node_heartbeat_s=heartbeat_s,
             node_dead_s=_node_dead_s(env, heartbeat_s),

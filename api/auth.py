@@ -117,7 +117,11 @@ async def _continued(request: web.Request, session_id: uuid.UUID) -> InterviewSe
     candidate = InterviewSession.from_checkpoint(row)
     if candidate is None:
         return None
-    require_candidate(request, candidate)  # before anything is taken over
+    try:
+        require_candidate(request, candidate)  # before anything is taken over
+    except web.HTTPUnauthorized:
+        _require_api_key_or_hide(request)  # a wrong token learns nothing of the session
+        raise
     node = request.app[NODE]
     if node.draining and row.status in ("in_progress", "interrupted"):
         # Not here: a balancer's next try reaches a node that takes it.

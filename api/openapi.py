@@ -177,6 +177,9 @@ _SCHEMAS: Json = {
             "offset_s": {"type": ["number", "null"]}, "evidence_url": {"type": ["string", "null"]},
             "decision": {"oneOf": [{"type": "null"}, _ref("Decision")]}}}},
         "report": {"type": ["object", "null"]},
+        "media_token": {"type": "string", "description":
+                        "a read-only review token, valid 12 h, for the recording's and the "
+                        "evidence's URLs (?token=)"},
         "review": {"type": "object", "properties": {
             "status": {"enum": _REVIEW_STATUSES}, "open_flags": {"type": "integer"},
             "history": {"type": "array", "items": _ref("Decision")}}}}},
@@ -197,11 +200,14 @@ _SCHEMAS: Json = {
         "note": {"type": ["string", "null"], "maxLength": 2000},
         "reviewer": {"type": "string", "maxLength": 80}}},
     "NewReviewToken": {"type": "object", "additionalProperties": False, "properties": {
-        "scope": {"enum": ["read", "decide"]}, "reviewer": {"type": "string", "maxLength": 80}}},
+        "scope": {"enum": ["read", "decide"]}, "reviewer": {"type": "string", "maxLength": 80},
+        "ttl_s": {"type": "number", "minimum": 60, "maximum": 31536000,
+                  "description": "seconds the token stays valid (default REVIEW_TOKEN_TTL_S)"}}},
     "ReviewToken": {"type": "object", "required": ["token", "review_url"], "properties": {
         "session_id": {"type": "string"}, "scope": {"enum": ["read", "decide"]},
         "reviewer": {"type": "string"}, "token": {"type": "string"},
-        "review_url": {"type": "string"}}},
+        "review_url": {"type": "string"},
+        "expires_at": {"type": "string", "format": "date-time"}}},
     "SessionList": {"type": "object", "required": ["sessions"], "properties": {
         "sessions": {"type": "array", "items": {"type": "object", "properties": {
             "session_id": {"type": "string", "format": "uuid"}, "status": {"type": "string"},
@@ -274,6 +280,7 @@ _OPERATIONS: dict[tuple[str, str], Json] = {
             "application/json": {"schema": _ref("ReviewDecision")}}},
         "responses": {"200": _json(_ref("Decision"), "recorded"),
                       "403": _json(_ref("Error"), "a read-only review token"),
+                      "409": _json(_ref("Error"), "the session's review log is full"),
                       **_errors(400, 401, 404, 503)},
     },
     ("PUT", f"{_S}/flags/{{flag}}"): {
@@ -284,6 +291,7 @@ _OPERATIONS: dict[tuple[str, str], Json] = {
             "application/json": {"schema": _ref("FlagDecision")}}},
         "responses": {"200": _json(_ref("Decision"), "recorded"),
                       "403": _json(_ref("Error"), "a read-only review token"),
+                      "409": _json(_ref("Error"), "the session's review log is full"),
                       **_errors(400, 401, 404, 503)},
     },
     ("POST", f"{_S}/review-tokens"): {

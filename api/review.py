@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any
 
 from aiohttp import web
@@ -20,9 +21,10 @@ from api.bodies import read_json_body
 from api.errors import json_error
 from api.files import STATIC_DIR
 from api.forward import recorder_of
-from api.keys import LAYOUT, REGISTRY, REVIEW_KEYS, REVIEWER, STORE, WEBHOOKS
+from api.keys import CONFIG, LAYOUT, REGISTRY, REVIEW_KEYS, REVIEWER, STORE, WEBHOOKS
 from api.lookup import client_urls, parse_session_id, stored_row
 from engine.review import (
+    Decision,
     FlagDecision,
     ReviewScope,
     ReviewStatus,
@@ -33,6 +35,7 @@ from engine.review import (
     timeline,
 )
 from engine.session import SessionRow
+from storage.pg import MAX_DECISIONS, DecisionLogFull
 from storage.webhooks import REVIEW_DECIDED
 
 __all__ = [
@@ -43,6 +46,11 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 MAX_LIST = 200
+# A token minted with `ttl_s`: from a minute to a year.
+TOKEN_TTL_RANGE_S = (60.0, 365 * 24 * 3600.0)
+# The page's media URLs carry a token in the query (a <video> sends no
+# header): a read-only one of its own, short-lived, never the caller's.
+MEDIA_TOKEN_TTL_S = 12 * 3600.0
 
 
 async def review_url(request: web.Request, session_id: uuid.UUID) -> str | None:
@@ -53,7 +61,8 @@ async def review_url(request: web.Request, session_id: uuid.UUID) -> str | None:
     except Exception as exc:  # the session is created anyway; the link can be minted later
         log.warning("no review link for session %s: %r", session_id, exc)
         return None
-    return client_urls(request).review(session_id, tokens.mint(session_id))
+    token = tokens.mint(session_id, ttl_s=request.app[CONFIG].review_token_ttl_s)
+    return client_urls(request).review(session_id, token)
 
 
 # -- one interview -------------------------------------------------------------------
@@ -84,6 +93,8 @@ async def get_review(request: web.Request) -> web.Response:
         "report": row.interview_report,
         "review": {k: v for k, v in review.items() if k != "flags"},
         "you": {"reviewer": request[REVIEWER].name, "can_decide": request[REVIEWER].can_decide},
+        "media_token": (await request.app[REVIEW_KEYS].tokens()).mint(
+            session_id, ReviewScope.READ, request[REVIEWER].name, ttl_s=MEDIA_TOKEN_TTL_S),
     }
     return web.json_response(body, headers={"Cache-Control": "private, no-store"})
 
@@ -101,8 +112,7 @@ async def put_flag(request: web.Request) -> web.Response:
     if flag >= flags:
         raise json_error(web.HTTPNotFound, f"session {session_id} has {flags} flag(s); "
                                            f"no flag {flag}")
-    entry = await request.app[STORE].add_decision(
-        session_id, flag, decision, note, _decided_by(request, fields))
+    entry = await _add_decision(request, session_id, flag, decision, note, fields)
     if entry is None:
         raise _not_stored_yet(session_id)
     log.info("session %s: flag %d %s by %s", session_id, flag, decision, entry.decided_by)
@@ -118,15 +128,31 @@ async def put_review(request: web.Request) -> web.Response:
     note = _checked(check_note, fields.get("note"))
     row, _ = await _row(request, session_id)
     store = request.app[STORE]
-    entry = await store.add_decision(session_id, None, status, note, _decided_by(request, fields))
+    entry = await _add_decision(request, session_id, None, status, note, fields)
     if entry is None:
         raise _not_stored_yet(session_id)
     log.info("session %s: review %s by %s", session_id, status, entry.decided_by)
     if status.decided:
         decisions = await store.decisions(session_id)
         flags = len(timeline(row.session_information)["flags"])
-        await _announce(request, session_id, entry.to_json(), review_of(decisions, flags))
+        try:
+            await _announce(request, session_id, entry.to_json(), review_of(decisions, flags))
+        except OSError as exc:
+            # The decision is logged: a retry would log it twice. The event is lost.
+            log.error("session %s: the review.decided webhook could not be stored: %r",
+                      session_id, exc)
     return web.json_response(entry.to_json())
+
+
+async def _add_decision(request: web.Request, session_id: uuid.UUID, flag: int | None,
+                        decision: str, note: str | None,
+                        fields: dict[str, Any]) -> Decision | None:
+    try:
+        return await request.app[STORE].add_decision(
+            session_id, flag, decision, note, _decided_by(request, fields))
+    except DecisionLogFull:
+        raise json_error(web.HTTPConflict, f"session {session_id}'s review log is full "
+                                           f"({MAX_DECISIONS} decisions)") from None
 
 
 async def _announce(
@@ -150,18 +176,25 @@ async def _announce(
 
 
 async def post_review_token(request: web.Request) -> web.Response:
-    """Management: a review link for one interview, `{"scope"?, "reviewer"?}`."""
+    """Management: a review link for one interview, `{"scope"?, "reviewer"?, "ttl_s"?}`."""
     session_id = parse_session_id(request)
     fields = await read_json_body(request)
-    _only(fields, ("scope", "reviewer"))
+    _only(fields, ("scope", "reviewer", "ttl_s"))
     scope = ReviewScope(_choice(fields.get("scope", "read"), ReviewScope, "scope"))
     reviewer = _checked(check_reviewer, fields.get("reviewer", "api-key holder"))
+    ttl_s = fields.get("ttl_s", request.app[CONFIG].review_token_ttl_s)
+    low, high = TOKEN_TTL_RANGE_S
+    if isinstance(ttl_s, bool) or not isinstance(ttl_s, (int, float)) or not low <= ttl_s <= high:
+        raise json_error(web.HTTPBadRequest,
+                         f"ttl_s must be a number of seconds from {low:.0f} to {high:.0f}")
     await _row(request, session_id)  # 404 for a session that does not exist
     tokens = await request.app[REVIEW_KEYS].tokens()
-    token = tokens.mint(session_id, scope, reviewer)
+    now = time.time()
+    token = tokens.mint(session_id, scope, reviewer, ttl_s=float(ttl_s), now=now)
     body = {
         "session_id": str(session_id), "scope": scope.value, "reviewer": reviewer,
         "token": token, "review_url": client_urls(request).review(session_id, token),
+        "expires_at": datetime.fromtimestamp(int(now + ttl_s), timezone.utc).isoformat(),
     }
     return web.json_response(body, status=201)
 

@@ -13,7 +13,8 @@ the session id, the scope and the reviewer's name with a secret that every
 node shares through the database, so any node can check them and the API
 key holder can mint new ones at any time. A `read` token (the `review_url`
 handed out with every session) only reads; a `decide` token also records
-decisions, in the reviewer's name.
+decisions, in the reviewer's name. Every token expires (`REVIEW_TOKEN_TTL_S`
+by default); revoking all of them at once is rotating the secret.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import enum
 import hashlib
 import hmac
 import json
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -103,6 +105,7 @@ class ReviewToken:
     session_id: uuid.UUID
     scope: ReviewScope
     reviewer: str  # who decisions made with it are recorded as
+    expires_at: int  # Unix seconds
 
     @property
     def can_decide(self) -> bool:
@@ -122,9 +125,10 @@ class ReviewTokens:
     """Mints and checks review tokens with one shared secret.
 
     A token is `<payload>.<signature>`, both base64url: the payload is the
-    JSON `[scope, reviewer]`, the signature HMAC-SHA256 over the session id
-    and the payload. The session id is not in the token: a token is only
-    ever checked against the session its URL names.
+    JSON `[scope, reviewer, expires_at]` (Unix seconds), the signature
+    HMAC-SHA256 over the session id and the payload. The session id is not
+    in the token: a token is only ever checked against the session its URL
+    names.
     """
 
     def __init__(self, secret: bytes) -> None:
@@ -133,12 +137,16 @@ class ReviewTokens:
         self._secret = secret
 
     def mint(self, session_id: uuid.UUID, scope: ReviewScope = ReviewScope.READ,
-             reviewer: str = "review link") -> str:
-        payload = _b64(json.dumps([scope.value, reviewer], separators=(",", ":")).encode())
+             reviewer: str = "review link", *, ttl_s: float, now: float | None = None) -> str:
+        expires_at = int((time.time() if now is None else now) + ttl_s)
+        body = json.dumps([scope.value, reviewer, expires_at], separators=(",", ":"))
+        payload = _b64(body.encode())
         return f"{payload}.{self._sign(session_id, payload)}"
 
-    def check(self, session_id: uuid.UUID, token: str | None) -> ReviewToken | None:
-        """What `token` grants on `session_id`, or None if it is not a valid one."""
+    def check(self, session_id: uuid.UUID, token: str | None,
+              now: float | None = None) -> ReviewToken | None:
+        """What `token` grants on `session_id`, or None if it is not a valid
+        one (or has expired)."""
         if not token or token.count(".") != 1:
             return None
         payload, signature = token.split(".")
@@ -147,10 +155,13 @@ class ReviewTokens:
                                    expected.encode()):
             return None
         try:
-            scope, reviewer = json.loads(_unb64(payload))
-            return ReviewToken(session_id, ReviewScope(scope), str(reviewer))
+            scope, reviewer, expires_at = json.loads(_unb64(payload))
+            grant = ReviewToken(session_id, ReviewScope(scope), str(reviewer), int(expires_at))
         except (ValueError, TypeError, binascii.Error):
             return None  # signed by us, so never; but never a 500 either
+        if grant.expires_at <= (time.time() if now is None else now):
+            return None
+        return grant
 
     def _sign(self, session_id: uuid.UUID, payload: str) -> str:
         message = b"review-token:v1:" + session_id.bytes + b":" + payload.encode("ascii", "replace")

@@ -60,7 +60,7 @@ async function tokenFromKey() {
   const resp = await fetch(`/sessions/${sessionId}/review-tokens`, {
     method: 'POST',
     headers: { Authorization: `Bearer ${key}`, 'Content-Type': 'application/json' },
-    body: JSON.stringify({ scope: 'decide', reviewer: 'api-key holder' }),
+    body: JSON.stringify({ scope: 'decide', reviewer: 'api-key holder', ttl_s: 12 * 3600 }),
   });
   if (!resp.ok) return null;
   const minted = await resp.json();
@@ -68,10 +68,13 @@ async function tokenFromKey() {
   return minted.token;
 }
 
+/** A media URL (a <video> or <img> sends no header) with the page's own
+ * short-lived read-only token in its query, never the reviewer's token. */
 function withToken(url) {
-  if (!url || !state.token) return url;
+  const token = state.data && state.data.media_token;
+  if (!url || !token) return url;
   const u = new URL(url, location.href);
-  u.searchParams.set('token', state.token);
+  u.searchParams.set('token', token);
   return u.pathname + u.search;
 }
 

@@ -22,7 +22,7 @@ import asyncpg
 from engine.review import Decision
 from engine.session import SessionRow
 
-__all__ = ["DatabaseUnavailable", "SessionStore", "SessionSummary", "Template", "SCHEMA",
+__all__ = ["DatabaseUnavailable", "DecisionLogFull", "MAX_DECISIONS", "SessionStore", "SessionSummary", "Template", "SCHEMA",
            "refused_for_content"]
 
 log = logging.getLogger(__name__)
@@ -93,9 +93,13 @@ CREATE TABLE IF NOT EXISTS node_sessions (
 );
 """
 
+# The log of one session is bounded (a leaked decide token cannot grow it
+# without end); past the bound nothing is inserted.
+MAX_DECISIONS = 1000
 _INSERT_DECISION = """
 INSERT INTO interview_review_decisions (session_id, flag_index, decision, note, decided_by)
-VALUES ($1, $2, $3, $4, $5)
+SELECT $1, $2, $3, $4, $5
+WHERE (SELECT count(*) FROM interview_review_decisions WHERE session_id = $1) < $6
 RETURNING decision_id, flag_index, decision, note, decided_by, decided_at
 """
 
@@ -190,6 +194,10 @@ _REFUSED = (
 
 class DatabaseUnavailable(Exception):
     """The database could not be reached; the operation may be retried."""
+
+
+class DecisionLogFull(Exception):
+    """The session's review log holds `MAX_DECISIONS` entries already."""
 
 
 def refused_for_content(exc: BaseException) -> bool:
@@ -341,13 +349,17 @@ class SessionStore:
         self, session_id: uuid.UUID, flag: int | None, decision: str, note: str | None,
         decided_by: str,
     ) -> Decision | None:
-        """Log a review decision; None when the session has no row (yet)."""
+        """Log a review decision; None when the session has no row (yet).
+
+        Raises `DecisionLogFull` past `MAX_DECISIONS` entries for the session.
+        """
         try:
             record = await self._fetchrow(
-                _INSERT_DECISION, session_id, flag, decision, note, decided_by)
+                _INSERT_DECISION, session_id, flag, decision, note, decided_by, MAX_DECISIONS)
         except asyncpg.ForeignKeyViolationError:
             return None
-        assert record is not None
+        if record is None:
+            raise DecisionLogFull(session_id)
         return _decision(record)
 
     async def decisions(self, session_id: uuid.UUID) -> list[Decision]:

@@ -98,6 +98,13 @@ async def test_an_interview_goes_on_on_another_node_after_its_node_is_killed(
         assert final["info"]["conversation_history"][:len(before)] == before
         assert any("Welcome back" in t["content"]
                    for t in final["info"]["conversation_history"][len(before):])
+        # A rejoin with a wrong token learns nothing of the ended session: a
+        # 404, as for an id that never existed.
+        for sid_tried in (sid, str(uuid.uuid4())):
+            async with at_b.post(f"/sessions/{sid_tried}/offer",
+                                 json={"sdp": "v=0", "type": "offer"},
+                                 headers={"Authorization": "Bearer wrong"}) as resp:
+                assert resp.status == 404, (sid_tried, resp.status, await resp.text())
         print(f"rejoined {took:.1f}s after the kill, after {refusals} refusal(s)")
 
 

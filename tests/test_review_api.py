@@ -4,6 +4,7 @@ flags and on the interview, the audit log, the sessions list (issue 14)."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import uuid
 from datetime import datetime, timedelta, timezone
@@ -55,18 +56,30 @@ async def _token(client: Any, sid: uuid.UUID, **body: str) -> str:
 def test_review_tokens_are_bound_to_their_session_and_scope():
     tokens = ReviewTokens(b"s" * 32)
     sid, other = uuid.uuid4(), uuid.uuid4()
-    read = tokens.mint(sid)
-    decide = tokens.mint(sid, ReviewScope.DECIDE, "alice")
+    read = tokens.mint(sid, ttl_s=60)
+    decide = tokens.mint(sid, ReviewScope.DECIDE, "alice", ttl_s=60)
     assert tokens.check(sid, read) is not None and not tokens.check(sid, read).can_decide
     grant = tokens.check(sid, decide)
     assert grant is not None and grant.can_decide and grant.reviewer == "alice"
     assert tokens.check(other, decide) is None  # another session's
     assert ReviewTokens(b"t" * 32).check(sid, decide) is None  # another secret's
     payload, signature = decide.split(".")
-    forged = tokens.mint(sid, ReviewScope.DECIDE, "mallory").split(".")[0]
+    forged = tokens.mint(sid, ReviewScope.DECIDE, "mallory", ttl_s=60).split(".")[0]
     assert tokens.check(sid, f"{forged}.{signature}") is None  # a payload swapped in
     for junk in ("", ".", "a.b.c", "\udcff.x", payload):
         assert tokens.check(sid, junk) is None
+
+
+def test_review_tokens_expire():
+    tokens = ReviewTokens(b"s" * 32)
+    sid = uuid.uuid4()
+    token = tokens.mint(sid, ReviewScope.DECIDE, "alice", ttl_s=3600, now=1_000_000)
+    grant = tokens.check(sid, token, now=1_000_000 + 3599)
+    assert grant is not None and grant.expires_at == 1_000_000 + 3600
+    assert tokens.check(sid, token, now=1_000_000 + 3600) is None  # expired
+    # A token signed without an expiry (as none is minted) is refused too.
+    legacy = base64.urlsafe_b64encode(b'["decide","alice"]').decode().rstrip("=")
+    assert tokens.check(sid, f"{legacy}.{tokens._sign(sid, legacy)}") is None
 
 
 def test_offsets_share_the_recordings_clock():
@@ -118,6 +131,35 @@ async def test_a_review_link_reads_but_does_not_decide(make_client: AppFactory,
     # Nor does a review token open management routes.
     resp = await client.get(f"/sessions/{sid}", params={"token": token})
     assert resp.status == 401
+
+    # The page's media token reads, for half a day, and never decides.
+    media = data["media_token"]
+    assert media != token
+    again = await client.get(f"/sessions/{sid}/review", params={"token": media})
+    assert again.status == 200
+    refused = await client.put(f"/sessions/{sid}/review", json={"status": "cleared"},
+                               headers={"Authorization": f"Bearer {media}"})
+    assert refused.status == 403
+
+
+async def test_a_minted_token_expires_when_asked(make_client: AppFactory,
+                                                 db: asyncpg.Connection):
+    client = await make_client(api_key="k3y", review_token_ttl_s=3600.0)
+    sid = await _ended_row(db, start=datetime.now(timezone.utc) - timedelta(hours=1))
+    resp = await client.post(f"/sessions/{sid}/review-tokens", headers=KEY,
+                             json={"scope": "decide", "ttl_s": 120})
+    assert resp.status == 201
+    minted = await resp.json()
+    left = (datetime.fromisoformat(minted["expires_at"]) - datetime.now(timezone.utc))
+    assert 100 < left.total_seconds() <= 120
+    default = await (await client.post(f"/sessions/{sid}/review-tokens", headers=KEY,
+                                       json={})).json()
+    left = (datetime.fromisoformat(default["expires_at"]) - datetime.now(timezone.utc))
+    assert 3500 < left.total_seconds() <= 3600  # REVIEW_TOKEN_TTL_S
+    for bad in (0, 59, 10**9, "60", True, None):
+        resp = await client.post(f"/sessions/{sid}/review-tokens", headers=KEY,
+                                 json={"ttl_s": bad})
+        assert resp.status == 400 and "ttl_s" in (await resp.json())["error"], bad
 
 
 async def _other_sessions_token(client: Any) -> str:
@@ -247,3 +289,24 @@ def hooks(url: str) -> dict[str, Any]:
     from tests.test_webhooks import SECRET
 
     return {"webhook_url": url, "webhook_secret": SECRET, "webhook_retry_max_s": 0.2}
+
+
+async def test_the_decision_log_of_a_session_is_bounded(make_client: AppFactory,
+                                                        db: asyncpg.Connection):
+    from storage.pg import MAX_DECISIONS
+
+    client = await make_client(api_key="k3y")
+    sid = await _ended_row(db, start=datetime.now(timezone.utc) - timedelta(hours=1))
+    await db.executemany(
+        "INSERT INTO interview_review_decisions (session_id, flag_index, decision, decided_by)"
+        " VALUES ($1, NULL, 'in_review', 'x')", [(sid,)] * (MAX_DECISIONS - 1))
+    last = await client.put(f"/sessions/{sid}/review", json={"status": "cleared"}, headers=KEY)
+    assert last.status == 200, await last.text()  # the last one that fits
+    refused = await client.put(f"/sessions/{sid}/flags/0", json={"decision": "dismissed"},
+                               headers=KEY)
+    assert refused.status == 409 and "full" in (await refused.json())["error"]
+    count = await db.fetchval(
+        "SELECT count(*) FROM interview_review_decisions WHERE session_id = $1", sid)
+    assert count == MAX_DECISIONS
+    review = await (await client.get(f"/sessions/{sid}/review", headers=KEY)).json()
+    assert review["review"]["status"] == "cleared"  # what was logged stays
