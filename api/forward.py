@@ -35,12 +35,14 @@ __all__ = ["FORWARDED", "FORWARDER", "Forwarder", "forward_middleware", "forward
 log = logging.getLogger(__name__)
 
 FORWARDED = "X-Forwarded-Node"
-# Hop-by-hop headers (RFC 9110 §7.6.1) and those the two legs set for themselves.
+# Hop-by-hop headers (RFC 9110 §7.6.1) and those the two legs set for
+# themselves. Host passes, as through a proxy: the holder builds the caller's
+# URLs (join, review links) from it.
 _DROP = frozenset(h.lower() for h in (
     hdrs.CONNECTION, hdrs.KEEP_ALIVE, hdrs.PROXY_AUTHENTICATE, hdrs.PROXY_AUTHORIZATION,
-    hdrs.TE, hdrs.TRAILER, hdrs.TRANSFER_ENCODING, hdrs.UPGRADE, hdrs.HOST,
-    hdrs.CONTENT_LENGTH,
+    hdrs.TE, hdrs.TRAILER, hdrs.TRANSFER_ENCODING, hdrs.UPGRADE, hdrs.CONTENT_LENGTH,
 ))
+_DROP_ANSWER = _DROP | {hdrs.HOST.lower()}
 _TIMEOUT = aiohttp.ClientTimeout(total=None, connect=3, sock_read=60)
 
 
@@ -150,7 +152,7 @@ async def _forward(request: web.Request, node_id: str, base_url: str) -> web.Str
                 request.method, url, headers=headers, data=body, allow_redirects=False) as resp:
             out = web.StreamResponse(status=resp.status, reason=resp.reason)
             for name, value in resp.headers.items():
-                if name.lower() not in _DROP and name.lower() != "x-node":
+                if name.lower() not in _DROP_ANSWER and name.lower() != "x-node":
                     out.headers.add(name, value)
             out.headers["X-Node"] = node_id
             if resp.content_length is not None:

@@ -63,6 +63,10 @@ async def test_a_call_to_another_node_is_forwarded_to_the_one_holding_the_sessio
         # Credentials are checked where the session is: a wrong key is refused there.
         refused = await b.get(f"/sessions/{sid}", headers={"Authorization": "Bearer nope"})
         assert refused.status == 401 and refused.headers["X-Node"] == node_a
+        # The holder builds the caller's links from the address the caller used.
+        minted = await b.post(f"/sessions/{sid}/review-tokens", headers=KEY, json={})
+        assert minted.status == 201 and minted.headers["X-Node"] == node_a
+        assert (await minted.json())["review_url"].startswith(str(b.make_url("/review/")))
         nodes = await (await b.get("/admin/nodes", headers=KEY)).json()
         assert {n["node_id"] for n in nodes["nodes"]} >= {node_a, node_b}
         # Ending through B ends it on A.
@@ -192,3 +196,48 @@ async def test_no_node_takes_over_a_session_its_live_recorder_has_not_reported_y
     assert await directory.claim(sid, node.node_id)
     owner = await directory.owner(sid)
     assert owner is not None and owner.node_id == node.node_id
+
+
+async def test_a_recording_is_served_by_any_node_and_outlives_its_node_with_a_shared_media_dir(
+    make_client: AppFactory, db: asyncpg.Connection, tmp_path: Path
+):
+    """Without a shared MEDIA_DIR another node forwards a file call to the
+    node that recorded it while that node is up; with one, any node serves
+    it, also after the recording node is gone."""
+    for shared in (None, tmp_path / "media"):
+        name = "shared" if shared else "own"
+        a = await _node(make_client, tmp_path, f"a-{name}", media_dir=shared)
+        b = await _node(make_client, tmp_path, f"b-{name}", media_dir=shared)
+        node_a, node_b = a.server.app[NODE].node_id, b.server.app[NODE].node_id
+        created = await new_session(a, headers=KEY)
+        sid = created["session_id"]
+        candidate = Candidate(SpeechTrack(CLIP.with_suffix(".wav")), None)
+        await candidate.join(a, sid, headers=_token(created))
+        try:
+            await candidate.wait_for("transcript", timeout=60)
+            ended = await a.post(f"/sessions/{sid}/end", headers=KEY)
+            assert ended.status == 200, await ended.text()
+        finally:
+            await candidate.close()
+        row = await stored_row(db, sid)
+        assert row["recording_url"].endswith(f"/sessions/{sid}/recording")
+        path = f"/sessions/{sid}/recording"
+        # The recording is finished a moment after the row (it is still being written).
+        await _until(lambda: _status_is(a, path, 200), timeout_s=30)
+        resp = await b.get(path, headers=KEY)
+        assert resp.status == 200, await resp.text()
+        assert resp.headers["X-Node"] == (node_b if shared else node_a)
+        assert (await resp.read())[:4] == b"\x1a\x45\xdf\xa3"  # WebM (EBML)
+        await a.close()  # the recording node is gone (it leaves the directory)
+        resp = await b.get(path, headers=KEY)
+        if shared:
+            assert resp.status == 200 and (await resp.read())[:4] == b"\x1a\x45\xdf\xa3"
+        else:
+            assert resp.status == 404 and "recording" in (await resp.json())["error"]
+        await b.close()
+
+
+async def _status_is(client: TestClient, path: str, status: int) -> bool:
+    resp = await client.get(path, headers=KEY)
+    await resp.read()
+    return resp.status == status
