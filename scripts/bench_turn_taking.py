@@ -35,7 +35,10 @@ comes on top: scripts/bench_turns.py measures that over a real peer. A
 cut-in is a turn ended during the pause.
 
 Usage: HF_HUB_OFFLINE=1 .venv/bin/python scripts/bench_turn_taking.py [--threshold 0.9]
-       [--ceiling 3.0] [--encoder pad30|fit]
+       [--ceiling 3.0] [--encoder pad30|fit] [--save-events F | --events F]
+
+--save-events keeps the replay's events; --events judges saved events again
+(a rule change is judged on the very same model outputs, in seconds).
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import pickle
 import platform
 import wave
 from collections.abc import Callable
@@ -269,6 +273,10 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="write every answer's figures here")
     parser.add_argument("--jobs", type=int, default=2,
                         help="answers replayed at once, one process each (one thread each)")
+    parser.add_argument("--save-events", type=Path,
+                        help="keep every answer's model and transcript events here (pickle)")
+    parser.add_argument("--events", type=Path,
+                        help="judge the events saved by --save-events instead of replaying")
     args = parser.parse_args()
     settings = EndOfTurnSettings(threshold=args.threshold, ceiling_s=args.ceiling)
     encoder: Literal["fit", "pad30"] = "fit" if args.encoder == "fit" else "pad30"
@@ -285,10 +293,20 @@ def main() -> None:
     finished: dict[str, list[float]] = {name: [] for name in rules}
     cut_ins: dict[str, dict[float, list[bool]]] = {name: {p: [] for p in PAUSES} for name in rules}
     rows = []
-    todo = answers(committed)
-    pool = ProcessPoolExecutor(args.jobs, initializer=_load_worker,
-                               initargs=(encoder, args.threshold, args.ceiling))
-    for answer, ev in zip(todo, pool.map(_run_in_worker, todo)):
+    # Paused answers whose rest the VAD never heard as speech (a last short
+    # word after the pause): every rule with a ceiling "cuts in" on them.
+    unheard: dict[float, int] = {p: 0 for p in PAUSES}
+    if args.events is not None:
+        replayed: list[tuple[Answer, Events]] = pickle.loads(args.events.read_bytes())
+    else:
+        todo = answers(committed)
+        pool = ProcessPoolExecutor(args.jobs, initializer=_load_worker,
+                                   initargs=(encoder, args.threshold, args.ceiling))
+        replayed = list(zip(todo, pool.map(_run_in_worker, todo)))
+        pool.shutdown()
+        if args.save_events is not None:
+            args.save_events.write_bytes(pickle.dumps(replayed))
+    for answer, ev in replayed:
         if answer.pause_at_s is None:
             lv = [voiced for _, text, voiced, _ in ev.finals if text][-1]
             resume = math.inf
@@ -300,6 +318,7 @@ def main() -> None:
                 print(f"{answer.name}: the VAD heard no pause at the cut", flush=True)
                 continue
             resume = next((t for t in ev.voice_on if t > answer.pause_at_s), math.inf)
+            unheard[answer.pause_s] += resume == math.inf
         prefix = prefix_before(ev, lv)
         row: dict[str, object] = {"answer": answer.name, "pause_s": answer.pause_s}
         for name, rule in rules.items():
@@ -324,7 +343,8 @@ def main() -> None:
         ends = finished[name]
         cells = [f"{sum(v)}/{len(v)} ({100 * sum(v) / max(1, len(v)):.0f} %)" for v in cut_ins[name].values()]
         print(f"| {name} | {pct(ends, 0.5):.2f} / {pct(ends, 0.95):.2f} | " + " | ".join(cells) + " |")
-    pool.shutdown()
+    print("| of which the VAD never heard the answer go on (a cut-in for any rule) | | "
+          + " | ".join(f"{unheard[p]}/{n_cut}" for p in PAUSES) + " |")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
 
