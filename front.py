@@ -320,7 +320,8 @@ async def _report(front: Front, worker: Worker) -> dict[str, Any]:
     return {
         "worker": worker.index,
         "state": state,
-        "pid": worker.proc.pid if worker.proc is not None and state != "down" else None,
+        "pid": (worker.proc.pid if worker.proc is not None and state not in ("down", "stopped")
+                else None),
         "restarts": worker.restarts,
         "last_exit": worker.last_exit,
         "status": None if health is None else health.get("status"),

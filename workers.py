@@ -159,7 +159,9 @@ class Worker:
         self._database_url = database_url
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port: int = self.listener.getsockname()[1]
-        self.state = "starting"  # then "up"; "down" while it waits to restart
+        # "starting", then "up"; "down" while it waits to restart; "stopped"
+        # once it exited on the supervisor's SIGTERM (drained, or shut down).
+        self.state = "starting"
         self.proc: asyncio.subprocess.Process | None = None
         self.restarts = 0
         self.last_exit: str | None = None
@@ -245,6 +247,7 @@ class Worker:
                 log.error("worker %d (pid %d) did not stop; killing it", self.index, proc.pid)
                 proc.kill()
                 await proc.wait()
+        self.state = "stopped"
         self._release_link()
         self.listener.close()
 

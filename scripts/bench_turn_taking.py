@@ -60,7 +60,7 @@ import numpy as np
 from adapters.silero import SileroVadModel
 from adapters.smart_turn import SmartTurnModel
 from adapters.whisper import WhisperSettings, WhisperTranscriber, resolve_asr_model
-from engine.turns import EndOfTurnSettings, TurnEstimate, TurnProbe, judge
+from engine.turns import EndOfTurnSettings, TurnDecision, TurnEstimate, TurnProbe, judge
 from engine.vad import SpeechCut, SpeechEnded, SpeechPaused, SpeechStarted, VadState, VoiceActivityDetector
 
 SPEECH = Path(__file__).resolve().parent.parent / "tests" / "data" / "speech"
@@ -217,7 +217,35 @@ def pipecat_default(ev: Events, lv: float, prefix: str) -> float | None:
     return max(t, stop) if est.probability > 0.5 else max(lv + 3.0, stop)
 
 
-def ours(ev: Events, lv: float, prefix: str, settings: EndOfTurnSettings) -> float | None:
+Judge = Callable[..., TurnDecision]
+
+
+def complete_text_at(silence: float) -> Judge:
+    """Not shipped, judged for comparison: an answer the text finds complete
+    ends at `silence` even when the model's answers were low."""
+    def variant(settings: EndOfTurnSettings, **kw: object) -> TurnDecision:
+        d = judge(settings, **kw)  # type: ignore[arg-type]
+        if d.rule == "model-open" and float(kw["silence_s"]) >= silence:  # type: ignore[arg-type]
+            return TurnDecision(True, "complete-text", d.silence_s, d.probability, d.cues)
+        return d
+    return variant
+
+
+def confident_short_at(silence: float) -> Judge:
+    """Not shipped, judged for comparison: a short answer ends at `silence`
+    when every model answer of the pause was at least the threshold."""
+    def variant(settings: EndOfTurnSettings, **kw: object) -> TurnDecision:
+        d = judge(settings, **kw)  # type: ignore[arg-type]
+        seen: list[TurnEstimate] = kw["estimates"]  # type: ignore[assignment]
+        if (d.rule == "short" and seen and float(kw["silence_s"]) >= silence  # type: ignore[arg-type]
+                and all(e.probability >= settings.threshold for e in seen)):
+            return TurnDecision(True, "confident-short", d.silence_s, d.probability, d.cues)
+        return d
+    return variant
+
+
+def ours(ev: Events, lv: float, prefix: str, settings: EndOfTurnSettings,
+         judged_by: Judge = judge) -> float | None:
     pause = [(t, e) for t, e in ev.estimates if abs(t - e.model_s - e.silence_s - lv) < 0.05]
     drafts = [(ready, text) for ready, text, voiced in ev.drafts if abs(voiced - lv) < 0.05]
     finals = [(ready, text) for ready, text, voiced, _ in ev.finals if abs(voiced - lv) < 0.05]
@@ -230,7 +258,7 @@ def ours(ev: Events, lv: float, prefix: str, settings: EndOfTurnSettings) -> flo
         if not texts:
             continue
         seen = [e for ready, e in pause if ready <= t]
-        decision = judge(settings, silence_s=t - lv + 1e-9, estimates=seen,
+        decision = judged_by(settings, silence_s=t - lv + 1e-9, estimates=seen,
                          answer=f"{prefix} {texts[-1]}".strip(),
                          draft=f"{prefix} {drafted[-1]}".strip() if drafted else None)
         if decision.end:
@@ -290,6 +318,12 @@ def main() -> None:
     for other in filter(None, args.also_thresholds.split(",")):
         rules[f"(c) TURN_THRESHOLD={float(other):g}"] = our_rule(
             EndOfTurnSettings(threshold=float(other), ceiling_s=args.ceiling))
+    # Two changes judged on the same events and not shipped (BENCHMARKS.md).
+    for label, variant in (("complete text ends at the 2 s ask", complete_text_at(2.0)),
+                           ("confident short answer ends at the 1 s ask",
+                            confident_short_at(1.0))):
+        rules[f"(c) + {label}"] = (
+            lambda ev, lv, prefix, v=variant: ours(ev, lv, prefix, settings, v))
     finished: dict[str, list[float]] = {name: [] for name in rules}
     cut_ins: dict[str, dict[float, list[bool]]] = {name: {p: [] for p in PAUSES} for name in rules}
     rows = []
