@@ -203,9 +203,11 @@ async def post_review_token(request: web.Request) -> web.Response:
 
 
 async def list_sessions(request: web.Request) -> web.Response:
-    """Management: recent sessions, newest first; `?status=&review_status=&since=&until=&limit=`."""
+    """Management: recent sessions, newest first;
+    `?status=&review_status=&since=&until=&limit=&after=` (`after`: the
+    previous page's `next`)."""
     query = request.query
-    _only(dict(query), ("status", "review_status", "since", "until", "limit"))
+    _only(dict(query), ("status", "review_status", "since", "until", "limit", "after"))
     status = query.get("status") or None
     if status is not None and status not in _ROW_STATUSES:
         raise json_error(web.HTTPBadRequest, f"status must be one of {', '.join(_ROW_STATUSES)}")
@@ -219,8 +221,11 @@ async def list_sessions(request: web.Request) -> web.Response:
         limit = -1
     if not 1 <= limit <= MAX_LIST:
         raise json_error(web.HTTPBadRequest, f"limit must be an integer from 1 to {MAX_LIST}")
+    after = _cursor(query.get("after")) if query.get("after") else None
     summaries = await request.app[STORE].list_sessions(
-        status=status, since=since, until=until, review_status=review_status, limit=limit)
+        status=status, since=since, until=until, review_status=review_status, limit=limit + 1,
+        after=after)
+    more, summaries = len(summaries) > limit, summaries[:limit]
     urls = client_urls(request)
     sessions = [{
         "session_id": str(s.session_id),
@@ -234,8 +239,27 @@ async def list_sessions(request: web.Request) -> web.Response:
         "review_status": s.review_status,
         "review_page": urls.review_page(s.session_id),
     } for s in summaries]
-    return web.json_response({"sessions": sessions},
+    last = summaries[-1] if more else None
+    cursor = None if last is None else _encode_cursor(last.start_time, last.session_id)
+    return web.json_response({"sessions": sessions, "next": cursor},
                              headers={"Cache-Control": "private, no-store"})
+
+
+def _encode_cursor(start_time: datetime | None, session_id: uuid.UUID) -> str:
+    """Where a page ended, opaque to the caller: `<start time or ->~<id>`."""
+    return f"{'-' if start_time is None else start_time.isoformat()}~{session_id}"
+
+
+def _cursor(raw: str) -> tuple[datetime | None, uuid.UUID]:
+    when, _, sid = raw.rpartition("~")
+    try:
+        start = None if when == "-" else datetime.fromisoformat(when)
+        if start is not None and start.tzinfo is None:
+            raise ValueError(when)
+        return start, uuid.UUID(sid)
+    except ValueError:
+        raise json_error(web.HTTPBadRequest,
+                         "after must be the `next` of a previous page") from None
 
 
 # -- pages ---------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 /**
  * The sessions list (`/review`) for the API key holder: recent interviews
  * with their status, length, open flags and review status, filtered by
- * status and date, each linking to its review page. The key is kept in this
+ * status and date, each linking to its review page, a page of 50 at a time. The key is kept in this
  * tab's sessionStorage only; the review pages it opens read it from there.
  */
 
@@ -23,8 +23,12 @@ function clock(seconds) {
   return `${Math.floor(s / 60)}:${String(s % 60).padStart(2, '0')}`;
 }
 
-async function list() {
-  const params = new URLSearchParams();
+const PAGE = 50;
+let next = null; // the list's `next`: where the following page starts
+
+async function list(more = false) {
+  const params = new URLSearchParams({ limit: String(PAGE) });
+  if (more && next) params.set('after', next);
   const status = $('status').value;
   const review = $('review-status').value;
   if (status) params.set('status', status);
@@ -63,8 +67,12 @@ async function list() {
     li.append(link, meta);
     return li;
   });
-  $('sessions').replaceChildren(...items);
-  $('count').textContent = `${items.length} interview${items.length === 1 ? '' : 's'}`;
+  if (more) $('sessions').append(...items);
+  else $('sessions').replaceChildren(...items);
+  next = body.next;
+  $('more').hidden = !next;
+  const shown = $('sessions').children.length;
+  $('count').textContent = `${shown} interview${shown === 1 ? '' : 's'}${next ? ', more below' : ''}`;
 }
 
 $('key-form').addEventListener('submit', (event) => {
@@ -75,5 +83,8 @@ $('key-form').addEventListener('submit', (event) => {
 $('filters').addEventListener('submit', (event) => {
   event.preventDefault();
   list();
+});
+$('more').addEventListener('click', () => {
+  list(true).catch((error) => problem(`The list could not be loaded: ${error.message}`));
 });
 list().catch((error) => problem(`The list could not be loaded: ${error.message}`));

@@ -130,6 +130,12 @@ SELECT * FROM (
     WHERE ($1::text IS NULL OR s.status = $1)
       AND ($2::timestamptz IS NULL OR s.start_time >= $2)
       AND ($3::timestamptz IS NULL OR s.start_time < $3)
+      -- After the cursor ($6 = the last row's start_time, $7 its id), in the
+      -- order below: later pages never repeat or skip a row.
+      AND ($7::uuid IS NULL OR CASE
+          WHEN $6::timestamptz IS NULL THEN s.start_time IS NULL AND s.session_id > $7
+          ELSE s.start_time < $6 OR (s.start_time = $6 AND s.session_id > $7)
+               OR s.start_time IS NULL END)
 ) listed
 WHERE $4::text IS NULL OR review_status = $4
 ORDER BY start_time DESC NULLS LAST, session_id
@@ -369,9 +375,14 @@ class SessionStore:
     async def list_sessions(
         self, *, status: str | None = None, since: datetime | None = None,
         until: datetime | None = None, review_status: str | None = None, limit: int = 50,
+        after: tuple[datetime | None, uuid.UUID] | None = None,
     ) -> list[SessionSummary]:
-        """Recent sessions (newest first) with their review state."""
-        records = await self._fetch(_LIST_SESSIONS, status, since, until, review_status, limit)
+        """Recent sessions (newest first: not started ones last) with their
+        review state; `after`: the `(start_time, session_id)` of the last
+        one of the previous page."""
+        after_time, after_id = after if after is not None else (None, None)
+        records = await self._fetch(_LIST_SESSIONS, status, since, until, review_status, limit,
+                                    after_time, after_id)
         return [
             SessionSummary(
                 session_id=r["session_id"], status=r["status"], start_time=r["start_time"],

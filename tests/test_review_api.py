@@ -237,7 +237,8 @@ async def test_decisions_are_stored_audited_and_listed(make_client: AppFactory,
                                        params={"review_status": "rejected"})).json()
     assert [s["session_id"] for s in rejected["sessions"]] == [str(sid)]
     for params in ({"status": "odd"}, {"limit": "0"}, {"since": "yesterday"},
-                   {"since": "2026-12-01T00:00"}, {"colour": "red"}):
+                   {"since": "2026-12-01T00:00"}, {"colour": "red"}, {"after": "x"},
+                   {"after": "2026-12-01T00:00~" + str(sid)}):
         resp = await client.get("/sessions", headers=KEY, params=params)
         assert resp.status == 400, params
     assert (await client.get("/sessions", params={"token": token})).status == 401
@@ -310,3 +311,37 @@ async def test_the_decision_log_of_a_session_is_bounded(make_client: AppFactory,
     assert count == MAX_DECISIONS
     review = await (await client.get(f"/sessions/{sid}/review", headers=KEY)).json()
     assert review["review"]["status"] == "cleared"  # what was logged stays
+
+
+async def test_the_sessions_list_pages_without_repeating_or_skipping(
+    make_client: AppFactory, db: asyncpg.Connection
+):
+    client = await make_client(api_key="k3y")
+    start = datetime.now(timezone.utc) - timedelta(days=2)
+    # Ties on start_time, invitations (started at their creation), and rows
+    # written without a start time (they come last).
+    ids = [await _ended_row(db, start=start + timedelta(minutes=i // 3)) for i in range(7)]
+    for _ in range(2):
+        created = await client.post("/sessions", json={"job_role": "QA"}, headers=KEY)
+        ids.append(uuid.UUID((await created.json())["session_id"]))
+    for _ in range(3):
+        ids.append(uuid.uuid4())
+        await db.execute("INSERT INTO interview_sessions (session_id, status) "
+                         "VALUES ($1, 'interrupted')", ids[-1])
+    seen: list[str] = []
+    after = None
+    pages = 0
+    while True:
+        params = {"limit": "3", **({"after": after} if after else {})}
+        page = await (await client.get("/sessions", headers=KEY, params=params)).json()
+        seen += [s["session_id"] for s in page["sessions"]]
+        pages += 1
+        after = page["next"]
+        if after is None:
+            break
+        assert len(page["sessions"]) == 3
+    assert pages == 4 and len(seen) == len(set(seen)) == 12
+    assert set(seen) == {str(i) for i in ids}
+    whole = await (await client.get("/sessions", headers=KEY, params={"limit": "50"})).json()
+    assert [s["session_id"] for s in whole["sessions"]] == seen and whole["next"] is None
+    assert [s["start_time"] is None for s in whole["sessions"]] == [False] * 9 + [True] * 3

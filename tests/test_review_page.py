@@ -28,7 +28,7 @@ CHECKS = (
     "interview_transcript", "interview_anomaly", "recording_finished", "ground_truth",
     "row_offsets", "token_out_of_address_bar", "video_plays", "transcript_follows",
     "flag_seeks", "dismissal_survives_reload", "narrow_320px", "read_only_link",
-    "sessions_list",
+    "sessions_paged", "sessions_list",
 )
 
 

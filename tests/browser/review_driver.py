@@ -325,14 +325,30 @@ class ReviewRun:
                            f"decision buttons disabled on the read-only link: {disabled}")
 
     async def sessions_list(self, sid: str) -> None:
+        # 50 newer invitations: the interview is on the list's second page.
+        for _ in range(50):
+            async with self.http.post(f"{self.url}/sessions", json={"job_role": "Invited"},
+                                      headers=KEY) as resp:
+                assert resp.status == 201, await resp.text()
         page = await self.context.new_page()
         await page.goto(f"{self.url}/review", wait_until="domcontentloaded")
         await page.locator("#api-key").fill(API_KEY)
         await page.keyboard.press("Enter")
+        await page.locator("#more").wait_for(state="visible", timeout=10000)
+        first_page = await page.locator("#sessions li").count()
+        await page.locator("#more").scroll_into_view_if_needed()
+        await page.screenshot(path=str(self.shots / "28-sessions-more.png"))  # the viewport
+        await page.locator("#more").click()
         item = page.locator(f'#sessions li[data-session="{sid}"]')
         await item.wait_for(timeout=10000)
         text = await item.inner_text()
-        await self.shot(page, "28-sessions-list")
+        shown = await page.locator("#sessions li").count()
+        more_hidden = await page.locator("#more").is_hidden()
+        await item.scroll_into_view_if_needed()
+        await self.shot(page, "29-sessions-list")
+        self.checks.record("sessions_paged", first_page == 50 and shown == 51 and more_hidden,
+                           f"first page {first_page}, after More {shown}, More hidden after: "
+                           f"{more_hidden}")
         await item.locator("a").click()
         await page.wait_for_function("() => window.__review && window.__review.data",
                                      timeout=10000)
