@@ -221,7 +221,8 @@ async def list_sessions(request: web.Request) -> web.Response:
         limit = -1
     if not 1 <= limit <= MAX_LIST:
         raise json_error(web.HTTPBadRequest, f"limit must be an integer from 1 to {MAX_LIST}")
-    after = _cursor(query.get("after")) if query.get("after") else None
+    raw_after = query.get("after")
+    after = _cursor(raw_after) if raw_after else None
     summaries = await request.app[STORE].list_sessions(
         status=status, since=since, until=until, review_status=review_status, limit=limit + 1,
         after=after)
