@@ -222,8 +222,9 @@ async def drain(request: web.Request) -> web.Response:
     up = [w for w in front.workers if w.state == "up"]
     if not up:
         return unavailable(None)
+    # As any forwarded call: Host and Origin too, which a local-mode worker checks.
     headers = {k: v for k, v in request.headers.items()
-               if k.lower() in ("authorization", "content-type")}
+               if k.lower() not in _HOP_BY_HOP and k.lower() != _FORWARDED}
     answers = await asyncio.gather(*(_call(front, w, request.method, request.path_qs,
                                            headers, body) for w in up))
     reports = [{"worker": w.index, "status": status, **answer}

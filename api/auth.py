@@ -148,7 +148,7 @@ async def _reviewer(request: web.Request, *, decide: bool) -> Reviewer:
                          **_CHALLENGE)
     if decide and not grant.can_decide:
         raise json_error(web.HTTPForbidden, "this review token may read, not decide")
-    return Reviewer(grant.reviewer, can_decide=grant.can_decide)
+    return Reviewer(grant.reviewer, can_decide=grant.can_decide, expires_at=grant.expires_at)
 
 
 def _require_api_key_or_hide(request: web.Request) -> None:

@@ -36,13 +36,13 @@ log = logging.getLogger(__name__)
 
 FORWARDED = "X-Forwarded-Node"
 # Hop-by-hop headers (RFC 9110 §7.6.1) and those the two legs set for
-# themselves. Host passes, as through a proxy: the holder builds the caller's
-# URLs (join, review links) from it.
+# themselves. The caller's Host goes as X-Forwarded-Host: the holder builds
+# the caller's URLs (join, review links) from it (`api.lookup.client_urls`).
 _DROP = frozenset(h.lower() for h in (
     hdrs.CONNECTION, hdrs.KEEP_ALIVE, hdrs.PROXY_AUTHENTICATE, hdrs.PROXY_AUTHORIZATION,
-    hdrs.TE, hdrs.TRAILER, hdrs.TRANSFER_ENCODING, hdrs.UPGRADE, hdrs.CONTENT_LENGTH,
+    hdrs.TE, hdrs.TRAILER, hdrs.TRANSFER_ENCODING, hdrs.UPGRADE, hdrs.HOST,
+    hdrs.CONTENT_LENGTH, hdrs.X_FORWARDED_HOST, hdrs.X_FORWARDED_PROTO,
 ))
-_DROP_ANSWER = _DROP | {hdrs.HOST.lower()}
 _TIMEOUT = aiohttp.ClientTimeout(total=None, connect=3, sock_read=60)
 
 
@@ -141,6 +141,8 @@ async def _forward(request: web.Request, node_id: str, base_url: str) -> web.Str
     forwarder = request.app[FORWARDER]
     headers = {k: v for k, v in request.headers.items() if k.lower() not in _DROP}
     headers[FORWARDED] = request.app[NODE].node_id
+    headers[hdrs.X_FORWARDED_HOST] = request.host
+    headers[hdrs.X_FORWARDED_PROTO] = request.scheme
     peer = request.remote or ""
     headers[hdrs.X_FORWARDED_FOR] = ", ".join(
         p for p in (request.headers.get(hdrs.X_FORWARDED_FOR), peer) if p)
@@ -152,7 +154,7 @@ async def _forward(request: web.Request, node_id: str, base_url: str) -> web.Str
                 request.method, url, headers=headers, data=body, allow_redirects=False) as resp:
             out = web.StreamResponse(status=resp.status, reason=resp.reason)
             for name, value in resp.headers.items():
-                if name.lower() not in _DROP_ANSWER and name.lower() != "x-node":
+                if name.lower() not in _DROP and name.lower() != "x-node":
                     out.headers.add(name, value)
             out.headers["X-Node"] = node_id
             if resp.content_length is not None:

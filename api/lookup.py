@@ -16,8 +16,16 @@ __all__ = ["client_urls", "parse_session_id", "stored_row", "not_live_error"]
 
 
 def client_urls(request: web.Request) -> PublicUrls:
-    """URLs for the caller: under PUBLIC_URL, else the host it reached us by."""
-    return PublicUrls(request.app[CONFIG].public_url or f"{request.scheme}://{request.host}")
+    """URLs for the caller: under PUBLIC_URL, else the host it reached us by
+    (on a call another node forwarded, the host it reached that node by)."""
+    public = request.app[CONFIG].public_url
+    if public:
+        return PublicUrls(public)
+    scheme, host = request.scheme, request.host
+    if "X-Forwarded-Node" in request.headers:
+        scheme = request.headers.get("X-Forwarded-Proto", scheme)
+        host = request.headers.get("X-Forwarded-Host", host)
+    return PublicUrls(f"{scheme}://{host}")
 
 
 def parse_session_id(request: web.Request) -> uuid.UUID:

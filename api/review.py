@@ -9,6 +9,8 @@ decisions in its reviewer's name. The pages that use this are
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import logging
 import time
 import uuid
@@ -93,10 +95,21 @@ async def get_review(request: web.Request) -> web.Response:
         "report": row.interview_report,
         "review": {k: v for k, v in review.items() if k != "flags"},
         "you": {"reviewer": request[REVIEWER].name, "can_decide": request[REVIEWER].can_decide},
-        "media_token": (await request.app[REVIEW_KEYS].tokens()).mint(
-            session_id, ReviewScope.READ, request[REVIEWER].name, ttl_s=MEDIA_TOKEN_TTL_S),
+        "media_token": await _media_token(request, session_id),
     }
     return web.json_response(body, headers={"Cache-Control": "private, no-store"})
+
+
+async def _media_token(request: web.Request, session_id: uuid.UUID) -> str:
+    """A read-only token for the page's media URLs: MEDIA_TOKEN_TTL_S, and
+    never past the caller's own token (so it cannot renew an expiring one)."""
+    reviewer = request[REVIEWER]
+    now = time.time()
+    ttl_s = MEDIA_TOKEN_TTL_S
+    if reviewer.expires_at is not None:
+        ttl_s = min(ttl_s, reviewer.expires_at - now)
+    tokens = await request.app[REVIEW_KEYS].tokens()
+    return tokens.mint(session_id, ReviewScope.READ, reviewer.name, ttl_s=ttl_s, now=now)
 
 
 async def put_flag(request: web.Request) -> web.Response:
@@ -149,7 +162,8 @@ async def _add_decision(request: web.Request, session_id: uuid.UUID, flag: int |
                         fields: dict[str, Any]) -> Decision | None:
     try:
         return await request.app[STORE].add_decision(
-            session_id, flag, decision, note, _decided_by(request, fields))
+            session_id, flag, decision, note, _decided_by(request, fields),
+            bounded=not request[REVIEWER].by_key)
     except DecisionLogFull:
         raise json_error(web.HTTPConflict, f"session {session_id}'s review log is full "
                                            f"({MAX_DECISIONS} decisions)") from None
@@ -247,18 +261,21 @@ async def list_sessions(request: web.Request) -> web.Response:
 
 
 def _encode_cursor(start_time: datetime | None, session_id: uuid.UUID) -> str:
-    """Where a page ended, opaque to the caller: `<start time or ->~<id>`."""
-    return f"{'-' if start_time is None else start_time.isoformat()}~{session_id}"
+    """Where a page ended, opaque to the caller and safe in a URL as it is:
+    base64url of `<start time or ->~<id>`."""
+    plain = f"{'-' if start_time is None else start_time.isoformat()}~{session_id}"
+    return base64.urlsafe_b64encode(plain.encode()).decode().rstrip("=")
 
 
 def _cursor(raw: str) -> tuple[datetime | None, uuid.UUID]:
-    when, _, sid = raw.rpartition("~")
     try:
+        plain = base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)).decode()
+        when, _, sid = plain.rpartition("~")
         start = None if when == "-" else datetime.fromisoformat(when)
         if start is not None and start.tzinfo is None:
             raise ValueError(when)
         return start, uuid.UUID(sid)
-    except ValueError:
+    except (ValueError, binascii.Error):  # (UnicodeDecodeError is a ValueError)
         raise json_error(web.HTTPBadRequest,
                          "after must be the `next` of a previous page") from None
 

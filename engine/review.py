@@ -119,6 +119,7 @@ class Reviewer:
     name: str
     can_decide: bool
     by_key: bool = False  # the API key (or local mode), not a review token
+    expires_at: int | None = None  # the token's (Unix seconds); None for the API key
 
 
 class ReviewTokens:

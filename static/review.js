@@ -363,7 +363,17 @@ async function start() {
   }
   state.token = takeToken() || await tokenFromKey();
   try {
-    await load();
+    try {
+      await load();
+    } catch (error) {
+      // A token kept from an earlier visit may have expired: with the API key
+      // in this tab (the sessions list), mint a fresh one and try once more.
+      if (error.status !== 401) throw error;
+      const fresh = await tokenFromKey();
+      if (!fresh) throw error;
+      state.token = fresh;
+      await load();
+    }
   } catch (error) {
     $('loading').hidden = true;
     problem(error.status === 401 || error.status === 403

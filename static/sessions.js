@@ -24,20 +24,47 @@ function clock(seconds) {
 }
 
 const PAGE = 50;
-let next = null; // the list's `next`: where the following page starts
+// The list shown: the filters its first page was asked with, where the next
+// page starts (`next`), and which request is the current one.
+const shown = { filters: null, next: null, request: 0 };
 
-async function list(more = false) {
-  const params = new URLSearchParams({ limit: String(PAGE) });
-  if (more && next) params.set('after', next);
+function filters() {
+  const params = new URLSearchParams();
   const status = $('status').value;
   const review = $('review-status').value;
   if (status) params.set('status', status);
   if (review) params.set('review_status', review);
   if ($('since').value) params.set('since', `${$('since').value}T00:00:00Z`);
   if ($('until').value) params.set('until', `${$('until').value}T23:59:59Z`);
+  return params;
+}
+
+function filtersOf(params) {
+  const copy = new URLSearchParams(params);
+  copy.delete('after');
+  return copy.toString();
+}
+
+async function list(more = false) {
+  const request = ++shown.request;
+  $('more').disabled = true; // one "More" at a time
+  try {
+    await fill(more, request);
+  } finally {
+    if (request === shown.request) $('more').disabled = false;
+  }
+}
+
+async function fill(more, request) {
+  // "More" goes on with the filters of the list on screen, not the form's
+  // (edited but not submitted); a newer request makes an older one moot.
+  const params = new URLSearchParams(more ? shown.filters : filters());
+  params.set('limit', String(PAGE));
+  if (more) params.set('after', shown.next);
   const headers = {};
   if (key()) headers.Authorization = `Bearer ${key()}`;
   const resp = await fetch(`/sessions?${params}`, { headers, cache: 'no-store' });
+  if (request !== shown.request) return;
   if (resp.status === 401) {
     try { sessionStorage.removeItem(KEY_SLOT); } catch { /* none */ }
     $('key-form').hidden = false;
@@ -46,6 +73,7 @@ async function list(more = false) {
     return;
   }
   const body = await resp.json();
+  if (request !== shown.request) return;
   if (!resp.ok) {
     problem(body.error || `${resp.status}`);
     return;
@@ -67,12 +95,16 @@ async function list(more = false) {
     li.append(link, meta);
     return li;
   });
-  if (more) $('sessions').append(...items);
-  else $('sessions').replaceChildren(...items);
-  next = body.next;
-  $('more').hidden = !next;
-  const shown = $('sessions').children.length;
-  $('count').textContent = `${shown} interview${shown === 1 ? '' : 's'}${next ? ', more below' : ''}`;
+  if (more) {
+    $('sessions').append(...items);
+  } else {
+    $('sessions').replaceChildren(...items);
+    shown.filters = filtersOf(params);
+  }
+  shown.next = body.next;
+  $('more').hidden = !shown.next;
+  const count = $('sessions').children.length;
+  $('count').textContent = `${count} interview${count === 1 ? '' : 's'}${shown.next ? ', more below' : ''}`;
 }
 
 $('key-form').addEventListener('submit', (event) => {

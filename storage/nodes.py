@@ -86,13 +86,14 @@ DELETE FROM server_nodes n WHERE node_id = ANY($1::text[]) AND NOT EXISTS (
 
 # Take a session over: only from a node whose heartbeat stopped (or none),
 # and never one whose row names a live recorder other than the claimant (a
-# session that started there too lately to be in its heartbeat yet).
+# session that started there too lately to be in its heartbeat yet), unless
+# that node is draining (what it let go may go on elsewhere).
 _CLAIM = """
 INSERT INTO node_sessions (session_id, node_id)
 SELECT $1, $2 WHERE NOT EXISTS (
     SELECT 1 FROM interview_sessions i
     JOIN server_nodes n ON n.node_id = i.session_information->>'server_instance'
-    WHERE i.session_id = $1 AND n.node_id <> $2
+    WHERE i.session_id = $1 AND n.node_id <> $2 AND NOT n.draining
     AND n.heartbeat_at > now() - make_interval(secs => $3))
 ON CONFLICT (session_id) DO UPDATE SET node_id = EXCLUDED.node_id, since = now()
 WHERE node_sessions.node_id = EXCLUDED.node_id OR NOT EXISTS (

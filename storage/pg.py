@@ -93,8 +93,9 @@ CREATE TABLE IF NOT EXISTS node_sessions (
 );
 """
 
-# The log of one session is bounded (a leaked decide token cannot grow it
-# without end); past the bound nothing is inserted.
+# The log of one session is bounded for review tokens (a leaked decide
+# token cannot grow it without end); past the bound nothing is inserted.
+# The API key holder may go on (and so is never locked out by one).
 MAX_DECISIONS = 1000
 _INSERT_DECISION = """
 INSERT INTO interview_review_decisions (session_id, flag_index, decision, note, decided_by)
@@ -353,15 +354,17 @@ class SessionStore:
 
     async def add_decision(
         self, session_id: uuid.UUID, flag: int | None, decision: str, note: str | None,
-        decided_by: str,
+        decided_by: str, *, bounded: bool = True,
     ) -> Decision | None:
         """Log a review decision; None when the session has no row (yet).
 
-        Raises `DecisionLogFull` past `MAX_DECISIONS` entries for the session.
+        Raises `DecisionLogFull` past `MAX_DECISIONS` entries for the session
+        (unless not `bounded`: the API key holder's decisions).
         """
+        bound = MAX_DECISIONS if bounded else 2**31 - 1
         try:
             record = await self._fetchrow(
-                _INSERT_DECISION, session_id, flag, decision, note, decided_by, MAX_DECISIONS)
+                _INSERT_DECISION, session_id, flag, decision, note, decided_by, bound)
         except asyncpg.ForeignKeyViolationError:
             return None
         if record is None:

@@ -47,7 +47,8 @@ from engine.session import SessionRow
 from storage.files import fsync_directory, write_atomically
 
 __all__ = [
-    "INTERVIEW_ENDED", "REVIEW_DECIDED", "RetryPolicy", "WebhookSender", "interview_ended_event",
+    "INTERVIEW_ENDED", "REVIEW_DECIDED", "RetryPolicy", "WebhookSender", "ended_event_id",
+    "interview_ended_event",
     "sign", "verify",
 ]
 
@@ -84,8 +85,9 @@ def verify(secret: str, header: str, body: bytes, *, tolerance_s: float = 300,
         return False  # a replay of an old request
     expected = sign(secret, timestamp, body).rpartition("v1=")[2]
     # Any v1 may match: a sender rotating its secret may send two.
-    # Bytes: compare_digest refuses a str that is not ASCII (a hostile header).
-    return any(hmac.compare_digest(expected.encode(), given.encode())
+    # Bytes: compare_digest refuses a str that is not ASCII (a hostile header;
+    # aiohttp hands undecodable header bytes over as surrogate escapes).
+    return any(hmac.compare_digest(expected.encode(), given.encode("utf-8", "surrogateescape"))
                for given in fields.get("v1", []))
 
 
@@ -102,10 +104,16 @@ def interview_ended_event(row: SessionRow) -> tuple[str, dict[str, Any]]:
         "anomalies": len(anomalies) if isinstance(anomalies, list) else 0,
         "recording_url": row.recording_url,
     }
-    # An ending is reported once: whichever path reports it, the id is the
-    # same. An interrupted interview may still go on on another node and end
-    # completed later: that is a second ending, with its own id.
-    return str(uuid.uuid5(row.session_id, f"{INTERVIEW_ENDED}:{row.status}")), data
+    # An ending is reported once: whichever path reports it (the node, a
+    # sweep, a restart), the row and so the id are the same. An interrupted
+    # interview may still go on on another node (a new run) and end again
+    # later: that is another ending, with its own id.
+    return ended_event_id(row.session_id, row.status, info.get("server_run")), data
+
+
+def ended_event_id(session_id: uuid.UUID, status: str, server_run: str | None) -> str:
+    """The `interview.ended` id of one ending: a session, its final status, the run that ended it."""
+    return str(uuid.uuid5(session_id, f"{INTERVIEW_ENDED}:{status}:{server_run or ''}"))
 
 
 @dataclass(frozen=True)

@@ -244,3 +244,29 @@ async def _status_is(client: TestClient, path: str, status: int) -> bool:
     resp = await client.get(path, headers=KEY)
     await resp.read()
     return resp.status == status
+
+
+async def test_local_mode_nodes_forward_to_each_other(
+    make_client: AppFactory, db: asyncpg.Connection, tmp_path: Path
+):
+    """Without an API key a node checks the Host it is called by: a forwarded
+    call keeps the node's own, and the caller's goes as X-Forwarded-Host."""
+    nodes = []
+    for name in ("a", "b"):
+        client = await live_client(make_client, data_dir=tmp_path / name, **FAST)
+        client.server.app[NODE].url = str(client.make_url("")).rstrip("/")
+        nodes.append(client)
+    a, b = nodes
+    created = await new_session(a)
+    sid = created["session_id"]
+    candidate = Candidate(SpeechTrack(CLIP.with_suffix(".wav")), None)
+    await candidate.join(a, sid)
+    try:
+        await _until(lambda: db.fetchval(
+            "SELECT node_id FROM node_sessions WHERE session_id = $1", uuid.UUID(sid)))
+        resp = await b.post(f"/sessions/{sid}/review-tokens", json={})
+        assert resp.status == 201, await resp.text()
+        assert resp.headers["X-Node"] == a.server.app[NODE].node_id
+        assert (await resp.json())["review_url"].startswith(str(b.make_url("/review/")))
+    finally:
+        await candidate.close()

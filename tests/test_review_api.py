@@ -156,6 +156,13 @@ async def test_a_minted_token_expires_when_asked(make_client: AppFactory,
                                        json={})).json()
     left = (datetime.fromisoformat(default["expires_at"]) - datetime.now(timezone.utc))
     assert 3500 < left.total_seconds() <= 3600  # REVIEW_TOKEN_TTL_S
+    # The review's media token never outlives the token that asked for it.
+    short = {"Authorization": f"Bearer {minted['token']}"}
+    review = await (await client.get(f"/sessions/{sid}/review", headers=short)).json()
+    payload = review["media_token"].split(".")[0]
+    scope, _, media_expiry = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    assert scope == "read"
+    assert media_expiry <= datetime.fromisoformat(minted["expires_at"]).timestamp()
     for bad in (0, 59, 10**9, "60", True, None):
         resp = await client.post(f"/sessions/{sid}/review-tokens", headers=KEY,
                                  json={"ttl_s": bad})
@@ -301,16 +308,21 @@ async def test_the_decision_log_of_a_session_is_bounded(make_client: AppFactory,
     await db.executemany(
         "INSERT INTO interview_review_decisions (session_id, flag_index, decision, decided_by)"
         " VALUES ($1, NULL, 'in_review', 'x')", [(sid,)] * (MAX_DECISIONS - 1))
-    last = await client.put(f"/sessions/{sid}/review", json={"status": "cleared"}, headers=KEY)
+    token = {"Authorization": f"Bearer {await _token(client, sid, scope='decide')}"}
+    last = await client.put(f"/sessions/{sid}/review", json={"status": "cleared"}, headers=token)
     assert last.status == 200, await last.text()  # the last one that fits
     refused = await client.put(f"/sessions/{sid}/flags/0", json={"decision": "dismissed"},
-                               headers=KEY)
+                               headers=token)
     assert refused.status == 409 and "full" in (await refused.json())["error"]
     count = await db.fetchval(
         "SELECT count(*) FROM interview_review_decisions WHERE session_id = $1", sid)
     assert count == MAX_DECISIONS
     review = await (await client.get(f"/sessions/{sid}/review", headers=KEY)).json()
     assert review["review"]["status"] == "cleared"  # what was logged stays
+    # The API key holder is not locked out by a full log.
+    by_key = await client.put(f"/sessions/{sid}/flags/0", json={"decision": "dismissed"},
+                              headers=KEY)
+    assert by_key.status == 200
 
 
 async def test_the_sessions_list_pages_without_repeating_or_skipping(

@@ -21,7 +21,9 @@ from engine.registry import InterviewTable
 from engine.session import InterviewSession, SessionRow
 from storage.outbox import Outbox
 from storage.pg import SessionStore
-from storage.webhooks import REVIEW_DECIDED, RetryPolicy, WebhookSender, sign, verify
+from storage.webhooks import (
+    REVIEW_DECIDED, RetryPolicy, WebhookSender, ended_event_id, sign, verify,
+)
 from storage.writer import SessionWriter
 from testing import start_server
 from tests.conftest import REPO, AppFactory
@@ -127,6 +129,7 @@ def test_signature_round_trip_and_what_breaks_it():
     old = sign(SECRET, now - 301, body)
     assert not verify(SECRET, old, body)  # a replay, too old
     assert not verify(SECRET, f"t={now},v1=\u00e9\u00e9", body)  # not hex, not even ASCII
+    assert not verify(SECRET, f"t={now},v1=\udcff", body)  # undecodable header bytes
     assert verify(SECRET, old, body, tolerance_s=600)
     assert not verify(SECRET, header, body, now=now + 400)
     for broken in ("", "t=abc,v1=00", f"v1={header.rpartition('v1=')[2]}", f"t={now}"):
@@ -293,8 +296,10 @@ async def test_an_ended_interview_posts_one_signed_event(make_client: AppFactory
         await receiver.wait_delivered(1)
         await asyncio.sleep(0.3)  # time for a wrong second delivery
         metrics = await (await client.get("/metrics")).text()
+        row = await (await client.get(f"/sessions/{sid}")).json()
     [event] = receiver.delivered
-    assert event["id"] == str(uuid.uuid5(uuid.UUID(sid), "interview.ended:completed"))
+    run = row["session_information"]["server_run"]
+    assert run and event["id"] == ended_event_id(uuid.UUID(sid), "completed", run)
     assert event["type"] == "interview.ended"
     data = event["data"]
     assert data["session_id"] == sid and data["status"] == "completed"
@@ -432,7 +437,12 @@ async def test_an_event_arrives_once_after_the_receiver_was_down_across_a_restar
             delivered = 'interview_webhook_attempts_total{outcome="delivered"}'
             assert await metric(http, server.url, delivered) == 2
             await asyncio.sleep(1.0)  # time for a wrong second delivery
-    expected = {str(uuid.uuid5(uuid.UUID(sid), "interview.ended:completed")) for sid in sids}
+            runs = {}
+            for sid in sids:
+                async with http.get(f"{server.url}/sessions/{sid}") as resp:
+                    runs[sid] = (await resp.json())["session_information"]["server_run"]
+    # The first process's run ended them; the id does not change with the restart.
+    expected = {ended_event_id(uuid.UUID(sid), "completed", runs[sid]) for sid in sids}
     assert sorted(receiver.ids()) == sorted(expected)  # each id delivered once
     assert {e["data"]["session_id"] for e in receiver.delivered} == set(sids)
     assert receiver.bad_signatures == 0

@@ -338,7 +338,7 @@ class ReviewRun:
         first_page = await page.locator("#sessions li").count()
         await page.locator("#more").scroll_into_view_if_needed()
         await page.screenshot(path=str(self.shots / "28-sessions-more.png"))  # the viewport
-        await page.locator("#more").click()
+        await page.locator("#more").dblclick()  # a double click adds one page, not two
         item = page.locator(f'#sessions li[data-session="{sid}"]')
         await item.wait_for(timeout=10000)
         text = await item.inner_text()
