@@ -160,7 +160,8 @@ class Node:
         if session is None or age > self.continue_within_s:
             return None
         async with self._holding_lock:
-            if not await self.directory.claim(row.session_id, self.node_id):
+            kept = len(session.anomalies_detected)
+            if not await self.directory.claim(row.session_id, self.node_id, kept_flags=kept):
                 return None  # a live node holds it (or just took it)
             session.server_instance = self.node_id
             session.server_run = self._run_id

@@ -103,6 +103,16 @@ RETURNING node_id
 """
 
 
+# Decisions about flags the dead node had not checkpointed: those anomalies
+# are gone, and the survivor's next ones take their numbers. Each such flag
+# is set open again, in the log, saying why.
+_VOID_LOST_FLAGS = """
+INSERT INTO interview_review_decisions (session_id, flag_index, decision, note, decided_by)
+SELECT DISTINCT $1::uuid, flag_index, 'open', $3, 'system'
+FROM interview_review_decisions WHERE session_id = $1 AND flag_index >= $2
+"""
+
+
 @dataclass(frozen=True)
 class NodeBeat:
     """What a node says of itself in each heartbeat."""
@@ -164,11 +174,22 @@ class NodeDirectory:
             record = await conn.fetchrow(_OWNER, session_id, self.dead_after_s)
         return None if record is None else NodeInfo(*record.values())
 
-    async def claim(self, session_id: uuid.UUID, node_id: str) -> bool:
+    async def claim(self, session_id: uuid.UUID, node_id: str,
+                    kept_flags: int | None = None) -> bool:
         """Hold `session_id` from now on, unless a live node holds it (atomic:
-        of two nodes claiming at once, one wins)."""
-        async with self._store.connection() as conn:
+        of two nodes claiming at once, one wins).
+
+        `kept_flags`: a takeover from a checkpoint that kept this many flags;
+        in the same transaction, review decisions about later flags (lost
+        with the node) are set open again.
+        """
+        async with self._store.connection() as conn, conn.transaction():
             won = await conn.fetchval(_CLAIM, session_id, node_id, self.dead_after_s)
+            if won == node_id and kept_flags is not None:
+                await conn.execute(
+                    _VOID_LOST_FLAGS, session_id, kept_flags,
+                    "the flag this decision was about was lost with the node that recorded "
+                    "it; a later flag took its number")
         return bool(won == node_id)
 
     async def nodes(self) -> list[NodeInfo]:

@@ -270,3 +270,36 @@ async def test_local_mode_nodes_forward_to_each_other(
         assert (await resp.json())["review_url"].startswith(str(b.make_url("/review/")))
     finally:
         await candidate.close()
+
+
+async def test_a_takeover_reopens_decisions_about_flags_it_lost(
+    make_client: AppFactory, db: asyncpg.Connection, tmp_path: Path
+):
+    """Flags the dead node had not checkpointed are gone, and the survivor's
+    next anomalies take their numbers: decisions about them are set open
+    again, in the log, so they cannot stick to another anomaly."""
+    client = await _node(make_client, tmp_path, "b")
+    node = client.server.app[NODE]
+    await _until(lambda: db.fetchval("SELECT 1 FROM server_nodes WHERE node_id = $1",
+                                     node.node_id))
+    sid = uuid.uuid4()
+    info = json.dumps({"job_role": "x", "server_instance": "a",
+                       "anomalies_detected": [{"type": "multiple_persons"}]})
+    await db.execute(
+        "INSERT INTO interview_sessions (session_id, start_time, status, session_information)"
+        " VALUES ($1, now(), 'interrupted', $2::jsonb)", sid, info)
+    for flag in (0, 1, 2):  # decided on the live row, which had 3 flags
+        await db.execute(
+            "INSERT INTO interview_review_decisions (session_id, flag_index, decision,"
+            " decided_by) VALUES ($1, $2, 'dismissed', 'alice')", sid, flag)
+    assert await node.directory.claim(sid, node.node_id, kept_flags=1)
+    latest = dict(await db.fetch(
+        "SELECT DISTINCT ON (flag_index) flag_index, decision FROM interview_review_decisions"
+        " WHERE session_id = $1 ORDER BY flag_index, decision_id DESC", sid))
+    assert latest == {0: "dismissed", 1: "open", 2: "open"}
+    voided = await db.fetch("SELECT decided_by, note FROM interview_review_decisions"
+                            " WHERE session_id = $1 AND decision = 'open'", sid)
+    assert {r["decided_by"] for r in voided} == {"system"}
+    assert all("lost" in r["note"] for r in voided)
+    assert await db.fetchval("SELECT count(*) FROM interview_review_decisions"
+                             " WHERE session_id = $1", sid) == 5  # nothing deleted
