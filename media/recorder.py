@@ -29,7 +29,8 @@ The container opens when the first video frame fixes the picture size
 (audio waits in the mix until then), or with audio only after
 `video_wait_s` without video, or at close. No frame at all means no file.
 The file is written as `<path>.part` and renamed when it is complete, so a
-reader never sees a half-written recording.
+reader never sees a half-written recording. A `.part` an earlier process
+left (killed mid-interview) is kept aside as `<id>.interrupted-<n>.webm`.
 """
 
 from __future__ import annotations
@@ -282,6 +283,21 @@ class SessionRecorder:
         self._output = writer.finish()
 
 
+def _keep_aside(part: Path, path: Path) -> None:
+    """A `.part` already there is what an earlier process left of this
+    session's recording (it was killed; with a shared MEDIA_DIR, on another
+    node that this one took the interview over from): keep it, as
+    `<id>.interrupted-<n>.webm`, rather than write over it."""
+    if not part.exists():
+        return
+    stem = path.name.removesuffix(".webm")
+    n = 1
+    while (kept := path.with_name(f"{stem}.interrupted-{n}.webm")).exists():
+        n += 1
+    os.replace(part, kept)
+    log.warning("kept an earlier, unfinished recording of this session as %s", kept)
+
+
 class _Writer:
     """Writer-thread state: converters, the audio mix and the lazily opened output."""
 
@@ -361,6 +377,7 @@ class _Writer:
             self._stats.video_frames_written += 1
 
     def _open(self, size: tuple[int, int] | None) -> _Output:
+        _keep_aside(self._part, self._path)
         self._out = _Output(self._part, size, self._settings)
         return self._out
 

@@ -303,3 +303,23 @@ def test_settings_are_validated_eagerly():
         RecorderSettings(max_fps=0)
     with pytest.raises(ValueError, match="mix_delay_s"):
         RecorderSettings(audio_gap_s=1.0, mix_delay_s=0.5)
+
+
+async def test_an_unfinished_recording_left_by_a_killed_process_is_kept(
+    tmp_path: Path, loop_errors: list[dict[str, Any]]
+):
+    """A node killed mid-interview leaves `<id>.webm.part`; the node that goes
+    on with the interview (a shared MEDIA_DIR) records anew beside it."""
+    left = tmp_path / "s1.webm.part"
+    left.write_bytes(b"\x1a\x45\xdf\xa3 what the killed process wrote")
+    frame, _ = camera_frame(PHOTO, (640, 480))
+    recorder = SessionRecorder(tmp_path / "s1.webm", RecorderSettings(max_fps=10))
+    play(paced([frame] * 30, 0.0, 1 / 30, recorder.add_candidate_video))
+    path = await recorder.close()
+
+    assert path == tmp_path / "s1.webm"
+    kept = tmp_path / "s1.interrupted-1.webm"
+    assert kept.read_bytes() == b"\x1a\x45\xdf\xa3 what the killed process wrote"
+    with av.open(str(path)) as container:
+        assert len(list(container.decode(video=0))) == 10
+    assert not left.exists() and not loop_errors
