@@ -21,7 +21,7 @@ from playwright.async_api import BrowserContext, Page, async_playwright
 from media.ice import use_loopback_only
 from testing import Candidate, SpeechTrack, start_server
 from tests.browser.driver import (
-    CHROMIUM, CHROMIUM_ARGS, RAW_AUDIO, connection_state, create_session, open_interview,
+    connection_state, create_session, driver_args, launch_browser, open_interview,
     start_by_keyboard,
 )
 from tests.browser.media import fake_camera, fake_microphone
@@ -52,13 +52,8 @@ class Run:
             async_playwright() as pw,
         ):
             self.url = proc.url
-            self.context = await pw.chromium.launch_persistent_context(
-                user_data_dir=str(self.work / "profile"), executable_path=CHROMIUM,
-                headless=True, viewport={"width": 1000, "height": 800},
-                args=[*CHROMIUM_ARGS, f"--use-file-for-fake-video-capture={camera}",
-                      f"--use-file-for-fake-audio-capture={microphone}%noloop"],
-            )
-            await self.context.add_init_script(RAW_AUDIO)
+            self.context = await launch_browser(pw, self.work / "profile", camera, microphone,
+                                                (1000, 800))
             try:
                 await self.wait_for_a_slot()
             finally:
@@ -118,14 +113,8 @@ async def run(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--work", type=Path, required=True)
-    parser.add_argument("--artifacts", type=Path, required=True)
-    parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--photo", type=Path, required=True)
-    parser.add_argument("--timeout", type=float, default=120)
-    args = parser.parse_args()
-    args.artifacts.mkdir(parents=True, exist_ok=True)
+    args = driver_args(__doc__, 120, lambda p: p.add_argument(
+        "--photo", type=Path, required=True, help="the camera's picture"))
     asyncio.run(run(args))
 
 

@@ -19,14 +19,14 @@ import contextlib
 import json
 import subprocess
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 from aiohttp import web
-from playwright.async_api import BrowserContext, Frame, Page, async_playwright
+from playwright.async_api import BrowserContext, Frame, Page, Playwright, async_playwright
 from playwright.async_api import TimeoutError as PlaywrightTimeout
 
 from testing import start_server, transcript_of, wer
@@ -146,6 +146,36 @@ def set_loopback(state: str) -> None:
     subprocess.run(["ip", "link", "set", "lo", state], check=True)
 
 
+# -- the browser -------------------------------------------------------------------
+
+
+async def launch_browser(pw: Playwright, profile: Path, camera: Path, microphone: Path,
+                         viewport: tuple[int, int]) -> BrowserContext:
+    """Chromium with the fake camera and microphone playing these files."""
+    context = await pw.chromium.launch_persistent_context(
+        user_data_dir=str(profile), executable_path=CHROMIUM, headless=True,
+        viewport={"width": viewport[0], "height": viewport[1]},
+        args=[*CHROMIUM_ARGS, f"--use-file-for-fake-video-capture={camera}",
+              f"--use-file-for-fake-audio-capture={microphone}%noloop"],
+    )
+    await context.add_init_script(RAW_AUDIO)
+    return context
+
+
+def driver_args(doc: str, timeout_s: float,
+                extra: Callable[[argparse.ArgumentParser], None]) -> argparse.Namespace:
+    """A driver's command line: --work, --artifacts, --out, --timeout and `extra`'s."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--work", type=Path, required=True, help="a fresh scratch directory")
+    parser.add_argument("--artifacts", type=Path, required=True, help="screenshots and logs")
+    parser.add_argument("--out", type=Path, required=True, help="where the JSON results go")
+    parser.add_argument("--timeout", type=float, default=timeout_s)
+    extra(parser)
+    args = parser.parse_args()
+    args.artifacts.mkdir(parents=True, exist_ok=True)
+    return args
+
+
 # -- the page ---------------------------------------------------------------------
 
 
@@ -211,16 +241,8 @@ class Run:
             async_playwright() as pw,
         ):
             self.checks.mark("server_up")
-            self.context = await pw.chromium.launch_persistent_context(
-                user_data_dir=str(self.work / "profile"),
-                executable_path=CHROMIUM,
-                headless=True,
-                viewport={"width": 1000, "height": 800},
-                args=[*CHROMIUM_ARGS,
-                      f"--use-file-for-fake-video-capture={camera}",
-                      f"--use-file-for-fake-audio-capture={microphone}%noloop"],
-            )
-            await self.context.add_init_script(RAW_AUDIO)
+            self.context = await launch_browser(pw, self.work / "profile", camera, microphone,
+                                                (1000, 800))
             try:
                 await self.interview()
                 await guarded(self.checks, "tab_closed_saved", self.tab_closed())
@@ -400,14 +422,8 @@ async def run(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--work", type=Path, required=True, help="a fresh scratch directory")
-    parser.add_argument("--artifacts", type=Path, required=True, help="screenshots and logs")
-    parser.add_argument("--out", type=Path, required=True, help="where the JSON results go")
-    parser.add_argument("--photo", type=Path, required=True, help="the camera's picture")
-    parser.add_argument("--timeout", type=float, default=150)
-    args = parser.parse_args()
-    args.artifacts.mkdir(parents=True, exist_ok=True)
+    args = driver_args(__doc__, 150, lambda p: p.add_argument(
+        "--photo", type=Path, required=True, help="the camera's picture"))
     asyncio.run(run(args))
 
 

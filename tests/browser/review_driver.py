@@ -32,7 +32,7 @@ from playwright.async_api import BrowserContext, Page, async_playwright
 
 from testing import start_server, transcript_of, wer
 from tests.browser.driver import (
-    CHROMIUM, CHROMIUM_ARGS, RAW_AUDIO, Checks, candidate_words, connection_state, guarded,
+    Checks, candidate_words, connection_state, driver_args, guarded, launch_browser,
     open_interview, poll, run_checks, start_by_keyboard,
 )
 from tests.browser.media import fake_microphone
@@ -111,13 +111,8 @@ class ReviewRun:
             async_playwright() as pw,
         ):
             self.url = proc.url
-            self.context = await pw.chromium.launch_persistent_context(
-                user_data_dir=str(self.work / "profile"), executable_path=CHROMIUM,
-                headless=True, viewport={"width": 1100, "height": 900},
-                args=[*CHROMIUM_ARGS, f"--use-file-for-fake-video-capture={camera}",
-                      f"--use-file-for-fake-audio-capture={microphone}%noloop"],
-            )
-            await self.context.add_init_script(RAW_AUDIO)
+            self.context = await launch_browser(pw, self.work / "profile", camera, microphone,
+                                                (1100, 900))
             try:
                 created = await self.interview()
                 if created is not None:
@@ -367,16 +362,13 @@ async def run(args: argparse.Namespace) -> None:
     await run_checks(args.out, args.timeout, lambda checks: ReviewRun(args, checks).main())
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--work", type=Path, required=True)
-    parser.add_argument("--artifacts", type=Path, required=True)
-    parser.add_argument("--out", type=Path, required=True)
+def _photos(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--first", type=Path, required=True, help="the camera's first photo")
     parser.add_argument("--second", type=Path, required=True, help="then this one")
-    parser.add_argument("--timeout", type=float, default=170)
-    args = parser.parse_args()
-    args.artifacts.mkdir(parents=True, exist_ok=True)
+
+
+def main() -> None:
+    args = driver_args(__doc__, 170, _photos)
     started = time.monotonic()
     asyncio.run(run(args))
     print(f"review run took {time.monotonic() - started:.1f}s", flush=True)
