@@ -8,9 +8,9 @@ everything else goes to the first live worker. While a session's worker is
 down, a read of it is answered by a live worker from the database and any
 other call gets a JSON `503` with `Retry-After`: the same rule, the same node
 directory and the same fallback as several machines behind HAProxy
-(`deploy/haproxy.cfg`, `api/forward.py`), on one machine. The API key is checked here
-before any body is read, and no body larger than the worker's own limits is
-buffered. The workers themselves (their processes, links and restarts) are
+(`deploy/haproxy.cfg`, `api/forward.py`), on one machine. The API key is
+checked here before any body is read, and no body larger than the worker's
+own limits is buffered. The workers themselves (their processes, links and restarts) are
 `workers.py`'s.
 """
 
@@ -178,10 +178,16 @@ async def _read_body(request: web.Request, limit: int) -> bytes | None:
     return bytes(data)
 
 
+def _passed_on(request: web.Request) -> dict[str, str]:
+    """The request's headers a worker gets: end to end ones, Host and Origin
+    included (a local-mode worker checks them), never a client's X-Forwarded-Node."""
+    return {k: v for k, v in request.headers.items()
+            if k.lower() not in _HOP_BY_HOP and k.lower() != _FORWARDED}
+
+
 async def forward(request: web.Request, front: Front, worker: Worker,
                   body: bytes, *, stand_in: bool = False) -> web.StreamResponse:
-    headers = {k: v for k, v in request.headers.items()
-               if k.lower() not in _HOP_BY_HOP and k.lower() != _FORWARDED}
+    headers = _passed_on(request)
     if stand_in:
         # Answer there: the owner's socket (held here while it restarts)
         # would keep a forwarded call waiting.
@@ -222,9 +228,7 @@ async def drain(request: web.Request) -> web.Response:
     up = [w for w in front.workers if w.state == "up"]
     if not up:
         return unavailable(None)
-    # As any forwarded call: Host and Origin too, which a local-mode worker checks.
-    headers = {k: v for k, v in request.headers.items()
-               if k.lower() not in _HOP_BY_HOP and k.lower() != _FORWARDED}
+    headers = _passed_on(request)
     answers = await asyncio.gather(*(_call(front, w, request.method, request.path_qs,
                                            headers, body) for w in up))
     reports = [{"worker": w.index, "status": status, **answer}

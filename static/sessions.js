@@ -1,8 +1,9 @@
 /**
  * The sessions list (`/review`) for the API key holder: recent interviews
  * with their status, length, open flags and review status, filtered by
- * status and date, each linking to its review page, a page of 50 at a time. The key is kept in this
- * tab's sessionStorage only; the review pages it opens read it from there.
+ * status and date, each linking to its review page, a page of 50 at a
+ * time. The key is kept in this tab's sessionStorage only; the review pages
+ * it opens read it from there.
  */
 
 const $ = (id) => document.getElementById(id);
@@ -104,7 +105,8 @@ async function fill(more, request) {
   shown.next = body.next;
   $('more').hidden = !shown.next;
   const count = $('sessions').children.length;
-  $('count').textContent = `${count} interview${count === 1 ? '' : 's'}${shown.next ? ', more below' : ''}`;
+  const plural = count === 1 ? '' : 's';
+  $('count').textContent = `${count} interview${plural}${shown.next ? ', more below' : ''}`;
 }
 
 $('key-form').addEventListener('submit', (event) => {

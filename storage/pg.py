@@ -22,8 +22,8 @@ import asyncpg
 from engine.review import Decision
 from engine.session import SessionRow
 
-__all__ = ["DatabaseUnavailable", "DecisionLogFull", "MAX_DECISIONS", "SessionStore", "SessionSummary", "Template", "SCHEMA",
-           "refused_for_content"]
+__all__ = ["DatabaseUnavailable", "DecisionLogFull", "MAX_DECISIONS", "SessionStore",
+           "SessionSummary", "Template", "SCHEMA", "refused_for_content"]
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +100,8 @@ MAX_DECISIONS = 1000
 _INSERT_DECISION = """
 INSERT INTO interview_review_decisions (session_id, flag_index, decision, note, decided_by)
 SELECT $1, $2, $3, $4, $5
-WHERE (SELECT count(*) FROM interview_review_decisions WHERE session_id = $1) < $6
+WHERE $6::int IS NULL
+   OR (SELECT count(*) FROM interview_review_decisions WHERE session_id = $1) < $6
 RETURNING decision_id, flag_index, decision, note, decided_by, decided_at
 """
 
@@ -361,10 +362,9 @@ class SessionStore:
         Raises `DecisionLogFull` past `MAX_DECISIONS` entries for the session
         (unless not `bounded`: the API key holder's decisions).
         """
-        bound = MAX_DECISIONS if bounded else 2**31 - 1
         try:
-            record = await self._fetchrow(
-                _INSERT_DECISION, session_id, flag, decision, note, decided_by, bound)
+            record = await self._fetchrow(_INSERT_DECISION, session_id, flag, decision, note,
+                                          decided_by, MAX_DECISIONS if bounded else None)
         except asyncpg.ForeignKeyViolationError:
             return None
         if record is None:

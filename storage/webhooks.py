@@ -112,7 +112,8 @@ def interview_ended_event(row: SessionRow) -> tuple[str, dict[str, Any]]:
 
 
 def ended_event_id(session_id: uuid.UUID, status: str, server_run: str | None) -> str:
-    """The `interview.ended` id of one ending: a session, its final status, the run that ended it."""
+    """The `interview.ended` id of one ending: a session, its final status,
+    the run that ended it."""
     return str(uuid.uuid5(session_id, f"{INTERVIEW_ENDED}:{status}:{server_run or ''}"))
 
 
