@@ -94,11 +94,13 @@ class Config:
     detector_kind: str = "nanodet"
     detector_model: str | None = None
     asr_model: str | None = None
+    asr_cache_dir: Path | None = None  # None: adapters.whisper.default_model_cache()
     asr_threads: int = 1
     asr_workers: int = 1
     # "fit": the Whisper encoder sees the piece plus a margin (3-6x less ASR
-    # CPU, about +1.5 WER points: BENCHMARKS.md); "pad30": every piece at 30 s.
-    asr_encoder: Literal["fit", "pad30"] = "pad30"
+    # CPU than "pad30", every piece at 30 s; with base it reads better than
+    # tiny.en at 30 s: BENCHMARKS.md).
+    asr_encoder: Literal["fit", "pad30"] = "fit"
     asr_fit_margin_s: float = 1.0
     asr_max_pending: int = 64  # transcriptions waiting across sessions; more are dropped
     asr_max_wait_s: float = 5.0  # a piece waiting this long goes before shorter ones
@@ -214,6 +216,7 @@ class Config:
             detector_kind=_choice(env, "DETECTOR", ("nanodet", "yolo"), cls.detector_kind),
             detector_model=_existing_file(env, "DETECTOR_MODEL"),
             asr_model=_optional(env, "ASR_MODEL"),
+            asr_cache_dir=Path(cache) if (cache := _optional(env, "ASR_CACHE_DIR")) else None,
             asr_threads=_positive_int(env, "ASR_THREADS", cls.asr_threads),
             asr_workers=_positive_int(env, "ASR_WORKERS", cls.asr_workers),
             asr_encoder=cast(

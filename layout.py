@@ -11,7 +11,8 @@ client is given; they ask `DataLayout` and `PublicUrls`.
       outbox/quarantine/    rows it refused, outbox files unreadable: kept, not retried
       webhooks/<id>.json    webhook events not delivered yet (WEBHOOK_URL)
       webhooks/failed/      events given up on: kept, not retried
-      models/               ASR models faster-whisper may download by name
+      models/               ASR models joined from packages when the per-user cache
+                            (ASR_CACHE_DIR, ~/.cache/interview-media-server) is not writable
       resumes/<id>.pdf      uploaded resumes
       recordings/<id>.webm  finished recordings (`.webm.part` while recording)
       evidence/<id>/<name>  anomaly evidence pictures

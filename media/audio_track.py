@@ -149,6 +149,7 @@ class AudioTranscriber:
         self._speculation: _Speculation | None = None
         self._speculating: set[asyncio.Task[TranscriptResult]] = set()  # all still running
         self._voiced = False
+        self._end_paused_at: float | None = None  # end_utterance(): for the VAD worker
         self._resampler = av.AudioResampler(format="s16", layout="mono", rate=16000)
         self._frames: StampedQueue[tuple[av.AudioFrame, float] | None] = StampedQueue(max_frames)
         # Each piece travels with the loop time its last voiced frame arrived
@@ -162,6 +163,16 @@ class AudioTranscriber:
             asyncio.create_task(self._vad_worker(), name=f"{name}-audio-vad"),
             asyncio.create_task(self._asr_worker(), name=f"{name}-audio-asr"),
         ]
+
+    def end_utterance(self, end: float) -> None:
+        """The listener took the turn on the paused utterance ending at `end`.
+
+        Commit it now instead of after the VAD's end silence, so its final
+        transcript (the speculative one, when the draft transcriber is the
+        transcriber) follows at once. Done on the VAD worker's next batch of
+        frames, and only if the candidate has not gone on meanwhile.
+        """
+        self._end_paused_at = end
 
     def queue_loads(self) -> dict[str, QueueLoad]:
         """Decoded frames waiting for the VAD, speech pieces waiting for Whisper."""
@@ -226,8 +237,9 @@ class AudioTranscriber:
                 batch.append(self._frames.get_nowait())
             ended = batch[-1] is None
             frames = [item[0] for item in batch if item is not None]
+            end_paused_at, self._end_paused_at = self._end_paused_at, None
             events, frame_ends, voiced, estimates = await loop.run_in_executor(
-                self._vad_executor, self._detect_speech, frames, ended
+                self._vad_executor, self._detect_speech, frames, ended, end_paused_at
             )
             self._arrivals.extend(zip(frame_ends, (item[1] for item in batch if item)))
             if voiced != self._voiced:
@@ -249,17 +261,20 @@ class AudioTranscriber:
         await self._pieces.put(None)
 
     def _detect_speech(
-        self, frames: list[av.AudioFrame], flush: bool
+        self, frames: list[av.AudioFrame], flush: bool, end_paused_at: float | None = None
     ) -> tuple[list[VadEvent], list[float], bool, list[TurnEstimate]]:
         """Worker thread: resample to 16 kHz mono, run the VAD (and the turn probe).
 
         Returns the events, the stream time after each frame, whether the
         voice is on now, and the end-of-turn model's answers that fell due.
+        `end_paused_at`: first end the utterance paused there (`end_utterance`).
         """
         events: list[VadEvent] = []
         frame_ends: list[float] = []
         estimates: list[TurnEstimate] = []
         vad = self._vad
+        if end_paused_at is not None:
+            events += vad.end_paused(end_paused_at)
         for frame in frames:
             for out in self._resampler.resample(frame):
                 pcm = to_float32(cast(npt.NDArray[np.int16], out.to_ndarray().reshape(-1)))

@@ -231,8 +231,15 @@ class WebRtcCall:
             notify=self.peer.send,
             on_finished=lambda: self._on_gone("the interview is over", False),
             on_turn=self._observe_turn,
+            on_answer_taken=self._commit_taken_answer,
         )
         self.conversation.start()
+
+    def _commit_taken_answer(self, span: tuple[float, float]) -> None:
+        # The turn is over: the paused utterance is final now, not after the
+        # VAD's end silence (its speculative transcript is usually done).
+        if self.audio is not None:
+            self.audio.end_utterance(span[1])
 
     def _observe_turn(self, turn: TurnMetrics) -> None:
         metrics = self._runtime.metrics

@@ -7,6 +7,7 @@ transcriber in at this seam instead of patching.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
@@ -30,6 +31,8 @@ from media.video_track import ChangeGate
 
 __all__ = ["MediaModels", "MediaRuntime", "load_models"]
 
+log = logging.getLogger(__name__)
+
 
 def _single(name: str) -> Callable[[], Executor]:
     return lambda: MeteredExecutor(1, name)
@@ -51,7 +54,11 @@ class MediaModels:
 
 def load_models(config: Config) -> MediaModels:
     """Load the detector, Whisper, the VAD and the voice (blocking: seconds)."""
-    model, label = resolve_asr_model(config.asr_model, DataLayout(config.data_dir).models)
+    try:
+        model, label = resolve_asr_model(config.asr_model, config.asr_cache_dir)
+    except OSError as exc:  # no writable per-user cache (e.g. no home directory)
+        log.warning("ASR model cache not writable (%s): joining the model under DATA_DIR", exc)
+        model, label = resolve_asr_model(config.asr_model, DataLayout(config.data_dir).models)
     transcriber = WhisperTranscriber(
         model,
         WhisperSettings(

@@ -192,6 +192,7 @@ async def stream(
             track,
             vad=vad,
             transcriber=whisper,
+            draft_transcriber=whisper.draft(),  # as the server runs it (media/runtime.py)
             vad_executor=vad_executor,
             asr_executor=asr_executor,
             on_transcript=transcripts.append,
@@ -398,9 +399,8 @@ def encoders(args: argparse.Namespace) -> None:
     variants = args.variants.split(",")
     for spec in args.models.split(","):
         path, label = resolve_asr_model(spec, args.cache_dir)
-        settings = WhisperSettings(
-            cpu_threads=args.cpu_threads, device="cpu", compute_type="int8", encoder=args.encoder
-        )
+        settings = WhisperSettings(cpu_threads=args.cpu_threads, device="cpu",
+                                   compute_type="int8", encoder=args.encoder or "pad30")
         whisper = WhisperTranscriber(path, settings)
         texts: dict[str, list[str]] = {v: [] for v in variants}
         pooled: list[tuple[list[Source], list[SpeechSegment]]] = []
@@ -439,8 +439,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="with --encoders")
     parser.add_argument("--batching", action="store_true", help="with --encoders")
     parser.add_argument("--variants", default=",".join(VARIANTS), help="with --encoders")
-    parser.add_argument("--encoder", choices=("fit", "pad30"), default="pad30",
-                        help="the live stream's path; with --encoders --batching, the one batched")
+    parser.add_argument("--encoder", choices=("fit", "pad30"), default=None,
+                        help="the live stream's path (default: the server's); "
+                             "with --encoders --batching, the one batched (default pad30)")
     parser.add_argument("--pieces", default="default VAD,short pieces", help="with --encoders")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -449,15 +450,15 @@ def main() -> None:
         return
 
     path, label = resolve_asr_model(args.model, args.cache_dir)
-    settings = WhisperSettings(
-        cpu_threads=args.cpu_threads, device="cpu", compute_type="int8", encoder=args.encoder
-    )
+    settings = WhisperSettings(cpu_threads=args.cpu_threads, device="cpu", compute_type="int8")
+    if args.encoder is not None:
+        settings = dataclasses.replace(settings, encoder=args.encoder)
     whisper = WhisperTranscriber(path, settings)
     vad = TimedVad(SileroVadModel())
     sources, pcm = build_stream()
     duration = len(pcm) / SAMPLE_RATE
     print(
-        f"model {label} cpu/int8, cpu_threads={args.cpu_threads}; stream {duration:.1f}s "
+        f"model {label} cpu/int8 {settings.decoding}, cpu_threads={args.cpu_threads}; stream {duration:.1f}s "
         f"of 20 ms s16 stereo {TRACK_RATE} Hz frames at {args.speed}x real time; "
         f"end silence {vad.settings.end_silence_ms} ms"
     )

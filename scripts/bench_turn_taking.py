@@ -11,9 +11,9 @@ Answers, all built from tests/data/speech (LibriVox, real recorded speech):
 
 Each answer is fed 20 ms at a time, faster than real time, through the
 server's own parts: the VAD (engine.vad, Silero v6), the turn probe
-(engine.turns.TurnProbe on Smart Turn v3.2) and Whisper tiny.en (the
-committed transcriber, ASR_ENCODER as set, default pad30, and its draft for
-speculative text). Every model call is timed on this machine and the time
+(engine.turns.TurnProbe on Smart Turn v3.2) and Whisper (the committed
+transcriber, ASR_MODEL and ASR_ENCODER as set, default the server's: base,
+fit; and its draft for speculative text). Every model call is timed on this machine and the time
 is added to when its result exists, so a decision never precedes the text
 or the probability it needs. Then, on the same events:
 
@@ -279,8 +279,9 @@ def pct(values: list[float], q: float) -> float:
 _WORKER: dict[str, object] = {}
 
 
-def _load_worker(encoder: Literal["fit", "pad30"], threshold: float, ceiling: float) -> None:
-    committed = WhisperTranscriber(resolve_asr_model(None)[0], WhisperSettings(encoder=encoder))
+def _load_worker(model: str | None, encoder: Literal["fit", "pad30"], threshold: float,
+                 ceiling: float) -> None:
+    committed = WhisperTranscriber(resolve_asr_model(model)[0], WhisperSettings(encoder=encoder))
     _WORKER.update(committed=committed, draft=committed.draft(), vad=SileroVadModel(),
                    turn=SmartTurnModel(),
                    settings=EndOfTurnSettings(threshold=threshold, ceiling_s=ceiling))
@@ -297,7 +298,9 @@ def main() -> None:
     parser.add_argument("--also-thresholds", default="0.9,0.95",
                         help="(c) judged again on the same events with these TURN_THRESHOLDs")
     parser.add_argument("--ceiling", type=float, default=EndOfTurnSettings().ceiling_s)
-    parser.add_argument("--encoder", choices=("pad30", "fit"), default="pad30")
+    parser.add_argument("--model", default=None, help="ASR_MODEL (default: the server's)")
+    parser.add_argument("--encoder", choices=("pad30", "fit"), default=WhisperSettings().encoder,
+                        help="ASR_ENCODER (default: the server's)")
     parser.add_argument("--json", type=Path, help="write every answer's figures here")
     parser.add_argument("--jobs", type=int, default=2,
                         help="answers replayed at once, one process each (one thread each)")
@@ -308,7 +311,10 @@ def main() -> None:
     args = parser.parse_args()
     settings = EndOfTurnSettings(threshold=args.threshold, ceiling_s=args.ceiling)
     encoder: Literal["fit", "pad30"] = "fit" if args.encoder == "fit" else "pad30"
-    committed = WhisperTranscriber(resolve_asr_model(None)[0], WhisperSettings(encoder=encoder))
+    model_path, model_label = resolve_asr_model(args.model)
+    committed = WhisperTranscriber(model_path, WhisperSettings(encoder=encoder))
+    print(f"ASR {model_label} {committed.settings.decoding}; CPU {cpu_model()}")
+
     def our_rule(judged: EndOfTurnSettings) -> Callable[[Events, float, str], float | None]:
         return lambda ev, lv, prefix: ours(ev, lv, prefix, judged)
 
@@ -335,7 +341,7 @@ def main() -> None:
     else:
         todo = answers(committed)
         pool = ProcessPoolExecutor(args.jobs, initializer=_load_worker,
-                                   initargs=(encoder, args.threshold, args.ceiling))
+                                   initargs=(args.model, encoder, args.threshold, args.ceiling))
         replayed = list(zip(todo, pool.map(_run_in_worker, todo)))
         pool.shutdown()
         if args.save_events is not None:

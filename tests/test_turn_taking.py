@@ -25,7 +25,7 @@ from adapters.whisper import WhisperTranscriber, resolve_asr_model
 from engine.arrays import Float32Array
 from engine.ports import TranscriptResult
 from engine.turns import EndOfTurnSettings, TurnEstimate, TurnProbe, judge, text_cues
-from engine.vad import VoiceActivityDetector
+from engine.vad import VadSettings, VoiceActivityDetector
 from media.audio_track import AudioTranscriber, Transcript
 from testing import Candidate, ScriptedSpeech, SpeechTrack
 from tests.conftest import SPEECH, AppFactory
@@ -206,4 +206,50 @@ async def test_speculation_is_dropped_when_the_candidate_goes_on(
     assert [round(e.silence_s, 1) for e in estimates[:2]] == [0.2, 0.4]
     # Cancelled work leaves no task behind.
     left = [t for t in asyncio.all_tasks() if "spec-audio" in t.get_name()]
+    assert left == []
+
+
+async def test_a_taken_answer_is_committed_without_waiting_for_the_end_silence(
+    loop_errors: list[dict[str, object]]
+) -> None:
+    """The turn ended on the draft: the utterance is final at once, from the draft.
+
+    The VAD's end silence here is 30 s, so only `end_utterance` can commit the
+    answer before the track is closed.
+    """
+    whisper = WhisperTranscriber(resolve_asr_model(None)[0])  # the default: fit, its own draft
+    got: list[Transcript] = []
+    audio: AudioTranscriber | None = None
+
+    def on_transcript(transcript: Transcript) -> None:
+        got.append(transcript)
+        # The answer's end (a mid-answer pause would not end the turn).
+        if transcript.provisional and "selfish" in transcript.text.lower() and audio is not None:
+            audio.end_utterance(transcript.end + 0.032)  # not this pause: ignored
+            audio.end_utterance(transcript.end)  # what Conversation asks for, via the call
+
+    with ThreadPoolExecutor(1) as asr, ThreadPoolExecutor(1) as vad:
+        audio = AudioTranscriber(
+            SpeechTrack(CLIP, lead_s=0.3),
+            vad=VoiceActivityDetector(SileroVadModel(), VadSettings(end_silence_ms=30_000)),
+            transcriber=whisper, vad_executor=vad, asr_executor=asr,
+            on_transcript=on_transcript, name="taken",
+            turn_probe=TurnProbe(SmartTurnModel(), EndOfTurnSettings()),
+        )
+        for _ in range(100):  # the clip (3.9 s), then up to 10 s of silence
+            await asyncio.sleep(0.1)
+            if any(not t.provisional for t in got):
+                break
+        committed_before_close = [t for t in got if not t.provisional]
+        await audio.close()
+    provisional = [t for t in got if t.provisional]
+    assert committed_before_close, got
+    (final,) = committed_before_close
+    assert final.utterance_done and final.speculative  # the draft's own result
+    assert (final.start, final.end, final.text) == (
+        provisional[-1].start, provisional[-1].end, provisional[-1].text)
+    assert final.start < 0.5  # the whole answer, not its end
+    assert "selfish" in final.text.lower()
+    assert audio.stats.speculations_used == 1 and audio.stats.pieces == 1
+    left = [t for t in asyncio.all_tasks() if "taken-audio" in t.get_name()]
     assert left == []
