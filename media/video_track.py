@@ -8,7 +8,10 @@ conversion and inference in the detector's executor, never on the loop.
 A webcam interview is a still scene most of the time, so a change gate
 (`ChangeGate`) spares the detector: each sampled frame is shrunk to a 64x48
 grey thumbnail (PyAV's swscale, area-averaged, in the executor) and compared
-with the thumbnail of the last frame the detector saw. The detector runs when
+with the thumbnail of the last frame the detector saw, allowing each pixel to
+have moved a little (`changed_fraction`): a camera that sways or a candidate
+who talks is the same scene, a phone or a face that was not there is not.
+The detector runs when
 enough of it changed, at least every `max_interval_s` anyway, and on every
 sample while an anomaly's onset or end is still being counted
 (`AnomalyRules.settled()`). A skipped sample counts as the previous result,
@@ -54,6 +57,9 @@ ANALYSE_SIDE = 1280
 # level once averaged this small; a 6-level brightness drift stays under it too.
 THUMB_SIZE = (64, 48)
 PIXEL_DELTA = 12
+# Thumbnail pixels (20 px at 640x480) a pixel may have moved and still count
+# as the same scene (`changed_fraction`).
+SHIFT_TOLERANCE = 2
 
 AnomalySink = Callable[[list[Anomaly], np.ndarray], None]
 
@@ -238,11 +244,31 @@ class VideoAnalyzer:
 
 
 def changed_fraction(a: np.ndarray, b: np.ndarray) -> float:
-    """The fraction of pixels of two same-size grey images that differ by more
-    than ``PIXEL_DELTA`` levels: a local change (a phone raised, a second face)
-    counts as much as its area, and faint noise everywhere counts for nothing."""
-    diff = np.abs(a.astype(np.int16) - b.astype(np.int16))
-    return float(np.count_nonzero(diff > PIXEL_DELTA)) / diff.size
+    """The fraction of pixels of two same-size grey images that are new: more
+    than ``PIXEL_DELTA`` levels outside the range of the other image's pixels
+    within ``SHIFT_TOLERANCE`` of the same place, either way round.
+
+    A local change (a phone raised, a second face) counts as much as its
+    area; faint noise everywhere, and the whole scene or a head moving by a
+    few pixels (a camera that sways, a candidate who talks), count for almost
+    nothing: what was there is still there, a little further on.
+    """
+    new = _outside(b, a) | _outside(a, b)
+    return float(np.count_nonzero(new)) / new.size
+
+
+def _outside(image: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """Where `image` leaves the range of `reference`'s nearby pixels (+- delta)."""
+    r = SHIFT_TOLERANCE
+    height, width = reference.shape
+    padded = np.pad(reference.astype(np.int16), r, mode="edge")
+    # The (2r+1)^2 neighbourhood's min and max, one axis at a time.
+    across = [padded[:, dx:dx + width] for dx in range(2 * r + 1)]
+    low, high = np.minimum.reduce(across), np.maximum.reduce(across)
+    low = np.minimum.reduce([low[dy:dy + height] for dy in range(2 * r + 1)])
+    high = np.maximum.reduce([high[dy:dy + height] for dy in range(2 * r + 1)])
+    pixels = image.astype(np.int16)
+    return (pixels < low - PIXEL_DELTA) | (pixels > high + PIXEL_DELTA)
 
 
 def _detect(detector: Detector, frame: av.VideoFrame) -> tuple[np.ndarray, list[Detection]]:

@@ -10,11 +10,13 @@ import tracemalloc
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import av
 import numpy as np
+from PIL import Image
 
 from engine.anomaly import DEVICES_DETECTED, MULTIPLE_PERSONS, Anomaly, AnomalyRules
 from engine.detector import Detection
-from media.video_track import ChangeGate, VideoAnalyzer, changed_fraction
+from media.video_track import THUMB_SIZE, ChangeGate, VideoAnalyzer, changed_fraction
 from testing import PhotoTrack
 from tests.test_media import ONE_PERSON, PHOTOS, TWO_PERSONS, needs_photos
 
@@ -77,6 +79,39 @@ def test_changed_fraction_counts_pixels_that_moved_past_the_delta() -> None:
     b = a.copy()
     b[:12, :16] = 200  # a sixteenth of the picture
     assert changed_fraction(a, b) == 1 / 16 == changed_fraction(b, a)
+
+
+def _thumbnail(rgb: np.ndarray) -> np.ndarray:
+    frame = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format="yuv420p")
+    return frame.reformat(width=THUMB_SIZE[0], height=THUMB_SIZE[1], format="gray",
+                          interpolation="AREA").to_ndarray()
+
+
+def _camera_view(photo: Any, dx: int = 0, dy: int = 0) -> np.ndarray:
+    """The photo letterboxed into 640x480, the camera moved by (dx, dy) px."""
+    image = Image.open(photo).convert("RGB")
+    image.thumbnail((680, 520))
+    canvas = Image.new("RGB", (680, 520))
+    canvas.paste(image, ((680 - image.width) // 2, (520 - image.height) // 2))
+    return np.asarray(canvas)[20 + dy:500 + dy, 20 + dx:660 + dx]
+
+
+@needs_photos
+def test_a_moving_camera_is_the_same_scene_and_a_new_object_is_not() -> None:
+    """On real photos: the whole picture moved by up to 12 px (a swaying
+    laptop, the load test's pan) stays under the gate; a 40x60 px phone raised
+    in the middle of it, or a second person, is over it."""
+    gate = ChangeGate()
+    for photo in (ONE_PERSON, PHONE):
+        still = _thumbnail(_camera_view(photo))
+        for dx, dy in ((3, 0), (0, 6), (-6, 6), (12, 0)):
+            moved = _thumbnail(_camera_view(photo, dx, dy))
+            assert changed_fraction(still, moved) < gate.min_changed, (photo.name, dx, dy)
+        raised = _camera_view(photo).copy()
+        raised[200:260, 300:340] = (25, 25, 30)
+        assert changed_fraction(still, _thumbnail(raised)) > 2 * gate.min_changed
+    one, two = _thumbnail(_camera_view(ONE_PERSON)), _thumbnail(_camera_view(TWO_PERSONS))
+    assert changed_fraction(one, two) > 0.5
 
 
 @needs_photos
