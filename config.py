@@ -94,14 +94,20 @@ class Config:
     detector_kind: str = "nanodet"
     detector_model: str | None = None
     asr_model: str | None = None
-    asr_cache_dir: Path | None = None  # None: adapters.whisper.default_model_cache()
+    asr_cache_dir: Path | None = None  # ASR_CACHE_DIR; None: user_cache_dir
+    # Models joined from packages, one copy per machine user, where Hugging
+    # Face keeps its downloads: $XDG_CACHE_HOME (~/.cache)/interview-media-server.
+    user_cache_dir: Path = field(
+        default_factory=lambda: Path.home() / ".cache" / "interview-media-server")
     asr_threads: int = 1
     asr_workers: int = 1
     # "fit": the Whisper encoder sees the piece plus a margin (3-6x less ASR
     # CPU than "pad30", every piece at 30 s; with base it reads better than
     # tiny.en at 30 s: BENCHMARKS.md).
     asr_encoder: Literal["fit", "pad30"] = "fit"
-    asr_fit_margin_s: float = 1.0
+    # 3 s: on AVX2-only CPUs base loops on short pieces at 1-2 s (BENCHMARKS.md,
+    # "Fitted decodes that loop").
+    asr_fit_margin_s: float = 3.0
     asr_max_pending: int = 64  # transcriptions waiting across sessions; more are dropped
     asr_max_wait_s: float = 5.0  # a piece waiting this long goes before shorter ones
     asr_max_batch: int = 4  # pieces from different sessions decoded in one pass (1: never)
@@ -170,6 +176,11 @@ class Config:
         return None if days is None else days * 86400.0
 
     @property
+    def model_cache_dir(self) -> Path:
+        """Where the ASR model is joined: `ASR_CACHE_DIR`, else the user's cache."""
+        return self.asr_cache_dir or self.user_cache_dir
+
+    @property
     def local_mode(self) -> bool:
         """No API key: nothing is authenticated, so only loopback is safe."""
         return self.api_key is None
@@ -216,7 +227,8 @@ class Config:
             detector_kind=_choice(env, "DETECTOR", ("nanodet", "yolo"), cls.detector_kind),
             detector_model=_existing_file(env, "DETECTOR_MODEL"),
             asr_model=_optional(env, "ASR_MODEL"),
-            asr_cache_dir=Path(cache) if (cache := _optional(env, "ASR_CACHE_DIR")) else None,
+            asr_cache_dir=_optional_path(env, "ASR_CACHE_DIR"),
+            user_cache_dir=_user_cache_dir(env),
             asr_threads=_positive_int(env, "ASR_THREADS", cls.asr_threads),
             asr_workers=_positive_int(env, "ASR_WORKERS", cls.asr_workers),
             asr_encoder=cast(
@@ -361,6 +373,17 @@ def _positive_int(env: Mapping[str, str], name: str, default: int) -> int:
     if not raw.isdigit() or int(raw) < 1:
         raise ConfigError(f"{name} must be a whole number of at least 1, got {raw!r}")
     return int(raw)
+
+
+def _optional_path(env: Mapping[str, str], name: str) -> Path | None:
+    value = _optional(env, name)
+    return None if value is None else Path(value).expanduser().absolute()
+
+
+def _user_cache_dir(env: Mapping[str, str]) -> Path:
+    home = Path(env["HOME"]) if env.get("HOME") else Path.home()
+    base = Path(env["XDG_CACHE_HOME"]) if env.get("XDG_CACHE_HOME") else home / ".cache"
+    return base.absolute() / "interview-media-server"
 
 
 def _optional_positive_int(env: Mapping[str, str], name: str) -> int | None:

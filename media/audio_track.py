@@ -77,7 +77,7 @@ class Transcript:
     text: str
     start: float  # stream seconds
     end: float
-    utterance_done: bool  # the candidate stopped speaking after this piece
+    utterance_done: bool  # the candidate stopped speaking after this piece (or the turn was taken)
     latency_s: float  # last voiced frame's arrival → this transcript
     asr_s: float = 0.0  # Whisper time for this piece (0: silence, not transcribed)
     asr_decoding: str | None = None  # how Whisper decoded it ("pad30", "fit+1s/..."), if said
@@ -169,8 +169,10 @@ class AudioTranscriber:
 
         Commit it now instead of after the VAD's end silence, so its final
         transcript (the speculative one, when the draft transcriber is the
-        transcriber) follows at once. Done on the VAD worker's next batch of
-        frames, and only if the candidate has not gone on meanwhile.
+        transcriber) follows at once. Done on the VAD worker's next batch,
+        before its frames: what they hold came after the turn was taken and
+        starts a new utterance (the listener is speaking by then). Nothing
+        happens if the VAD has seen the candidate go on already.
         """
         self._end_paused_at = end
 

@@ -7,6 +7,7 @@ transcriber in at this seam instead of patching.
 
 from __future__ import annotations
 
+import errno
 import logging
 from collections.abc import Callable
 from concurrent.futures import Executor
@@ -52,13 +53,24 @@ class MediaModels:
     draft_transcriber: Transcriber | None = None
 
 
+_NOT_WRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS)
+
+
+def _resolve_asr(config: Config) -> tuple[str, str]:
+    try:
+        return resolve_asr_model(config.asr_model, config.model_cache_dir)
+    except OSError as exc:
+        # The user's cache may be unwritable (a service user without a home);
+        # a cache the operator named is not second-guessed.
+        if config.asr_cache_dir is not None or exc.errno not in _NOT_WRITABLE:
+            raise
+        log.warning("ASR model cache not writable (%s): joining the model under DATA_DIR", exc)
+        return resolve_asr_model(config.asr_model, DataLayout(config.data_dir).models)
+
+
 def load_models(config: Config) -> MediaModels:
     """Load the detector, Whisper, the VAD and the voice (blocking: seconds)."""
-    try:
-        model, label = resolve_asr_model(config.asr_model, config.asr_cache_dir)
-    except OSError as exc:  # no writable per-user cache (e.g. no home directory)
-        log.warning("ASR model cache not writable (%s): joining the model under DATA_DIR", exc)
-        model, label = resolve_asr_model(config.asr_model, DataLayout(config.data_dir).models)
+    model, label = _resolve_asr(config)
     transcriber = WhisperTranscriber(
         model,
         WhisperSettings(

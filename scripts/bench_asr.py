@@ -258,6 +258,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "fit-exact": {"encoder": "fit", "fit_margin_s": 0.0, "fit_round_s": 0.02, "fit_min_s": 0.0},
     "fit+0.5s": {"encoder": "fit", "fit_margin_s": 0.5, "fit_round_s": 0.02, "fit_min_s": 0.0},
     "fit+1s": {"encoder": "fit", "fit_margin_s": 1.0, "fit_round_s": 0.02, "fit_min_s": 0.0},
+    "fit+2s": {"encoder": "fit", "fit_margin_s": 2.0, "fit_round_s": 0.02, "fit_min_s": 0.0},
+    "fit+3s": {"encoder": "fit", "fit_margin_s": 3.0, "fit_round_s": 0.02, "fit_min_s": 0.0},
+    "fit+5s": {"encoder": "fit", "fit_margin_s": 5.0, "fit_round_s": 0.02, "fit_min_s": 0.0},
     "fit-ceil5s": {"encoder": "fit", "fit_margin_s": 0.0, "fit_round_s": 5.0, "fit_min_s": 0.0},
     "fit-ceil10s": {"encoder": "fit", "fit_margin_s": 0.0, "fit_round_s": 10.0, "fit_min_s": 0.0},
     # Called "default" in the first runs (BENCHMARKS.md): 1 s steps, at least 2 s.
@@ -279,6 +282,7 @@ class Tally:
     cpu_s: float = 0.0
     wall_s: float = 0.0
     piece_wall: dict[int, list[float]] = dataclasses.field(default_factory=dict)
+    refits: int = 0  # pieces whose fitted text looped and went to 30 s
 
 
 def vad_pieces(pcm: Int16Array, settings: VadSettings) -> list[SpeechSegment]:
@@ -301,13 +305,14 @@ def run_variants(
             overrides = VARIANTS[label]
             whisper.settings = dataclasses.replace(base, **overrides)
             tally = tallies[label]
-            cpu0, wall0 = time.process_time(), time.perf_counter()
+            cpu0, wall0, refits0 = time.process_time(), time.perf_counter(), whisper.refits
             for i, piece in enumerate(pieces):
                 started = time.perf_counter()
                 tally.texts[i] = whisper.transcribe(piece.audio).text
                 tally.piece_wall.setdefault(i, []).append(time.perf_counter() - started)
             tally.cpu_s += time.process_time() - cpu0
             tally.wall_s += time.perf_counter() - wall0
+            tally.refits += whisper.refits - refits0
     whisper.settings = base
     return tallies
 
@@ -333,8 +338,8 @@ def report_variants(
     lengths = sorted(round(len(p.audio) / SAMPLE_RATE, 1) for p in pieces)
     print(f"\n{label}: {len(pieces)} pieces, lengths {lengths} s, {rounds} rounds")
     print("| variant | encoder input | WER | CPU s / audio s | wall s / audio s "
-          "| per-piece wall vs pad30 (median) |")
-    print("|---|---|---|---|---|---|")
+          "| per-piece wall vs pad30 (median) | looped, sent to 30 s |")
+    print("|---|---|---|---|---|---|---|")
     pad30 = tallies["pad30"].piece_wall
     for name, tally in tallies.items():
         settings = dataclasses.replace(whisper.settings, **VARIANTS[name])
@@ -344,7 +349,7 @@ def report_variants(
             f"| {name} ({settings.decoding}) | {frames[0] / 100:g}-{frames[-1] / 100:g} s "
             f"| {variant_wer(sources, pieces, tally.texts):.3f} "
             f"| {tally.cpu_s / audio_s:.3f} | {tally.wall_s / audio_s:.3f} "
-            f"| {float(np.median(ratios)):.2f}x |"
+            f"| {float(np.median(ratios)):.2f}x | {tally.refits} of {rounds * len(pieces)} |"
         )
     return tallies
 

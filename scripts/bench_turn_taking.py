@@ -60,6 +60,7 @@ import numpy as np
 from adapters.silero import SileroVadModel
 from adapters.smart_turn import SmartTurnModel
 from adapters.whisper import WhisperSettings, WhisperTranscriber, resolve_asr_model
+from config import Config
 from engine.turns import EndOfTurnSettings, TurnDecision, TurnEstimate, TurnProbe, judge
 from engine.vad import SpeechCut, SpeechEnded, SpeechPaused, SpeechStarted, VadState, VoiceActivityDetector
 
@@ -279,9 +280,9 @@ def pct(values: list[float], q: float) -> float:
 _WORKER: dict[str, object] = {}
 
 
-def _load_worker(model: str | None, encoder: Literal["fit", "pad30"], threshold: float,
+def _load_worker(model: str, encoder: Literal["fit", "pad30"], threshold: float,
                  ceiling: float) -> None:
-    committed = WhisperTranscriber(resolve_asr_model(model)[0], WhisperSettings(encoder=encoder))
+    committed = WhisperTranscriber(model, WhisperSettings(encoder=encoder))
     _WORKER.update(committed=committed, draft=committed.draft(), vad=SileroVadModel(),
                    turn=SmartTurnModel(),
                    settings=EndOfTurnSettings(threshold=threshold, ceiling_s=ceiling))
@@ -311,7 +312,7 @@ def main() -> None:
     args = parser.parse_args()
     settings = EndOfTurnSettings(threshold=args.threshold, ceiling_s=args.ceiling)
     encoder: Literal["fit", "pad30"] = "fit" if args.encoder == "fit" else "pad30"
-    model_path, model_label = resolve_asr_model(args.model)
+    model_path, model_label = resolve_asr_model(args.model, Config.from_env().model_cache_dir)
     committed = WhisperTranscriber(model_path, WhisperSettings(encoder=encoder))
     print(f"ASR {model_label} {committed.settings.decoding}; CPU {cpu_model()}")
 
@@ -341,7 +342,7 @@ def main() -> None:
     else:
         todo = answers(committed)
         pool = ProcessPoolExecutor(args.jobs, initializer=_load_worker,
-                                   initargs=(args.model, encoder, args.threshold, args.ceiling))
+                                   initargs=(model_path, encoder, args.threshold, args.ceiling))
         replayed = list(zip(todo, pool.map(_run_in_worker, todo)))
         pool.shutdown()
         if args.save_events is not None:

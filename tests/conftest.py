@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import replace
@@ -22,6 +24,16 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 SPEECH = REPO / "tests" / "data" / "speech"
 CLIP = SPEECH / "sense_and_sensibility_01_austen_64kb-0870"
+
+# The ASR model is joined once per user into a cache (~/.cache); tests keep
+# theirs apart, and the servers they start inherit it.
+_XDG_CACHE = tempfile.mkdtemp(prefix="ims-test-cache-")
+os.environ["XDG_CACHE_HOME"] = _XDG_CACHE
+MODEL_CACHE_DIR = Config.from_env({"XDG_CACHE_HOME": _XDG_CACHE}).model_cache_dir
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    shutil.rmtree(_XDG_CACHE, ignore_errors=True)
 
 
 def with_database(dsn: str, database: str) -> str:

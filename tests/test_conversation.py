@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -25,6 +26,7 @@ from engine.interviewer import (
     default_plan,
 )
 from engine.session import InterviewSession
+from engine.turns import EndOfTurnSettings, TurnEstimate
 from media.wire import encode
 
 FAST = TurnSettings(end_of_turn_s=0.3, short_answer_grace_s=0.1, mid_sentence_grace_s=0.1,
@@ -66,7 +68,8 @@ class StandInVoice:
 
 class Harness:
     def __init__(self, plan: InterviewPlan, settings: TurnSettings = FAST,
-                 engine: InterviewerEngine | None = None) -> None:
+                 engine: InterviewerEngine | None = None,
+                 on_answer_taken: Callable[[tuple[float, float]], None] | None = None) -> None:
         self.session = InterviewSession(job_role=plan.job_role)
         self.voice = StandInVoice()
         self.events: list[dict[str, Any]] = []
@@ -76,7 +79,7 @@ class Harness:
         self.conversation = Conversation(
             interview, self.voice, settings=settings,
             notify=lambda event: self.events.append(json.loads(encode(event))),
-            on_finished=self.finished.set,
+            on_finished=self.finished.set, on_answer_taken=on_answer_taken,
         )
 
     async def state(self, state: str, timeout: float = 10) -> None:
@@ -161,6 +164,32 @@ async def test_a_thinking_pause_does_not_end_the_turn():
     await h.state("thinking", timeout=5)
     assert h.turns()[1] == ("user", "I worked on billing systems for years and "
                                     "I enjoyed the data modelling most.")
+    await h.conversation.close()
+
+
+async def test_a_turn_ended_on_the_draft_asks_for_its_utterance_to_be_committed():
+    """The media layer is told which paused utterance the turn took, once."""
+    taken: list[tuple[float, float]] = []
+    h = Harness(PLAN, replace(FAST, end_of_turn=EndOfTurnSettings()), on_answer_taken=taken.append)
+    c = h.conversation
+    c.start()
+    await h.state("listening")
+    c.voice(True)
+    c.voice(False)
+    c.transcript("I built the billing pipeline.", utterance_done=True, latency_s=0.0,
+                 speech_s=2.0, span=(1.0, 3.0), provisional=True)
+    c.turn_estimate(TurnEstimate(silence_s=0.2, probability=0.99))  # complete: ends the turn
+    await h.state("thinking", timeout=5)
+    assert taken == [(1.0, 3.0)]
+    assert h.turns()[1] == ("user", "I built the billing pipeline.")
+    # Its committed twin replaces the draft's text; nothing is asked again.
+    c.transcript("I built the billing pipeline.", utterance_done=True, latency_s=0.0,
+                 speech_s=2.0, span=(1.0, 3.0))
+    await h.state("listening")
+    await h.answer("Because I like data.")  # committed text only: nothing to commit early
+    c.turn_estimate(TurnEstimate(silence_s=0.2, probability=0.99))
+    await h.state("thinking", timeout=5)
+    assert taken == [(1.0, 3.0)]
     await h.conversation.close()
 
 

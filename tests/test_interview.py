@@ -18,7 +18,7 @@ import numpy as np
 from adapters.whisper import WhisperTranscriber, resolve_asr_model
 from engine.resample import resample
 from testing import Candidate, InterviewerEar, ScriptedSpeech, wer
-from tests.conftest import SPEECH, AppFactory
+from tests.conftest import MODEL_CACHE_DIR, SPEECH, AppFactory
 from tests.test_media import assert_recording, stored_row
 
 ANSWERS = [SPEECH / "sense_and_sensibility_01_austen_64kb-0870.wav",
@@ -74,7 +74,7 @@ async def test_offline_interview_end_to_end(make_client: AppFactory, db: asyncpg
     # Round trip: what the candidate heard transcribes back to what was said.
     heard = candidate.ear.heard_audio()
     assert np.abs(heard).max() > 1000
-    whisper = WhisperTranscriber(resolve_asr_model(None)[0])
+    whisper = WhisperTranscriber(resolve_asr_model(None, MODEL_CACHE_DIR)[0])
     pcm16k = resample(heard, 48000, 16000).astype(np.float32) / 32768
     text = await asyncio.to_thread(lambda: whisper.transcribe(pcm16k).text)
     said = " ".join(t["content"] for t in history if t["role"] == "assistant")

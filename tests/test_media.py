@@ -106,7 +106,7 @@ async def test_speech_and_two_people_make_a_transcript_and_an_anomaly(
     info = json.loads(row["session_information"])
     assert info["asr_model"] == "base"
     # provenance: how Whisper decoded the pieces (sized to each, plus 1 s)
-    assert info["asr_decoding"] == "fit+1s/0.02s>=0s"
+    assert info["asr_decoding"] == "fit+3s/0.02s>=0s"
     (turn,) = info["conversation_history"]
     assert turn["role"] == "user" and wer(transcript_of(CLIP), turn["content"]) <= 0.15
     assert [a["type"] for a in info["anomalies_detected"]] == ["multiple_persons"]

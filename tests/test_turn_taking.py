@@ -28,7 +28,7 @@ from engine.turns import EndOfTurnSettings, TurnEstimate, TurnProbe, judge, text
 from engine.vad import VadSettings, VoiceActivityDetector
 from media.audio_track import AudioTranscriber, Transcript
 from testing import Candidate, ScriptedSpeech, SpeechTrack
-from tests.conftest import SPEECH, AppFactory
+from tests.conftest import MODEL_CACHE_DIR, SPEECH, AppFactory
 from tests.test_interview import wait_for_state
 from tests.test_media import stored_row
 
@@ -182,7 +182,7 @@ class SlowDraft:
 async def test_speculation_is_dropped_when_the_candidate_goes_on(
     tmp_path: Path, loop_errors: list[dict[str, object]]
 ) -> None:
-    whisper = WhisperTranscriber(resolve_asr_model(None)[0])
+    whisper = WhisperTranscriber(resolve_asr_model(None, MODEL_CACHE_DIR)[0])
     # The draft of the fragment is still running when speech resumes 1.5 s later.
     track = SpeechTrack(thinking_pause(tmp_path / "pause.wav", 1.5), lead_s=0.3)
     got: list[Transcript] = []
@@ -217,15 +217,16 @@ async def test_a_taken_answer_is_committed_without_waiting_for_the_end_silence(
     The VAD's end silence here is 30 s, so only `end_utterance` can commit the
     answer before the track is closed.
     """
-    whisper = WhisperTranscriber(resolve_asr_model(None)[0])  # the default: fit, its own draft
+    # The default: base, fitted, its own draft.
+    whisper = WhisperTranscriber(resolve_asr_model(None, MODEL_CACHE_DIR)[0])
     got: list[Transcript] = []
     audio: AudioTranscriber | None = None
 
     def on_transcript(transcript: Transcript) -> None:
         got.append(transcript)
-        # The answer's end (a mid-answer pause would not end the turn).
-        if transcript.provisional and "selfish" in transcript.text.lower() and audio is not None:
-            audio.end_utterance(transcript.end + 0.032)  # not this pause: ignored
+        # The answer's end, its last word (a mid-answer pause would not end
+        # the turn); a paused end that does not match is the VAD's test.
+        if transcript.provisional and "disposed" in transcript.text.lower() and audio is not None:
             audio.end_utterance(transcript.end)  # what Conversation asks for, via the call
 
     with ThreadPoolExecutor(1) as asr, ThreadPoolExecutor(1) as vad:
@@ -249,7 +250,7 @@ async def test_a_taken_answer_is_committed_without_waiting_for_the_end_silence(
     assert (final.start, final.end, final.text) == (
         provisional[-1].start, provisional[-1].end, provisional[-1].text)
     assert final.start < 0.5  # the whole answer, not its end
-    assert "selfish" in final.text.lower()
+    assert "selfish" in final.text.lower() and "disposed" in final.text.lower()
     assert audio.stats.speculations_used == 1 and audio.stats.pieces == 1
     left = [t for t in asyncio.all_tasks() if "taken-audio" in t.get_name()]
     assert left == []
