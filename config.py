@@ -96,9 +96,9 @@ class Config:
     asr_model: str | None = None
     asr_cache_dir: Path | None = None  # ASR_CACHE_DIR; None: user_cache_dir
     # Models joined from packages, one copy per machine user, where Hugging
-    # Face keeps its downloads: $XDG_CACHE_HOME (~/.cache)/interview-media-server.
-    user_cache_dir: Path = field(
-        default_factory=lambda: Path.home() / ".cache" / "interview-media-server")
+    # Face keeps its downloads: $XDG_CACHE_HOME (~/.cache)/interview-media-server;
+    # None (a user without a home): DATA_DIR/models.
+    user_cache_dir: Path | None = field(default_factory=lambda: _user_cache_dir({}))
     asr_threads: int = 1
     asr_workers: int = 1
     # "fit": the Whisper encoder sees the piece plus a margin (3-6x less ASR
@@ -177,8 +177,9 @@ class Config:
 
     @property
     def model_cache_dir(self) -> Path:
-        """Where the ASR model is joined: `ASR_CACHE_DIR`, else the user's cache."""
-        return self.asr_cache_dir or self.user_cache_dir
+        """Where the ASR model is joined: `ASR_CACHE_DIR`, else the user's
+        cache, else (no home directory) `DATA_DIR/models`."""
+        return self.asr_cache_dir or self.user_cache_dir or self.data_dir / "models"
 
     @property
     def local_mode(self) -> bool:
@@ -377,13 +378,31 @@ def _positive_int(env: Mapping[str, str], name: str, default: int) -> int:
 
 def _optional_path(env: Mapping[str, str], name: str) -> Path | None:
     value = _optional(env, name)
-    return None if value is None else Path(value).expanduser().absolute()
+    if value is None:
+        return None
+    if value == "~" or value.startswith("~/"):
+        home = _home(env)
+        if home is None:
+            raise ConfigError(f"{name}={value!r}: there is no home directory to expand ~ to")
+        return home / value[2:]
+    return Path(value).absolute()
 
 
-def _user_cache_dir(env: Mapping[str, str]) -> Path:
-    home = Path(env["HOME"]) if env.get("HOME") else Path.home()
-    base = Path(env["XDG_CACHE_HOME"]) if env.get("XDG_CACHE_HOME") else home / ".cache"
-    return base.absolute() / "interview-media-server"
+def _home(env: Mapping[str, str]) -> Path | None:
+    """$HOME, else the user's passwd entry; None for a user without one."""
+    if env.get("HOME"):
+        return Path(env["HOME"]).absolute()
+    try:
+        return Path.home()
+    except RuntimeError:  # no HOME and no passwd entry (a bare container user)
+        return None
+
+
+def _user_cache_dir(env: Mapping[str, str]) -> Path | None:
+    if env.get("XDG_CACHE_HOME"):
+        return Path(env["XDG_CACHE_HOME"]).absolute() / "interview-media-server"
+    home = _home(env)
+    return None if home is None else home / ".cache" / "interview-media-server"
 
 
 def _optional_positive_int(env: Mapping[str, str], name: str) -> int | None:

@@ -12,7 +12,8 @@ client is given; they ask `DataLayout` and `PublicUrls`.
       webhooks/<id>.json    webhook events not delivered yet (WEBHOOK_URL)
       webhooks/failed/      events given up on: kept, not retried
       models/               ASR models joined from packages when the per-user cache
-                            (ASR_CACHE_DIR, ~/.cache/interview-media-server) is not writable
+                            ($XDG_CACHE_HOME or ~/.cache, /interview-media-server) is not
+                            writable or there is no home directory
       resumes/<id>.pdf      uploaded resumes
       recordings/<id>.webm  finished recordings (`.webm.part` while recording)
       evidence/<id>/<name>  anomaly evidence pictures

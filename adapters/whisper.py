@@ -20,6 +20,7 @@ directory; its bytes are checked against Systran/faster-whisper-base's.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import hashlib
@@ -286,34 +287,23 @@ class WhisperTranscriber:
         length), greedy-decode them; and whether each fitted text looped.
 
         A fitted decode may generate at most `_TOKENS_PER_S` tokens a second
-        of content: a loop otherwise runs to Whisper's 448 tokens, several
-        times the cost of the piece (seconds of CPU for one answer).
+        of content (`_token_cap`); one that uses them all looped.
         """
-        import ctranslate2
-
         longest = max(c.shape[-1] for c in chunks)
-        fitted = frames or self.settings.fitted_frames(longest)
-        padded = np.zeros((len(chunks), chunks[0].shape[0], fitted), dtype=np.float32)
-        for i, chunk in enumerate(chunks):
-            padded[i, :, : chunk.shape[-1]] = chunk
+        encoded = self._encode(chunks, frames or self.settings.fitted_frames(longest))
         model = self._model.model
-        encoded = model.encode(ctranslate2.StorageView.from_array(padded))
         if not model.is_multilingual:
             language = "en"
         elif language is None:
             token, _ = model.detect_language(encoded)[0][0]
             language = token[2:-2]
         tokenizer = self._tokenizer(language)
-        prompt = [*tokenizer.sot_sequence, tokenizer.no_timestamps]
-        max_length = self._model.max_length
-        if frames is None:
-            budget = math.ceil(_TOKENS_PER_S * longest / _FRAMES_PER_S) + _TOKENS_SLACK
-            max_length = min(max_length, len(prompt) + budget)
+        cap = _token_cap(longest) if frames is None else self._model.max_length // 2
         results = model.generate(
             encoded,
-            [prompt] * len(chunks),
+            [[*tokenizer.sot_sequence, tokenizer.no_timestamps]] * len(chunks),
             beam_size=1,
-            max_length=max_length,
+            max_length=2 * cap,  # CTranslate2 generates at most half of it (`_token_cap`)
             return_scores=True,
             return_no_speech_prob=True,
             suppress_blank=True,
@@ -322,12 +312,20 @@ class WhisperTranscriber:
         )
         texts = [_text_of(result, tokenizer) for result in results]
         looped = [
-            frames is None and (
-                len(result.sequences_ids[0]) >= max_length - len(prompt)
-                or _looks_looped(text, chunk.shape[-1] / _FRAMES_PER_S))
+            frames is None and (len(result.sequences_ids[0]) >= cap
+                                or _looks_looped(text, chunk.shape[-1] / _FRAMES_PER_S))
             for result, text, chunk in zip(results, texts, chunks)
         ]
         return texts, language, looped
+
+    def _encode(self, chunks: list[npt.NDArray[np.float32]], frames: int) -> Any:
+        """The encoder's output for `chunks`, each zero-padded to `frames`."""
+        import ctranslate2
+
+        padded = np.zeros((len(chunks), chunks[0].shape[0], frames), dtype=np.float32)
+        for i, chunk in enumerate(chunks):
+            padded[i, :, : chunk.shape[-1]] = chunk
+        return self._model.model.encode(ctranslate2.StorageView.from_array(padded))
 
     def _tokenizer(self, language: str) -> Any:
         from faster_whisper.tokenizer import Tokenizer
@@ -367,6 +365,16 @@ class WhisperTranscriber:
             language=info.language,
             decoding="pad30",
         )
+
+
+def _token_cap(frames: int) -> int:
+    """Tokens a fitted decode of `frames` of content may generate.
+
+    CTranslate2's Whisper (4.x, whisper.cc) generates at most half of
+    `max_length` (and at most 224, half of Whisper's 448): callers pass
+    twice this. A test checks that the cap is what is reached.
+    """
+    return min(224, math.ceil(_TOKENS_PER_S * frames / _FRAMES_PER_S) + _TOKENS_SLACK)
 
 
 def _compression_ratio(text: str) -> float:
@@ -461,24 +469,42 @@ def _assemble_base(cache_dir: Path) -> Path:
 
 
 def _is_checked(target: Path) -> bool:
-    """A joined model whose stamp matches model.bin and whose side files hash right."""
+    """A joined model whose side files hash right and whose model.bin matches
+    its stamp, or (no stamp yet: an older join, a cache another user filled)
+    hashes right, which is then stamped where the directory allows."""
     try:
-        stamp = (target / _STAMP).read_text().split()
-        info = (target / "model.bin").stat()
-        if stamp != [_BASE_MODEL_SHA256, str(info.st_size), str(info.st_mtime_ns)]:
+        if any(_sha256(target / name) != sha256 for name, sha256 in _BASE_SIDE_SHA256.items()):
             return False
-        return all(_sha256(target / name) == sha256 for name, sha256 in _BASE_SIDE_SHA256.items())
+        info = (target / "model.bin").stat()
+        if _read_stamp(target) == [_BASE_MODEL_SHA256, str(info.st_size), str(info.st_mtime_ns)]:
+            return True
+        if _sha256(target / "model.bin") != _BASE_MODEL_SHA256:
+            return False
     except OSError:  # missing or unreadable: join again
         return False
+    with contextlib.suppress(OSError):  # read-only: hashed again next time
+        _write_stamp(target)
+    return True
+
+
+def _read_stamp(target: Path) -> list[str]:
+    try:
+        return (target / _STAMP).read_text().split()
+    except (OSError, ValueError):  # none yet, or not text
+        return []
 
 
 def _write_stamp(target: Path) -> None:
     info = (target / "model.bin").stat()
     fd, tmp_name = tempfile.mkstemp(dir=target, prefix=f".{_STAMP}.")
-    with os.fdopen(fd, "w") as out:
-        out.write(f"{_BASE_MODEL_SHA256} {info.st_size} {info.st_mtime_ns}\n")
-    os.chmod(tmp_name, 0o644)
-    os.replace(tmp_name, target / _STAMP)
+    try:
+        with os.fdopen(fd, "w") as out:
+            out.write(f"{_BASE_MODEL_SHA256} {info.st_size} {info.st_mtime_ns}\n")
+        os.chmod(tmp_name, 0o644)
+        os.replace(tmp_name, target / _STAMP)
+    except BaseException:
+        os.unlink(tmp_name)
+        raise
 
 
 def _sha256(path: Path) -> str:

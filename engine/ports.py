@@ -52,7 +52,7 @@ class TranscriptResult:
     audio_s: float
     elapsed_s: float
     language: str | None = None
-    # How it was decoded (e.g. "pad30", "fit+1s/1s>=2s"); None: not said.
+    # How it was decoded (e.g. "pad30", "fit+3s/0.02s>=0s"); None: not said.
     decoding: str | None = None
 
 

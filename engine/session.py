@@ -170,7 +170,7 @@ class InterviewSession:
     start_time: datetime | None = None
     end_time: datetime | None = None
     asr_model: str | None = None
-    asr_decoding: str | None = None  # how the pieces were decoded ("pad30", "fit+1s/...")
+    asr_decoding: str | None = None  # how the pieces were decoded ("pad30", "fit+3s/...")
     llm_provider: str | None = None
     llm_model: str | None = None
     server_instance: str | None = None

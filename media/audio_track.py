@@ -80,7 +80,7 @@ class Transcript:
     utterance_done: bool  # the candidate stopped speaking after this piece (or the turn was taken)
     latency_s: float  # last voiced frame's arrival → this transcript
     asr_s: float = 0.0  # Whisper time for this piece (0: silence, not transcribed)
-    asr_decoding: str | None = None  # how Whisper decoded it ("pad30", "fit+1s/..."), if said
+    asr_decoding: str | None = None  # how Whisper decoded it ("pad30", "fit+3s/..."), if said
     # Of an utterance the candidate may still go on with (`SpeechPaused`);
     # the committed transcript of the same audio follows unless they do.
     provisional: bool = False

@@ -187,6 +187,7 @@ class WebRtcCall:
             track,
             detector=runtime.models.detector,
             executor=runtime.detect_executor,
+            gate_executor=runtime.gate_executor,
             fps=runtime.detect_fps,
             rules=self.interview.rules,
             on_anomalies=self._handle_anomalies,

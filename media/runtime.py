@@ -133,6 +133,10 @@ class MediaRuntime:
     # its evidence); shorter at shutdown (`MediaService.hurry`).
     drain_s: float = 10.0
     detect_executor: Executor = field(default_factory=_single("detect"))
+    # The change gate's thumbnails (a fraction of a millisecond each): apart
+    # from the detector, so one session's unchanged sample never waits behind
+    # another session's detector run and is dropped.
+    gate_executor: Executor = field(default_factory=_single("video-gate"))
     # One scheduler for every session's pieces (fair, bounded): media.asr_scheduler.
     asr_executor: Executor = field(default_factory=lambda: AsrScheduler(1, "asr"))
     vad_executor: Executor = field(default_factory=_single("vad"))
@@ -177,11 +181,12 @@ class MediaRuntime:
         """CPU time each stage's threads spent in jobs, and the voice's programs."""
         out: dict[str, float] = {}
         for stage, executor in (("asr", self.asr_executor), ("detection", self.detect_executor),
+                                ("detection", self.gate_executor),
                                 ("vad", self.vad_executor), ("files", self.file_executor)):
             if isinstance(executor, AsrScheduler):
                 out[stage] = executor.stats.cpu_seconds
             elif isinstance(executor, MeteredExecutor):
-                out[stage] = executor.cpu_seconds
+                out[stage] = out.get(stage, 0.0) + executor.cpu_seconds
         # Whisper computes on CTranslate2's own threads, not the scheduler's.
         decoder = getattr(self.models.transcriber, "cpu_seconds", None)
         if isinstance(decoder, float):
@@ -194,6 +199,7 @@ class MediaRuntime:
 
     def executors(self) -> dict[str, Executor]:
         return {"asr": self.asr_executor, "detect": self.detect_executor,
+                "video_gate": self.gate_executor,
                 "vad": self.vad_executor, "tts": self.tts_executor, "files": self.file_executor}
 
     def job_loads(self) -> dict[str, QueueLoad]:

@@ -126,12 +126,15 @@ class VideoAnalyzer:
         on_frame: Callable[[av.VideoFrame], None] | None = None,
         on_sample: Callable[[float], None] | None = None,
         gate: ChangeGate | None = ChangeGate(),
+        gate_executor: Executor | None = None,
     ) -> None:
         """``on_sample`` gets the seconds of each detector run; ``gate=None``
-        runs the detector on every sample."""
+        runs the detector on every sample. The gate's thumbnails are made in
+        ``gate_executor`` (default: the detector's)."""
         self._track = track
         self._detector = detector
         self._executor = executor
+        self._gate_executor = gate_executor or executor
         self._interval = 1.0 / fps
         self._rules = rules
         self._on_anomalies = on_anomalies
@@ -184,9 +187,7 @@ class VideoAnalyzer:
                 continue
             started = loop.time()
             self.stats.samples_due += 1
-            reference = None if self._must_run(started) else self._reference
-            result = await loop.run_in_executor(
-                self._executor, self._analyse, frame, reference)
+            result = await self._analyse(frame, None if self._must_run(started) else self._reference)
             elapsed = loop.time() - started
             rgb, detections = self._take(result, started, elapsed)
             self.stats.samples_analysed += 1
@@ -204,17 +205,29 @@ class VideoAnalyzer:
             or not self._rules.settled()
         )
 
-    def _analyse(self, frame: av.VideoFrame, reference: np.ndarray | None) -> _Analysis:
-        """Worker thread: the gate's thumbnail, then a detector run unless the
-        frame matches ``reference`` (None: run anyway)."""
-        if self._gate is None:
-            return _Analysis(None, *_detect(self._detector, frame))
+    async def _analyse(self, frame: av.VideoFrame, reference: np.ndarray | None) -> _Analysis:
+        """The gate's thumbnail, then a detector run unless the frame matches
+        ``reference`` (None: run anyway)."""
+        loop = asyncio.get_running_loop()
+        thumb, same = None, False
+        if self._gate is not None:
+            thumb, same = await loop.run_in_executor(
+                self._gate_executor, self._compare, frame, reference, self._gate.min_changed)
+        if same:
+            return _Analysis(thumb)
+        rgb, detections = await loop.run_in_executor(
+            self._executor, _detect, self._detector, frame)
+        return _Analysis(thumb, rgb, detections)
+
+    def _compare(
+        self, frame: av.VideoFrame, reference: np.ndarray | None, min_changed: float
+    ) -> tuple[np.ndarray, bool]:
+        """Worker thread: the frame's thumbnail, and whether it shows the
+        ``reference`` scene (False when there is none)."""
         thumb = self._shrinker.reformat(
             frame, width=THUMB_SIZE[0], height=THUMB_SIZE[1], format="gray",
             interpolation="AREA").to_ndarray()
-        if reference is not None and changed_fraction(reference, thumb) < self._gate.min_changed:
-            return _Analysis(thumb)
-        return _Analysis(thumb, *_detect(self._detector, frame))
+        return thumb, reference is not None and changed_fraction(reference, thumb) < min_changed
 
     def _take(
         self, result: _Analysis, started: float, elapsed: float
@@ -253,8 +266,10 @@ def changed_fraction(a: np.ndarray, b: np.ndarray) -> float:
     few pixels (a camera that sways, a candidate who talks), count for almost
     nothing: what was there is still there, a little further on.
     """
-    new = _outside(b, a) | _outside(a, b)
-    return float(np.count_nonzero(new)) / new.size
+    if a.ndim != 2 or a.shape != b.shape:
+        raise ValueError(f"expected two grey images of one size, got {a.shape} and {b.shape}")
+    new: np.ndarray = _outside(b, a) | _outside(a, b)
+    return float(np.count_nonzero(new)) / float(new.size)
 
 
 def _outside(image: np.ndarray, reference: np.ndarray) -> np.ndarray:
@@ -268,7 +283,8 @@ def _outside(image: np.ndarray, reference: np.ndarray) -> np.ndarray:
     low = np.minimum.reduce([low[dy:dy + height] for dy in range(2 * r + 1)])
     high = np.maximum.reduce([high[dy:dy + height] for dy in range(2 * r + 1)])
     pixels = image.astype(np.int16)
-    return (pixels < low - PIXEL_DELTA) | (pixels > high + PIXEL_DELTA)
+    outside: np.ndarray = (pixels < low - PIXEL_DELTA) | (pixels > high + PIXEL_DELTA)
+    return outside
 
 
 def _detect(detector: Detector, frame: av.VideoFrame) -> tuple[np.ndarray, list[Detection]]:

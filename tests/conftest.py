@@ -26,7 +26,8 @@ SPEECH = REPO / "tests" / "data" / "speech"
 CLIP = SPEECH / "sense_and_sensibility_01_austen_64kb-0870"
 
 # The ASR model is joined once per user into a cache (~/.cache); tests keep
-# theirs apart, and the servers they start inherit it.
+# theirs apart: the servers they start inherit it, a `Config` they build
+# names it (`user_cache_dir=MODEL_CACHE_DIR`).
 _XDG_CACHE = tempfile.mkdtemp(prefix="ims-test-cache-")
 os.environ["XDG_CACHE_HOME"] = _XDG_CACHE
 MODEL_CACHE_DIR = Config.from_env({"XDG_CACHE_HOME": _XDG_CACHE}).model_cache_dir
@@ -103,7 +104,8 @@ async def make_client(
 
     async def factory(models: Any = None, **overrides: Any) -> TestClient:
         config = replace(
-            Config(database_url=database_url, data_dir=tmp_path / "data", checkpoint_s=0.2),
+            Config(database_url=database_url, data_dir=tmp_path / "data", checkpoint_s=0.2,
+                   user_cache_dir=MODEL_CACHE_DIR),
             **overrides,
         )
         client = TestClient(TestServer(make_app(config, models), host="127.0.0.1", port=0))

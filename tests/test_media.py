@@ -105,7 +105,7 @@ async def test_speech_and_two_people_make_a_transcript_and_an_anomaly(
     assert row["status"] == "completed" and row["end_time"] is not None
     info = json.loads(row["session_information"])
     assert info["asr_model"] == "base"
-    # provenance: how Whisper decoded the pieces (sized to each, plus 1 s)
+    # provenance: how Whisper decoded the pieces (sized to each, plus 3 s)
     assert info["asr_decoding"] == "fit+3s/0.02s>=0s"
     (turn,) = info["conversation_history"]
     assert turn["role"] == "user" and wer(transcript_of(CLIP), turn["content"]) <= 0.15

@@ -14,7 +14,7 @@ from config import Config
 from engine.detector import Detection
 from media.runtime import MediaModels, load_models
 from testing import Candidate, PhotoTrack
-from tests.conftest import AppFactory
+from tests.conftest import MODEL_CACHE_DIR, AppFactory
 from tests.test_media import live_client, new_session, stored_row
 
 
@@ -34,7 +34,8 @@ class TwoPeople:
 async def test_a_detector_plugged_in_through_make_app_drives_the_real_pipeline(
     make_client: AppFactory, db, tmp_path: Path  # type: ignore[no-untyped-def]
 ):
-    real: MediaModels = await asyncio.to_thread(load_models, Config(interviewer=False))
+    config = Config(interviewer=False, user_cache_dir=MODEL_CACHE_DIR)
+    real: MediaModels = await asyncio.to_thread(load_models, config)
     fake = TwoPeople()
     client = await live_client(make_client, models=dataclasses.replace(real, detector=fake))
     sid = (await new_session(client))["session_id"]
