@@ -59,10 +59,11 @@ LEAD_S, TAIL_S = 1.0, 1.5
 # Measured through AudioTranscriber with the default (base, fitted encoder
 # input), 16 and 48 kHz frames alike: per clip 0.0 / 0.125 (1 word of 8) /
 # 0.0 / 0.053, overall 0.032 (2 of 63); longer.wav 0.032 (3 pieces), twice
-# in a row 0.032 (2026-12-03). The bounds leave a word of margin on the
-# hardest clip and overall (tiny.en at 30 s measured 0.25 and 0.048).
+# in a row 0.032 (2026-12-03, AMD EPYC). The bounds leave a word of margin on
+# the hardest clip and three overall, since CTranslate2's int8 results differ
+# between CPU kinds (tiny.en at 30 s measured 0.25 and 0.048).
 MAX_CLIP_WER = 0.25
-MAX_TOTAL_WER = 0.06
+MAX_TOTAL_WER = 0.08
 Int16Array = npt.NDArray[np.int16]
 
 
