@@ -7,15 +7,15 @@ conversion and inference in the detector's executor, never on the loop.
 
 A webcam interview is a still scene most of the time, so a change gate
 (`ChangeGate`) spares the detector: each sampled frame is shrunk to a 64x48
-grey thumbnail (PyAV's swscale, area-averaged, in the executor) and compared
-with the thumbnail of the last frame the detector saw, allowing each pixel to
-have moved a little (`changed_fraction`): a camera that sways or a candidate
-who talks is the same scene, a phone or a face that was not there is not.
-The detector runs when
-enough of it changed, at least every `max_interval_s` anyway, and on every
-sample while an anomaly's onset or end is still being counted
-(`AnomalyRules.settled()`). A skipped sample counts as the previous result,
-so the debounce still advances once per sample.
+grey thumbnail (PyAV's swscale, area-averaged, in a thread of its own, so it
+never waits behind another session's detector run) and compared with the
+thumbnail of the last frame the detector saw, allowing each pixel to have
+moved a little (`changed_fraction`): a camera that sways or a candidate who
+talks is the same scene, a phone or a face that was not there is not. The
+detector runs when enough of it changed, at least every `max_interval_s`
+anyway, and on every sample while an anomaly's onset or end is still being
+counted (`AnomalyRules.settled()`). A skipped sample counts as the previous
+result, so the debounce still advances once per sample.
 """
 
 from __future__ import annotations
