@@ -380,6 +380,8 @@ def _optional_path(env: Mapping[str, str], name: str) -> Path | None:
     value = _optional(env, name)
     if value is None:
         return None
+    if value.startswith("~") and not (value == "~" or value.startswith("~/")):
+        raise ConfigError(f"{name}={value!r}: only ~ (this user's home) is expanded")
     if value == "~" or value.startswith("~/"):
         home = _home(env)
         if home is None:

