@@ -144,9 +144,16 @@ async def test_a_finished_answer_is_ended_by_the_model(make_client: AppFactory,
     users = [t["content"] for t in info["conversation_history"] if t["role"] == "user"]
     assert len(users) == 1 and "selfish" in users[0].lower()
     decision = info["turn_decisions"][0]
-    # Smart Turn is sure at the first ask; the draft text ends the sentence.
-    assert decision["rule"] == "model", json.dumps(decision)
-    assert decision["probability"] >= 0.8 and decision["silence_s"] < 3.0
+    assert decision["probability"] >= 0.8, json.dumps(decision)  # Smart Turn is sure
+    if users[0].rstrip().endswith((".", "?", "!")):
+        # The text ends the sentence: the model ends the turn, before the ceiling.
+        assert decision["rule"] == "model", json.dumps(decision)
+        assert decision["silence_s"] < 3.0
+    else:
+        # On a loaded machine the peer's audio can arrive late or concealed, and
+        # base then wrote "ill-disposed," (seen under two busy cores): text that
+        # trails off holds the turn open until the ceiling, as it should.
+        assert decision["rule"] == "ceiling" and decision["cues"], json.dumps(decision)
     # Taken on the draft, then the committed transcript replaced it: the
     # answer's speech still counts for the question it answered.
     (question,) = info["report"]["questions"]
