@@ -402,8 +402,9 @@ def _json(value: Any) -> dict[str, Any]:
     return dict(value or {})
 
 
-# Fields of a live row that differ by who serves it and when: the checkpoint's time.
-_VOLATILE = ("checkpoint_at", "server_instance", "server_run")
+# Fields of a live row that differ by who serves it and when: the checkpoint's
+# time; and the review's media token, minted anew (with its expiry) per request.
+_VOLATILE = ("checkpoint_at", "server_instance", "server_run", "media_token")
 
 
 def _essence(body: Any) -> Any:
