@@ -60,6 +60,12 @@ PIXEL_DELTA = 12
 # Thumbnail pixels (20 px at 640x480) a pixel may have moved and still count
 # as the same scene (`changed_fraction`).
 SHIFT_TOLERANCE = 2
+# Next to a strong edge, VP8's ringing moves a thumbnail pixel by up to about
+# a quarter of the edge's contrast from one frame to the next (measured on the
+# load test's camouflage, flags and keyboard: `scripts/probe_video_gate.py`),
+# so there a pixel must leave its neighbourhood's range by more than this
+# share of that range (and by PIXEL_DELTA at least).
+EDGE_SLACK = 0.2
 
 AnomalySink = Callable[[list[Anomaly], np.ndarray], None]
 
@@ -257,23 +263,32 @@ class VideoAnalyzer:
 
 
 def changed_fraction(a: np.ndarray, b: np.ndarray) -> float:
-    """The fraction of pixels of two same-size grey images that are new: more
-    than ``PIXEL_DELTA`` levels outside the range of the other image's pixels
-    within ``SHIFT_TOLERANCE`` of the same place, either way round.
+    """The fraction of pixels of two same-size grey images that are new:
+    outside the range of the other image's pixels within ``SHIFT_TOLERANCE``
+    of the same place, by more than ``PIXEL_DELTA`` levels (more, by
+    ``EDGE_SLACK``, beside a strong edge), either way round.
 
     A local change (a phone raised, a second face) counts as much as its
     area; faint noise everywhere, and the whole scene or a head moving by a
     few pixels (a camera that sways, a candidate who talks), count for almost
-    nothing: what was there is still there, a little further on.
+    nothing: what was there is still there, a little further on. The
+    ``SHIFT_TOLERANCE``-wide border is left out (a moved camera brings new
+    world into it); the fraction is of the inside.
     """
     if a.ndim != 2 or a.shape != b.shape:
         raise ValueError(f"expected two grey images of one size, got {a.shape} and {b.shape}")
-    new: np.ndarray = _outside(b, a) | _outside(a, b)
+    r = SHIFT_TOLERANCE
+    if min(a.shape) <= 2 * r:
+        raise ValueError(f"images of {a.shape} have no inside past the {r}-pixel border")
+    # A camera that moved by r pixels shows r pixels of the world at each
+    # border that the other image never had: only the inside is compared.
+    new: np.ndarray = (_outside(b, a) | _outside(a, b))[r:-r, r:-r]
     return float(np.count_nonzero(new)) / float(new.size)
 
 
 def _outside(image: np.ndarray, reference: np.ndarray) -> np.ndarray:
-    """Where `image` leaves the range of `reference`'s nearby pixels (+- delta)."""
+    """Where `image` leaves the range of `reference`'s nearby pixels, by more
+    than PIXEL_DELTA or EDGE_SLACK of that range, whichever is more."""
     r = SHIFT_TOLERANCE
     height, width = reference.shape
     padded = np.pad(reference.astype(np.int16), r, mode="edge")
@@ -283,7 +298,8 @@ def _outside(image: np.ndarray, reference: np.ndarray) -> np.ndarray:
     low = np.minimum.reduce([low[dy:dy + height] for dy in range(2 * r + 1)])
     high = np.maximum.reduce([high[dy:dy + height] for dy in range(2 * r + 1)])
     pixels = image.astype(np.int16)
-    outside: np.ndarray = (pixels < low - PIXEL_DELTA) | (pixels > high + PIXEL_DELTA)
+    slack = np.maximum(PIXEL_DELTA, ((high - low) * EDGE_SLACK).astype(np.int16))
+    outside: np.ndarray = (pixels < low - slack) | (pixels > high + slack)
     return outside
 
 

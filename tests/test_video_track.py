@@ -4,6 +4,7 @@ the change gate spares the detector on a still scene and keeps onsets on time.""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import threading
 import time
 import tracemalloc
@@ -15,12 +16,14 @@ import numpy as np
 from PIL import Image
 
 from engine.anomaly import DEVICES_DETECTED, MULTIPLE_PERSONS, Anomaly, AnomalyRules
+from loadtest import prepare
 from engine.detector import Detection
 from media.video_track import THUMB_SIZE, ChangeGate, VideoAnalyzer, changed_fraction
 from testing import PhotoTrack
 from tests.test_media import ONE_PERSON, PHOTOS, TWO_PERSONS, needs_photos
 
 PHONE = PHOTOS / "coco_000000168974_1person_child_holding_phone.jpg"
+NO_PERSON = PHOTOS / "coco_000000516008_laptop_desk_noperson.jpg"
 
 
 class SlowDetector:
@@ -106,8 +109,20 @@ def test_changed_fraction_counts_pixels_that_moved_past_the_delta() -> None:
     a = np.full((48, 64), 100, np.uint8)
     assert changed_fraction(a, a + 5) == 0.0  # faint change everywhere: nothing
     b = a.copy()
-    b[:12, :16] = 200  # a sixteenth of the picture
-    assert changed_fraction(a, b) == 1 / 16 == changed_fraction(b, a)
+    b[18:30, 24:40] = 200  # 192 pixels of the 44x60 inside
+    assert changed_fraction(a, b) == 192 / (44 * 60) == changed_fraction(b, a)
+    # The 2-pixel border is left out: a moved camera brings new world into it.
+    c = a.copy()
+    c[:2, :] = c[:, -2:] = 0
+    assert changed_fraction(a, c) == 0.0
+    # Beside a strong edge, a pixel must move further before it counts.
+    edge = a.copy()
+    edge[:, 32:] = 250  # a 150-level edge: there, 30 levels of ringing are allowed
+    rung = edge.copy()
+    rung[20:24, 33] = 100 - 20  # 20 levels past the edge's range: under its slack
+    assert changed_fraction(edge, rung) == 0.0
+    rung[20:24, 40] = 10  # a dark object beside it is still new
+    assert changed_fraction(edge, rung) == 4 / (44 * 60)
 
 
 def _thumbnail(rgb: np.ndarray) -> np.ndarray:
@@ -131,14 +146,16 @@ def test_a_moving_camera_is_the_same_scene_and_a_new_object_is_not() -> None:
     laptop, the load test's pan) stays under the gate; a 40x60 px phone raised
     in the middle of it, or a second person, is over it."""
     gate = ChangeGate()
-    for photo in (ONE_PERSON, PHONE):
+    for photo in (ONE_PERSON, PHONE, TWO_PERSONS, NO_PERSON):
         still = _thumbnail(_camera_view(photo))
-        for dx, dy in ((3, 0), (0, 6), (-6, 6), (12, 0)):
+        for dx, dy in ((3, 0), (0, 6), (-6, 6), (12, 0), (-12, -12)):
             moved = _thumbnail(_camera_view(photo, dx, dy))
             assert changed_fraction(still, moved) < gate.min_changed, (photo.name, dx, dy)
+        if photo in (TWO_PERSONS, NO_PERSON):
+            continue  # a dark phone is lost on their dark middles; see the next test
         raised = _camera_view(photo).copy()
         raised[200:260, 300:340] = (25, 25, 30)
-        assert changed_fraction(still, _thumbnail(raised)) > 2 * gate.min_changed
+        assert changed_fraction(still, _thumbnail(raised)) > 1.5 * gate.min_changed
     # A second person walks into the same room: one person cut from another
     # real photo, pasted beside the first.
     stranger = _camera_view(TWO_PERSONS)[100:420, 40:220]
@@ -146,6 +163,27 @@ def test_a_moving_camera_is_the_same_scene_and_a_new_object_is_not() -> None:
     joined = scene.copy()
     joined[120:440, 440:620] = stranger
     assert changed_fraction(_thumbnail(scene), _thumbnail(joined)) > 10 * gate.min_changed
+
+
+@needs_photos
+def test_a_textured_scene_through_vp8_mostly_stays_under_the_gate(tmp_path: Any) -> None:
+    """The load test's camera (a slow pan with sensor noise, encoded as a
+    browser encodes VP8): camouflage, flags and a keyboard ring at their edges
+    from frame to frame. Sampled at 2 fps, few pairs of samples of one scene
+    should wake the detector (before the border and the edge slack were
+    allowed for: 89 % for the two persons, 100 % for the desk)."""
+    gate = ChangeGate()
+    for photo, most in ((ONE_PERSON, 0.05), (TWO_PERSONS, 0.4), (NO_PERSON, 0.05)):
+        path = tmp_path / f"{photo.stem}.webm"
+        prepare._encode_video(photo, path)
+        with av.open(str(path)) as container:
+            thumbs = [frame.reformat(width=THUMB_SIZE[0], height=THUMB_SIZE[1], format="gray",
+                                     interpolation="AREA").to_ndarray()
+                      for frame in container.decode(video=0)]
+        samples = thumbs[:: prepare.VIDEO_FPS // 2]
+        pairs = list(itertools.combinations(samples, 2))
+        woken = sum(changed_fraction(a, b) >= gate.min_changed for a, b in pairs) / len(pairs)
+        assert woken <= most, (photo.name, woken)
 
 
 @needs_photos
