@@ -10,6 +10,8 @@ from aiohttp import BodyPartReader, web
 from aiohttp.http_exceptions import BadHttpMessage
 
 from api.errors import json_error, too_large
+from engine import jsontext
+from engine.jsontext import NestedTooDeeply
 
 __all__ = [
     "MAX_JSON_BYTES", "MAX_RESUME_BYTES", "MAX_URL", "MAX_SDP_BYTES", "MAX_FIELD_BYTES",
@@ -44,11 +46,9 @@ async def read_json_body(request: web.Request, limit: int = MAX_JSON_BYTES) -> d
     """A JSON object body, or 400/413."""
     raw = await read_limited(request, limit, "JSON body")
     try:
-        body = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        body = jsontext.loads(raw)
+    except (NestedTooDeeply, json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise json_error(web.HTTPBadRequest, f"malformed JSON: {exc}") from None
-    except RecursionError:
-        raise json_error(web.HTTPBadRequest, "malformed JSON: nested too deeply") from None
     if not isinstance(body, dict):
         raise json_error(web.HTTPBadRequest, "the JSON body must be an object")
     return body

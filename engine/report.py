@@ -11,7 +11,6 @@ is no evaluation: no invented scores.
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from collections import Counter
@@ -19,6 +18,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from engine import jsontext
 from engine.ports import InterviewerLlm, LlmError, LlmRequest
 from engine.session import Turn, utc_now
 
@@ -115,8 +115,8 @@ async def evaluate(
 def _parse_json(raw: str) -> dict[str, Any]:
     match = re.search(r"\{.*\}", raw, re.DOTALL)
     try:
-        value = json.loads(match.group(0)) if match else {}
-    except json.JSONDecodeError:
+        value = jsontext.loads(match.group(0)) if match else {}
+    except ValueError:  # malformed, or nested too deeply
         return {}
     return value if isinstance(value, dict) else {}
 

@@ -11,11 +11,15 @@ import dataclasses
 import json
 from typing import Any
 
+from engine import jsontext
 from engine.events import ClientMessage, EndRequest, Event, Ping
+from engine.jsontext import NestedTooDeeply
 
 __all__ = ["MAX_MESSAGE_BYTES", "decode", "encode"]
 
 MAX_MESSAGE_BYTES = 16 * 1024
+# A message is a flat object ({"type": "ping"}); a little room for more.
+MAX_MESSAGE_DEPTH = 8
 
 _INBOUND: dict[str, ClientMessage] = {"ping": Ping(), "end": EndRequest()}
 
@@ -33,8 +37,10 @@ def decode(raw: str | bytes) -> ClientMessage | str:
     if len(raw) > MAX_MESSAGE_BYTES:
         return f"message larger than {MAX_MESSAGE_BYTES} bytes"
     try:
-        message = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
+        message = jsontext.loads(raw, max_depth=MAX_MESSAGE_DEPTH)
+    except NestedTooDeeply:
+        return f"JSON messages may nest at most {MAX_MESSAGE_DEPTH} levels"
+    except (json.JSONDecodeError, UnicodeDecodeError):
         return "messages must be JSON objects"
     if not isinstance(message, dict) or not isinstance(message.get("type"), str):
         return "messages must be JSON objects with a string 'type'"

@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import sys
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -31,6 +33,28 @@ CLIP = SPEECH / "sense_and_sensibility_01_austen_64kb-0870"
 _XDG_CACHE = tempfile.mkdtemp(prefix="ims-test-cache-")
 os.environ["XDG_CACHE_HOME"] = _XDG_CACHE
 MODEL_CACHE_DIR = Config.from_env({"XDG_CACHE_HOME": _XDG_CACHE}).model_cache_dir
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_configure(config: pytest.Config) -> None:
+    """In front of pytest's unraisable-exception hook: an object whose repr
+    raises is described by its type instead. pytest's hook would fail on it
+    and report only "Failed to process unraisable exception" (seen once in
+    CI, in test_fuzz_media); this way the exception itself is reported (and
+    still fails the test)."""
+    report = sys.unraisablehook
+
+    def hook(unraisable: Any) -> None:
+        try:
+            repr(unraisable.object)
+        except BaseException as exc:  # noqa: BLE001 - any repr failure
+            unraisable = SimpleNamespace(
+                exc_type=unraisable.exc_type, exc_value=unraisable.exc_value,
+                exc_traceback=unraisable.exc_traceback, err_msg=unraisable.err_msg,
+                object=f"<a {type(unraisable.object).__qualname__} whose repr raised {exc!r}>")
+        report(unraisable)
+
+    sys.unraisablehook = hook
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

@@ -43,7 +43,14 @@ def fuzz(base_url: str, target: str) -> list[str]:
     """Run every operation's fuzzer; the failures (after shrinking) as text."""
     schema = schemathesis.openapi.from_url(f"{base_url}/openapi.json")
     failures: list[str] = []
-    http = requests.Session()
+    # Closed when done, not left to the garbage collector mid-way through a later test.
+    with requests.Session() as http:
+        _fuzz_all(schema, base_url, target, http, failures)
+    return failures
+
+
+def _fuzz_all(schema: Any, base_url: str, target: str, http: requests.Session,
+              failures: list[str]) -> None:
     for result in schema.get_all_operations():
         operation = result.ok()
         for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
@@ -59,7 +66,6 @@ def fuzz(base_url: str, target: str) -> list[str]:
             except Unsatisfiable:
                 # Nothing to make invalid (no parameters, no body): negative mode has no cases.
                 assert mode is GenerationMode.NEGATIVE, operation.label
-    return failures
 
 
 def _fuzz_one(cases: st.SearchStrategy[Any], base_url: str, http: requests.Session) -> None:

@@ -125,6 +125,9 @@ async def test_evaluation_keeps_only_quotes_from_the_transcript(stub: GeminiStub
     }
     stub.script(Fail(500))
     assert await evaluate(gemini(stub), "Data engineer", transcript) is None
+    # A reply nested past the parser's recursion limit is no evaluation, not a crash.
+    stub.script(Reply(chunks('{"competencies": ' + "[" * 5000 + "]" * 5000 + "}")))
+    assert await evaluate(gemini(stub), "Data engineer", transcript) is None
 
 
 async def test_server_uses_gemini_when_a_key_is_set(stub: GeminiStub, make_client: Any, db: Any):
