@@ -43,8 +43,9 @@ DEFAULT_DEVICE_LABELS: tuple[str, ...] = (
 )
 # The video change gate (`media.video_track.ChangeGate`): the detector runs on a
 # sampled frame when this fraction of its 64x48 grey thumbnail changed since
-# the last analysed frame (0.003: about 9 thumbnail pixels, a 30x30 px object
-# at 640x480), and at least every DEFAULT_DETECT_MAX_INTERVAL_S seconds anyway.
+# the last analysed frame (0.003: about 8 pixels of the thumbnail's 60x44
+# inside, a 30x30 px object at 640x480), and at least every
+# DEFAULT_DETECT_MAX_INTERVAL_S seconds anyway.
 DEFAULT_DETECT_CHANGE = 0.003
 DEFAULT_DETECT_MAX_INTERVAL_S = 3.0
 DEFAULT_INTERVIEWER_NAME = "Serin"
