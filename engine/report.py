@@ -116,7 +116,7 @@ def _parse_json(raw: str) -> dict[str, Any]:
     match = re.search(r"\{.*\}", raw, re.DOTALL)
     try:
         value = jsontext.loads(match.group(0)) if match else {}
-    except ValueError:  # malformed, or nested too deeply
+    except (ValueError, RecursionError):  # malformed, or nested too deeply
         return {}
     return value if isinstance(value, dict) else {}
 

@@ -40,7 +40,7 @@ def decode(raw: str | bytes) -> ClientMessage | str:
         message = jsontext.loads(raw, max_depth=MAX_MESSAGE_DEPTH)
     except NestedTooDeeply:
         return f"JSON messages may nest at most {MAX_MESSAGE_DEPTH} levels"
-    except (json.JSONDecodeError, UnicodeDecodeError):
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):  # the last: a backstop
         return "messages must be JSON objects"
     if not isinstance(message, dict) or not isinstance(message.get("type"), str):
         return "messages must be JSON objects with a string 'type'"
