@@ -66,8 +66,10 @@ def _depth(data: bytes) -> int:
 
 def loads(text: str | bytes, max_depth: int = MAX_DEPTH) -> Any:
     """`json.loads`, or `NestedTooDeeply` past ``max_depth`` levels."""
-    if isinstance(text, bytes):
+    if isinstance(text, (bytes, bytearray)):
         text = text.decode(json.detect_encoding(text), "surrogatepass")  # as json.loads does
+    elif not isinstance(text, str):
+        return json.loads(text)  # its own TypeError
     data = text.encode("utf-8", "surrogatepass")
     # Text with fewer brackets than the limit cannot nest past it.
     if data.count(b"[") + data.count(b"{") > max_depth and _depth(data) > max_depth:
@@ -79,6 +81,7 @@ def _utf8(text: str | bytes) -> bytes:
     """``text`` as UTF-8; bytes decoded as `json.loads` would decode them."""
     if isinstance(text, str):
         return text.encode("utf-8", "surrogatepass")
+    text = bytes(text)
     try:
         return text.decode(json.detect_encoding(text), "surrogatepass").encode(
             "utf-8", "surrogatepass")

@@ -107,8 +107,7 @@ async def test_deeply_nested_json_is_400(client: TestClient):
                              headers={"Content-Type": "application/json"})
     assert resp.status == 400 and "nested" in (await resp.json())["error"]
     # The same depth in UTF-16 (json reads it), behind a string whose
-    # character holds a quote byte (U+2200: 00 22): measured as json reads it;
-    # 40 KB, so parsed off the loop.
+    # character holds a quote byte (U+2200: 00 22): measured as json reads it.
     hidden = ('["\u2200",' + "[" * 10000 + "]" * 10000 + "]").encode("utf-16-le")
     resp = await client.post("/sessions", data=hidden, headers={"Content-Type": "application/json"})
     assert resp.status == 400 and "nested" in (await resp.json())["error"]

@@ -60,6 +60,12 @@ def test_deep_text_is_refused_without_recursing():
     assert jsontext.loads(json.dumps([[i] for i in range(1000)]))[999] == [999]
 
 
+def test_what_json_loads_takes_loads_takes():
+    assert jsontext.loads(bytearray(b'{"a": [1]}')) == {"a": [1]} == jsontext.loads(b'{"a": [1]}')
+    with pytest.raises(TypeError):
+        jsontext.loads(None)  # type: ignore[arg-type]
+
+
 def test_malformed_text_gets_a_depth_and_the_parser_judges_it():
     for text in ('{"a": "unterminated [[[', "]]]]", "", "\"\\", '{"a":\xff}'):
         assert nesting_depth(text) >= 0
