@@ -66,24 +66,28 @@ def _depth(data: bytes) -> int:
 
 def loads(text: str | bytes, max_depth: int = MAX_DEPTH) -> Any:
     """`json.loads`, or `NestedTooDeeply` past ``max_depth`` levels."""
-    if isinstance(text, (bytes, bytearray)):
-        text = text.decode(json.detect_encoding(text), "surrogatepass")  # as json.loads does
-    elif not isinstance(text, str):
+    if not isinstance(text, (str, bytes, bytearray)):
         return json.loads(text)  # its own TypeError
+    text = _decoded(text)
     data = text.encode("utf-8", "surrogatepass")
-    # Text with fewer brackets than the limit cannot nest past it.
+    # Text with no more brackets than the limit cannot nest past it.
     if data.count(b"[") + data.count(b"{") > max_depth and _depth(data) > max_depth:
         raise NestedTooDeeply(f"nested deeper than {max_depth} levels")
     return json.loads(text)
 
 
+def _decoded(text: str | bytes) -> str:
+    """``text``; bytes decoded as `json.loads` decodes them."""
+    if isinstance(text, str):
+        return text
+    return bytes(text).decode(json.detect_encoding(text), "surrogatepass")
+
+
 def _utf8(text: str | bytes) -> bytes:
-    """``text`` as UTF-8; bytes decoded as `json.loads` would decode them."""
+    """``text`` as UTF-8 (see `_decoded`); undecodable bytes as they are."""
     if isinstance(text, str):
         return text.encode("utf-8", "surrogatepass")
-    text = bytes(text)
     try:
-        return text.decode(json.detect_encoding(text), "surrogatepass").encode(
-            "utf-8", "surrogatepass")
+        return _decoded(text).encode("utf-8", "surrogatepass")
     except UnicodeDecodeError:
-        return text  # the parser refuses it; the bytes still get a number
+        return bytes(text)  # the parser refuses it; the bytes still get a number

@@ -41,7 +41,7 @@ from engine.detector import Detection
 from engine.ports import Detector
 from engine.session import utc_now
 
-__all__ = ["ChangeGate", "VideoAnalyzer", "VideoStats", "changed_fraction"]
+__all__ = ["ChangeGate", "VideoAnalyzer", "VideoStats", "changed_fraction", "thumbnail"]
 
 log = logging.getLogger(__name__)
 
@@ -232,9 +232,7 @@ class VideoAnalyzer:
     ) -> tuple[np.ndarray, bool]:
         """Worker thread: the frame's thumbnail, and whether it shows the
         ``reference`` scene (False when there is none)."""
-        thumb = self._shrinker.reformat(
-            frame, width=THUMB_SIZE[0], height=THUMB_SIZE[1], format="gray",
-            interpolation="AREA").to_ndarray()
+        thumb = thumbnail(frame, self._shrinker)
         return thumb, reference is not None and changed_fraction(reference, thumb) < min_changed
 
     def _take(
@@ -262,6 +260,14 @@ class VideoAnalyzer:
         started = self._rules.update(detections, utc_now(), seen_at)
         if started:
             self._on_anomalies(started, rgb)
+
+
+def thumbnail(frame: av.VideoFrame, shrinker: VideoReformatter | None = None) -> np.ndarray:
+    """The change gate's view of ``frame``: a THUMB_SIZE grey image, area-averaged.
+    ``shrinker`` keeps swscale's context between calls on one track."""
+    return (shrinker or VideoReformatter()).reformat(
+        frame, width=THUMB_SIZE[0], height=THUMB_SIZE[1], format="gray",
+        interpolation="AREA").to_ndarray()
 
 
 def changed_fraction(a: np.ndarray, b: np.ndarray) -> float:

@@ -34,11 +34,8 @@ PLACED_ON = ("coco_000000000436_1person_eating_closeup.jpg",
 
 
 def thumbnails(path: Path) -> list[np.ndarray]:
-    width, height = video_track.THUMB_SIZE
     with av.open(str(path)) as container:
-        return [frame.reformat(width=width, height=height, format="gray",
-                               interpolation="AREA").to_ndarray()
-                for frame in container.decode(video=0)]
+        return [video_track.thumbnail(frame) for frame in container.decode(video=0)]
 
 
 def main() -> None:
@@ -69,10 +66,9 @@ def main() -> None:
 
 
 def thumbnail(rgb: np.ndarray) -> np.ndarray:
-    width, height = video_track.THUMB_SIZE
+    """An RGB picture's thumbnail, through YUV as a decoded camera frame is."""
     frame = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format="yuv420p")
-    return frame.reformat(width=width, height=height, format="gray",
-                          interpolation="AREA").to_ndarray()
+    return video_track.thumbnail(frame)
 
 
 def missed_placements(photos_dir: Path) -> int:

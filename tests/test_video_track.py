@@ -18,7 +18,7 @@ from PIL import Image
 from engine.anomaly import DEVICES_DETECTED, MULTIPLE_PERSONS, Anomaly, AnomalyRules
 from loadtest import prepare
 from engine.detector import Detection
-from media.video_track import THUMB_SIZE, ChangeGate, VideoAnalyzer, changed_fraction
+from media.video_track import ChangeGate, VideoAnalyzer, changed_fraction, thumbnail
 from testing import PhotoTrack
 from tests.test_media import ONE_PERSON, PHOTOS, TWO_PERSONS, needs_photos
 
@@ -126,10 +126,7 @@ def test_changed_fraction_counts_pixels_that_moved_past_the_delta() -> None:
 
 
 def _thumbnail(rgb: np.ndarray) -> np.ndarray:
-    frame = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format="yuv420p")
-    return frame.reformat(width=THUMB_SIZE[0], height=THUMB_SIZE[1], format="gray",
-                          interpolation="AREA").to_ndarray()
-
+    return thumbnail(av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format="yuv420p"))
 
 def _camera_view(photo: Any, dx: int = 0, dy: int = 0) -> np.ndarray:
     """The photo letterboxed into 640x480, the camera moved by (dx, dy) px."""
@@ -177,9 +174,7 @@ def test_a_textured_scene_through_vp8_mostly_stays_under_the_gate(tmp_path: Any)
         path = tmp_path / f"{photo.stem}.webm"
         prepare._encode_video(photo, path)
         with av.open(str(path)) as container:
-            thumbs = [frame.reformat(width=THUMB_SIZE[0], height=THUMB_SIZE[1], format="gray",
-                                     interpolation="AREA").to_ndarray()
-                      for frame in container.decode(video=0)]
+            thumbs = [thumbnail(frame) for frame in container.decode(video=0)]
         samples = thumbs[:: prepare.VIDEO_FPS // 2]
         pairs = list(itertools.combinations(samples, 2))
         woken = sum(changed_fraction(a, b) >= gate.min_changed for a, b in pairs) / len(pairs)
