@@ -6,8 +6,9 @@ candidate who stops mid-sentence to think is cut off as soon as the silence
 runs out. Instead, while the candidate is silent after speaking, the media
 layer asks an end-of-turn model (`engine.ports.TurnModel`: Smart Turn v3.2)
 at the silences in `EndOfTurnSettings.ask_at_s`, on the last seconds of the
-answer's audio (`TurnProbe`, fed in the VAD's executor). `judge()` turns the
-model's probabilities and the answer's text into a decision:
+answer's audio (`TurnProbe`: fed in the VAD's executor, the model asked in
+an executor of its own). `judge()` turns the model's probabilities and the
+answer's text into a decision:
 
 - the silence reached `ceiling_s`: the turn is over, whatever was said
   (rule ``ceiling``);
@@ -43,6 +44,7 @@ from engine.ports import TurnModel
 
 __all__ = [
     "EndOfTurnSettings",
+    "TurnAsk",
     "TurnDecision",
     "TurnEstimate",
     "TurnProbe",
@@ -93,6 +95,15 @@ class TurnEstimate:
     silence_s: float  # since the last voiced frame, in stream seconds
     probability: float  # P(the answer is complete)
     model_s: float = 0.0  # what the model call cost
+
+
+@dataclass(frozen=True, eq=False)
+class TurnAsk:
+    """A question for the model that fell due: the answer's audio at one silence."""
+
+    silence_s: float
+    audio: Float32Array
+    pause: int  # which pause of the stream (`TurnProbe`'s count)
 
 
 @dataclass(frozen=True)
@@ -161,16 +172,28 @@ def judge(
 
 
 class TurnProbe:
-    """Asks the end-of-turn model at the scheduled silences of each pause.
+    """Says when the end-of-turn model is to be asked, and asks it.
 
     Fed, in order, every chunk of 16 kHz audio the VAD saw and where the VAD
-    stands after it (`feed`). Not thread-safe: one stream, one caller (the
-    VAD's executor). Time is stream seconds, as in `engine.vad`.
+    stands after it (`feed`, from one thread: the VAD's executor); `feed`
+    returns the asks that fell due at the silences of `ask_at_s`, and
+    `answer` puts one to the model. `answer` may run on another thread
+    (the media layer's turn executor), so that a model call (about 60-160 ms
+    of CPU) never holds up the VAD. Time is stream seconds, as in `engine.vad`.
+
+    The model is asked only while its answer can still change the decision:
+    once it said "not complete" in a pause (`judge` then waits for the
+    ceiling; `stop_when_doubtful`), or the listener took the turn (`hold`),
+    the rest of the pause is not asked about. Speech resumes: asks resume.
+    `spared` counts the asks left out.
     """
 
-    def __init__(self, model: TurnModel, settings: EndOfTurnSettings) -> None:
+    def __init__(
+        self, model: TurnModel, settings: EndOfTurnSettings, *, stop_when_doubtful: bool = True,
+    ) -> None:
         self._model = model
         self._settings = settings
+        self._stop_when_doubtful = stop_when_doubtful
         self._keep = int(settings.max_audio_s * SAMPLE_RATE)
         self._ring: deque[Float32Array] = deque()
         self._ring_samples = 0
@@ -178,12 +201,19 @@ class TurnProbe:
         self._answer_start: float | None = None
         self._last_voiced: float | None = None
         self._next_ask = 0
+        self._pause = 0  # counts the pauses; the current one is asked about
+        self._in_pause = False
+        # The pause that is asked no more. Written by `answer` and `hold`, read
+        # by `feed`: one assignment of a number, so no lock is needed, and an
+        # answer that comes late holds its own (past) pause, not the next.
+        self._held_pause = -1
+        self.spared = 0
 
     def feed(
         self, pcm: Float32Array, *, last_voiced_at: float | None, speaking: bool,
         speech_started_at: float | None = None,
-    ) -> list[TurnEstimate]:
-        """Take `pcm`; return the model's answers for asks that fell due.
+    ) -> list[TurnAsk]:
+        """Take `pcm`; return the asks that fell due (at most one).
 
         `last_voiced_at`: end of the last confirmed voiced window (None: no
         speech yet). `speaking`: the VAD is in speech (or confirming it).
@@ -200,8 +230,12 @@ class TurnProbe:
             self._answer_start = max(0.0, speech_started_at - s.pre_speech_s)
         self._last_voiced = last_voiced_at
         if speaking or last_voiced_at is None:
+            if self._in_pause:
+                self._pause += 1  # the pause is over; asks start again at the next one
+                self._in_pause = False
             self._next_ask = 0
             return []
+        self._in_pause = True
         silence = self._time - last_voiced_at
         due = False
         while self._next_ask < len(s.ask_at_s) and silence >= s.ask_at_s[self._next_ask]:
@@ -209,7 +243,30 @@ class TurnProbe:
             due = True
         if not due or silence >= s.ceiling_s:
             return []
-        return [self._ask(silence)]
+        if self._held_pause == self._pause:
+            self.spared += 1
+            return []
+        return [TurnAsk(silence, self._audio(), self._pause)]
+
+    @property
+    def pause(self) -> int:
+        """Which pause of the stream is the current one (`TurnAsk.pause`)."""
+        return self._pause
+
+    def answer(self, ask: TurnAsk) -> TurnEstimate:
+        """The model's answer to `ask` (blocks for the model call)."""
+        started = time.perf_counter()
+        probability = self._model.probability(ask.audio)
+        if self._stop_when_doubtful and probability < self._settings.threshold:
+            self._held_pause = ask.pause
+        return TurnEstimate(ask.silence_s, probability, time.perf_counter() - started)
+
+    def hold(self) -> None:
+        """The listener took the turn: ask nothing more until speech resumes.
+
+        Called from `feed`'s thread (the VAD's, where the turn reaches the VAD).
+        """
+        self._held_pause = self._pause
 
     def _append(self, pcm: Float32Array) -> None:
         self._ring.append(pcm)
@@ -218,12 +275,10 @@ class TurnProbe:
         while self._ring and self._ring_samples - len(self._ring[0]) >= self._keep:
             self._ring_samples -= len(self._ring.popleft())
 
-    def _ask(self, silence: float) -> TurnEstimate:
+    def _audio(self) -> Float32Array:
+        """The answer's audio so far: from its start, at most `max_audio_s`."""
         audio = np.concatenate(list(self._ring)) if self._ring else np.zeros(0, np.float32)
         if self._answer_start is not None:
             since = int(max(0.0, self._time - self._answer_start) * SAMPLE_RATE)
             audio = audio[-since:] if since else audio[:0]
-        audio = audio[-self._keep:]
-        started = time.perf_counter()
-        probability = self._model.probability(audio)
-        return TurnEstimate(silence, probability, time.perf_counter() - started)
+        return audio[-self._keep:]

@@ -29,6 +29,9 @@ SERVER_HISTOGRAMS = (
     "interview_llm_first_sentence_seconds",
     "interview_turn_latency_seconds",
     "interview_transcript_latency_seconds",
+    "interview_turn_model_seconds",
+    "interview_turn_silence_seconds",
+    "interview_reply_seconds",
 )
 # Clients that send more than this share of packets late (> 40 ms) are
 # themselves overloaded, and their latencies include their own delay.

@@ -45,7 +45,7 @@ import numpy.typing as npt
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from engine.ports import Transcriber, TranscriptResult
-from engine.turns import TurnEstimate, TurnProbe
+from engine.turns import TurnAsk, TurnEstimate, TurnProbe
 from engine.vad import (
     SpeechEnded,
     SpeechPaused,
@@ -113,6 +113,7 @@ class AudioStats:
     speculations: int = 0  # speculative transcriptions started
     speculations_used: int = 0  # ... that a committed piece took
     turn_asks: int = 0  # end-of-turn model calls
+    turn_asks_spared: int = 0  # ... left out: their answer could not change the decision
 
 
 class AudioTranscriber:
@@ -130,6 +131,7 @@ class AudioTranscriber:
         on_voice: Callable[[bool], None] | None = None,
         turn_probe: TurnProbe | None = None,
         on_turn_estimate: Callable[[TurnEstimate], None] | None = None,
+        turn_executor: Executor | None = None,
         draft_transcriber: Transcriber | None = None,
         max_frames: int = 250,
         max_pieces: int = 16,
@@ -146,6 +148,9 @@ class AudioTranscriber:
         self._on_voice = on_voice
         self._turn_probe = turn_probe
         self._on_turn_estimate = on_turn_estimate
+        # The end-of-turn model's calls: apart from the VAD (default: the VAD's own).
+        self._turn_executor = turn_executor or vad_executor
+        self._asks: set[asyncio.Future[TurnEstimate]] = set()  # asked, not answered yet
         self._speculation: _Speculation | None = None
         self._speculating: set[asyncio.Task[TranscriptResult]] = set()  # all still running
         self._voiced = False
@@ -196,6 +201,8 @@ class AudioTranscriber:
         finally:
             self._speculation = None
             tasks += self._speculating  # cancelled work leaves no task behind
+            for ask in list(self._asks):
+                ask.cancel()  # an answer for a call that is over: nobody to tell
             for task in tasks:
                 task.cancel()
             # gather, not `await task` under suppress(CancelledError): that
@@ -240,7 +247,7 @@ class AudioTranscriber:
             ended = batch[-1] is None
             frames = [item[0] for item in batch if item is not None]
             end_paused_at, self._end_paused_at = self._end_paused_at, None
-            events, frame_ends, voiced, estimates = await loop.run_in_executor(
+            events, frame_ends, voiced, asks = await loop.run_in_executor(
                 self._vad_executor, self._detect_speech, frames, ended, end_paused_at
             )
             self._arrivals.extend(zip(frame_ends, (item[1] for item in batch if item)))
@@ -256,27 +263,31 @@ class AudioTranscriber:
                 elif (isinstance(event, SpeechPaused) and not ended and not voiced
                       and self._turn_probe is not None):
                     self._speculate(event)  # only turn-taking needs text this early
-            self.stats.turn_asks += len(estimates)
-            if self._on_turn_estimate is not None:
-                for estimate in estimates:
-                    self._on_turn_estimate(estimate)
+            if self._turn_probe is not None:
+                self.stats.turn_asks_spared = self._turn_probe.spared
+                for ask in asks:
+                    self._ask(self._turn_probe, ask)
         await self._pieces.put(None)
 
     def _detect_speech(
         self, frames: list[av.AudioFrame], flush: bool, end_paused_at: float | None = None
-    ) -> tuple[list[VadEvent], list[float], bool, list[TurnEstimate]]:
+    ) -> tuple[list[VadEvent], list[float], bool, list[TurnAsk]]:
         """Worker thread: resample to 16 kHz mono, run the VAD (and the turn probe).
 
         Returns the events, the stream time after each frame, whether the
-        voice is on now, and the end-of-turn model's answers that fell due.
+        voice is on now, and the questions for the end-of-turn model that
+        fell due (asked in the turn executor: `_ask`).
         `end_paused_at`: first end the utterance paused there (`end_utterance`).
         """
         events: list[VadEvent] = []
         frame_ends: list[float] = []
-        estimates: list[TurnEstimate] = []
+        asks: list[TurnAsk] = []
         vad = self._vad
         if end_paused_at is not None:
-            events += vad.end_paused(end_paused_at)
+            taken = vad.end_paused(end_paused_at)
+            if taken and self._turn_probe is not None:
+                self._turn_probe.hold()  # the turn is over: its pause needs no more asks
+            events += taken
         for frame in frames:
             for out in self._resampler.resample(frame):
                 pcm = to_float32(cast(npt.NDArray[np.int16], out.to_ndarray().reshape(-1)))
@@ -284,14 +295,14 @@ class AudioTranscriber:
                 events += new
                 if self._turn_probe is not None:
                     started = next((e.at for e in new if isinstance(e, SpeechStarted)), None)
-                    estimates += self._turn_probe.feed(
+                    asks += self._turn_probe.feed(
                         pcm, last_voiced_at=vad.last_voiced_at, speech_started_at=started,
                         speaking=vad.state in (VadState.SPEAKING, VadState.STARTING),
                     )
             frame_ends.append(vad.stream_time)
         if flush:
             events += vad.flush()
-        return events, frame_ends, vad.state is VadState.SPEAKING, estimates
+        return events, frame_ends, vad.state is VadState.SPEAKING, asks
 
     def _queue_piece(
         self, piece: SpeechSegment, voiced_arrival: float,
@@ -348,6 +359,28 @@ class AudioTranscriber:
             return await asyncio.wrap_future(future)
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(executor, transcriber.transcribe, audio)
+
+    # -- the end-of-turn model ------------------------------------------------------
+
+    def _ask(self, probe: TurnProbe, ask: TurnAsk) -> None:
+        loop = asyncio.get_running_loop()
+        future = loop.run_in_executor(self._turn_executor, probe.answer, ask)
+        self._asks.add(future)
+        future.add_done_callback(lambda done: self._answered(probe, ask, done))
+
+    def _answered(
+        self, probe: TurnProbe, ask: TurnAsk, future: asyncio.Future[TurnEstimate]
+    ) -> None:
+        self._asks.discard(future)
+        if future.cancelled():
+            return
+        if (error := future.exception()) is not None:
+            log.error("%s: the end-of-turn model failed: %r", self._name, error)
+            return
+        self.stats.turn_asks += 1
+        # An answer about a pause the candidate has since spoken after is stale.
+        if self._on_turn_estimate is not None and probe.pause == ask.pause:
+            self._on_turn_estimate(future.result())
 
     # -- speculative transcription ---------------------------------------------------
 

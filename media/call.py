@@ -169,6 +169,7 @@ class WebRtcCall:
             on_voice=self._handle_voice,
             turn_probe=self._turn_probe(),
             on_turn_estimate=self._handle_turn_estimate,
+            turn_executor=runtime.turn_executor,
             name=self._name,
         )
         synthesizer = runtime.models.synthesizer
@@ -248,6 +249,11 @@ class WebRtcCall:
             metrics.turn_decisions.labels(turn.decision.rule).inc()
             metrics.turn_silence.observe(turn.decision.silence_s)
             self.session.add_turn_decision(turn.as_dict())
+            decision = turn.decision
+            log.info("%s: turn ended by rule %s after %.2f s of silence (P(complete) %s, cues %s)",
+                     self._name, decision.rule, decision.silence_s,
+                     "-" if decision.probability is None else f"{decision.probability:.2f}",
+                     ",".join(decision.cues) or "-")
         if turn.first_audio_at is not None:
             metrics.turn_latency.observe(turn.first_audio_at - turn.last_voiced_at)
             metrics.reply_seconds.observe(turn.first_audio_at - turn.end_of_turn_at)

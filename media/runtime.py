@@ -140,6 +140,9 @@ class MediaRuntime:
     # One scheduler for every session's pieces (fair, bounded): media.asr_scheduler.
     asr_executor: Executor = field(default_factory=lambda: AsrScheduler(1, "asr"))
     vad_executor: Executor = field(default_factory=_single("vad"))
+    # The end-of-turn model (Smart Turn, 60-160 ms a call): apart from the VAD,
+    # so that no session's audio waits behind another's model call.
+    turn_executor: Executor = field(default_factory=_single("turn"))
     tts_executor: Executor = field(default_factory=_single("tts"))
     file_executor: Executor = field(default_factory=_single("media-files"))
 
@@ -182,7 +185,8 @@ class MediaRuntime:
         out: dict[str, float] = {}
         for stage, executor in (("asr", self.asr_executor), ("detection", self.detect_executor),
                                 ("detection", self.gate_executor),
-                                ("vad", self.vad_executor), ("files", self.file_executor)):
+                                ("vad", self.vad_executor), ("turn", self.turn_executor),
+                                ("files", self.file_executor)):
             if isinstance(executor, AsrScheduler):
                 out[stage] = executor.stats.cpu_seconds
             elif isinstance(executor, MeteredExecutor):
@@ -200,7 +204,8 @@ class MediaRuntime:
     def executors(self) -> dict[str, Executor]:
         return {"asr": self.asr_executor, "detect": self.detect_executor,
                 "video_gate": self.gate_executor,
-                "vad": self.vad_executor, "tts": self.tts_executor, "files": self.file_executor}
+                "vad": self.vad_executor, "turn": self.turn_executor,
+                "tts": self.tts_executor, "files": self.file_executor}
 
     def job_loads(self) -> dict[str, QueueLoad]:
         """Jobs waiting for each executor's threads (`<name>_jobs`)."""

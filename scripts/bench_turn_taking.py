@@ -150,7 +150,9 @@ def run(answer: Answer, vad_model: SileroVadModel, probe_model: SmartTurnModel,
         committed: WhisperTranscriber, draft: WhisperTranscriber, settings: EndOfTurnSettings) -> Events:
     vad = VoiceActivityDetector(vad_model)
     armed = Armed(probe_model)
-    probe = TurnProbe(armed, settings)
+    # Every scheduled ask, even after a doubtful one (the server spares
+    # those): the "not shipped" variants below judge the later answers too.
+    probe = TurnProbe(armed, settings, stop_when_doubtful=False)
     # From just before the pause being measured (finished: the last 1.5 s of speech).
     arm_at = (answer.pause_at_s - 0.4 if answer.pause_at_s is not None
               else len(answer.pcm) / RATE - TAIL_S - 1.5)
@@ -164,8 +166,8 @@ def run(answer: Answer, vad_model: SileroVadModel, probe_model: SmartTurnModel,
         armed.armed = now >= arm_at
         began = next((e.at for e in new if isinstance(e, SpeechStarted)), None)
         in_speech = vad.state in (VadState.SPEAKING, VadState.STARTING)
-        for est in probe.feed(chunk, last_voiced_at=vad.last_voiced_at, speaking=in_speech,
-                              speech_started_at=began):
+        for est in map(probe.answer, probe.feed(chunk, last_voiced_at=vad.last_voiced_at,
+                                                speaking=in_speech, speech_started_at=began)):
             if armed.armed:
                 ev.estimates.append((now + est.model_s, est))
         if (vad.state is VadState.SPEAKING) != speaking:

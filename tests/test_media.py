@@ -99,7 +99,7 @@ async def test_speech_and_two_people_make_a_transcript_and_an_anomaly(
     # Where the CPU went, by stage: each stage that ran spent some, and the
     # stages inside this process add up to no more than the process spent.
     stages = {stage: _sample(after, f'interview_cpu_seconds_total{{stage="{stage}"}}')
-              for stage in ("vad", "asr", "detection", "recording", "files", "media")}
+              for stage in ("vad", "turn", "asr", "detection", "recording", "files", "media")}
     assert all(stages[s] > 0 for s in ("vad", "asr", "detection", "recording", "media")), stages
     assert sum(stages.values()) <= _sample(after, "process_cpu_seconds_total") + 0.5
     assert row["status"] == "completed" and row["end_time"] is not None

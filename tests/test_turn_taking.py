@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
 import wave
 from concurrent.futures import ThreadPoolExecutor
@@ -89,28 +90,69 @@ def test_judge_ends_on_the_model_only_when_text_and_model_agree() -> None:
 class CountingModel:
     """Our own seam (engine.ports.TurnModel): records the audio it was asked about."""
 
-    def __init__(self) -> None:
+    def __init__(self, probability: float = 0.9) -> None:
         self.asked: list[int] = []
+        self.answer = probability
 
     def probability(self, audio: Float32Array) -> float:
         self.asked.append(len(audio))
-        return 0.5
+        return self.answer
+
+
+_CHUNK = np.zeros(320, np.float32)  # 20 ms
+
+
+def _speak(probe: TurnProbe, start: float, seconds: float) -> float:
+    """Feed `seconds` of speech from stream time `start`; the last voiced time."""
+    frames = round(seconds / 0.02)
+    for i in range(frames):
+        assert probe.feed(_CHUNK, last_voiced_at=start + (i + 1) * 0.02, speaking=True,
+                          speech_started_at=start if i == 12 else None) == []
+    return start + frames * 0.02
+
+
+def _pause(probe: TurnProbe, voiced: float, seconds: float) -> list[float]:
+    """Feed `seconds` of silence; the silences the model was asked at."""
+    asked: list[float] = []
+    for _ in range(round(seconds / 0.02)):
+        asked += [round(probe.answer(a).silence_s, 1)
+                  for a in probe.feed(_CHUNK, last_voiced_at=voiced, speaking=False)]
+    return asked
 
 
 def test_the_probe_asks_at_each_scheduled_silence_once() -> None:
-    model = CountingModel()
-    settings = EndOfTurnSettings(ask_at_s=(0.2, 0.7), ceiling_s=1.0)
-    probe = TurnProbe(model, settings)
-    chunk = np.zeros(320, np.float32)  # 20 ms
-    for i in range(50):  # 1 s of speech
-        assert probe.feed(chunk, last_voiced_at=(i + 1) * 0.02, speaking=True,
-                          speech_started_at=0.0 if i == 12 else None) == []
-    voiced = 1.0
-    silences = []
-    for _ in range(60):
-        silences += [e.silence_s for e in probe.feed(chunk, last_voiced_at=voiced, speaking=False)]
-    assert [round(s, 2) for s in silences] == [0.2, 0.7]  # nothing at or past the ceiling
+    model = CountingModel(0.9)
+    probe = TurnProbe(model, EndOfTurnSettings(ask_at_s=(0.2, 0.7), ceiling_s=1.0))
+    voiced = _speak(probe, 0.0, 1.0)
+    assert _pause(probe, voiced, 1.2) == [0.2, 0.7]  # nothing at or past the ceiling
     assert all(n <= 8 * 16000 for n in model.asked)
+
+
+def test_the_probe_asks_no_more_once_its_answer_cannot_change_the_decision() -> None:
+    settings = EndOfTurnSettings(threshold=0.8, ask_at_s=(0.2, 0.4, 0.7, 1.0), ceiling_s=2.0)
+    model = CountingModel(0.3)
+    probe = TurnProbe(model, settings)
+    # "Not complete": judge() waits for the ceiling whatever comes next.
+    voiced = _speak(probe, 0.0, 1.0)
+    assert _pause(probe, voiced, 1.5) == [0.2]
+    assert probe.spared == 3
+    assert not judge(settings, silence_s=1.5, estimates=[TurnEstimate(0.2, 0.3)],
+                     answer="We shipped it in two weeks and nobody was paged.").end
+    # The candidate goes on: the next pause is asked about from its start.
+    model.answer = 0.95
+    voiced = _speak(probe, voiced + 1.5, 1.0)
+    assert _pause(probe, voiced, 0.5) == [0.2, 0.4]
+    # The listener took the turn: the rest of that pause is not asked about.
+    probe.hold()
+    assert _pause(probe, voiced, 1.0) == []
+    assert probe.spared == 5
+    # ... and a later answer is, again.
+    voiced = _speak(probe, voiced + 1.5, 1.0)
+    assert _pause(probe, voiced, 0.3) == [0.2]
+    # Asking at every scheduled silence whatever the answers (the benchmark's way):
+    every = TurnProbe(CountingModel(0.3), settings, stop_when_doubtful=False)
+    voiced = _speak(every, 0.0, 1.0)
+    assert _pause(every, voiced, 1.5) == [0.2, 0.4, 0.7, 1.0]
 
 
 # -- over a real peer ------------------------------------------------------------------------
@@ -210,7 +252,10 @@ async def test_speculation_is_dropped_when_the_candidate_goes_on(
     # The pause's draft was dropped, never reported; the whole answer was committed.
     assert all(t.start != committed[0].start or t.end == committed[0].end for t in provisional)
     assert "selfish" in " ".join(t.text for t in committed).lower()
-    assert [round(e.silence_s, 1) for e in estimates[:2]] == [0.2, 0.4]
+    # Asked from the first scheduled silence of a pause on, and at no other.
+    assert estimates and round(estimates[0].silence_s, 1) == 0.2
+    ask_at = EndOfTurnSettings().ask_at_s
+    assert all(min(abs(e.silence_s - a) for a in ask_at) < 0.05 for e in estimates)
     # Cancelled work leaves no task behind.
     left = [t for t in asyncio.all_tasks() if "spec-audio" in t.get_name()]
     assert left == []
@@ -228,6 +273,12 @@ async def test_a_taken_answer_is_committed_without_waiting_for_the_end_silence(
     whisper = WhisperTranscriber(resolve_asr_model(None, MODEL_CACHE_DIR)[0])
     got: list[Transcript] = []
     audio: AudioTranscriber | None = None
+    asked_on: set[str] = set()
+
+    class Recording(SmartTurnModel):
+        def probability(self, audio: Float32Array) -> float:
+            asked_on.add(threading.current_thread().name)
+            return super().probability(audio)
 
     def on_transcript(transcript: Transcript) -> None:
         got.append(transcript)
@@ -236,13 +287,14 @@ async def test_a_taken_answer_is_committed_without_waiting_for_the_end_silence(
         if transcript.provisional and "disposed" in transcript.text.lower() and audio is not None:
             audio.end_utterance(transcript.end)  # what Conversation asks for, via the call
 
-    with ThreadPoolExecutor(1) as asr, ThreadPoolExecutor(1) as vad:
+    with ThreadPoolExecutor(1) as asr, ThreadPoolExecutor(1) as vad, \
+            ThreadPoolExecutor(1, thread_name_prefix="turn") as turn:
         audio = AudioTranscriber(
             SpeechTrack(CLIP, lead_s=0.3),
             vad=VoiceActivityDetector(SileroVadModel(), VadSettings(end_silence_ms=30_000)),
             transcriber=whisper, vad_executor=vad, asr_executor=asr,
             on_transcript=on_transcript, name="taken",
-            turn_probe=TurnProbe(SmartTurnModel(), EndOfTurnSettings()),
+            turn_probe=TurnProbe(Recording(), EndOfTurnSettings()), turn_executor=turn,
         )
         for _ in range(100):  # the clip (3.9 s), then up to 10 s of silence
             await asyncio.sleep(0.1)
@@ -259,5 +311,7 @@ async def test_a_taken_answer_is_committed_without_waiting_for_the_end_silence(
     assert final.start < 0.5  # the whole answer, not its end
     assert "selfish" in final.text.lower() and "disposed" in final.text.lower()
     assert audio.stats.speculations_used == 1 and audio.stats.pieces == 1
+    # The end-of-turn model ran on its own thread, never on the VAD's.
+    assert audio.stats.turn_asks > 0 and asked_on and all(n.startswith("turn") for n in asked_on)
     left = [t for t in asyncio.all_tasks() if "taken-audio" in t.get_name()]
     assert left == []
