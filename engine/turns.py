@@ -183,9 +183,11 @@ class TurnProbe:
 
     The model is asked only while its answer can still change the decision:
     once it said "not complete" in a pause (`judge` then waits for the
-    ceiling; `stop_when_doubtful`), or the listener took the turn (`hold`),
-    the rest of the pause is not asked about. Speech resumes: asks resume.
-    `spared` counts the asks left out.
+    ceiling; `stop_when_doubtful`), or the listener took the turn on the
+    pause's draft transcript (`hold`), the rest of the pause is not asked
+    about. Speech resumes: asks resume. `spared` counts the asks left out.
+    A turn that ends by the ceiling then records that "not complete" answer
+    as its probability, where it used to record the last scheduled ask's.
     """
 
     def __init__(
@@ -248,17 +250,13 @@ class TurnProbe:
             return []
         return [TurnAsk(silence, self._audio(), self._pause)]
 
-    @property
-    def pause(self) -> int:
-        """Which pause of the stream is the current one (`TurnAsk.pause`)."""
-        return self._pause
-
     def answer(self, ask: TurnAsk) -> TurnEstimate:
         """The model's answer to `ask` (blocks for the model call)."""
         started = time.perf_counter()
         probability = self._model.probability(ask.audio)
         if self._stop_when_doubtful and probability < self._settings.threshold:
-            self._held_pause = ask.pause
+            # max: a late answer about an earlier pause must not undo a newer hold.
+            self._held_pause = max(self._held_pause, ask.pause)
         return TurnEstimate(ask.silence_s, probability, time.perf_counter() - started)
 
     def hold(self) -> None:

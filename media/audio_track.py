@@ -24,8 +24,10 @@ result dropped). If not, the committed piece, which has the same audio, is
 transcribed as usual, or takes the speculative result when the draft
 transcriber is the transcriber itself (ASR_ENCODER=fit).
 
-With a `TurnProbe`, the VAD worker also asks the end-of-turn model at the
-scheduled silences of each pause and reports each answer (`on_turn_estimate`).
+With a `TurnProbe`, the VAD worker also finds when the end-of-turn model is
+due to be asked in each pause; the model answers in the turn executor, and
+each answer still about the pause the listener is in is reported
+(`on_turn_estimate`).
 """
 
 from __future__ import annotations
@@ -151,6 +153,7 @@ class AudioTranscriber:
         # The end-of-turn model's calls: apart from the VAD (default: the VAD's own).
         self._turn_executor = turn_executor or vad_executor
         self._asks: set[asyncio.Future[TurnEstimate]] = set()  # asked, not answered yet
+        self._voice_epoch = 0  # times the voice came on (`on_voice(True)`)
         self._speculation: _Speculation | None = None
         self._speculating: set[asyncio.Task[TranscriptResult]] = set()  # all still running
         self._voiced = False
@@ -254,6 +257,7 @@ class AudioTranscriber:
             if voiced != self._voiced:
                 self._voiced = voiced
                 if voiced:
+                    self._voice_epoch += 1  # what the listener sees as a new utterance
                     self._drop_speculation()  # the candidate went on
                 if self._on_voice is not None:
                     self._on_voice(voiced)
@@ -265,7 +269,9 @@ class AudioTranscriber:
                     self._speculate(event)  # only turn-taking needs text this early
             if self._turn_probe is not None:
                 self.stats.turn_asks_spared = self._turn_probe.spared
-                for ask in asks:
+                # Ending in speech, the batch's asks are about a pause the
+                # listener has already seen end (or never saw): not asked.
+                for ask in asks if not voiced else ():
                     self._ask(self._turn_probe, ask)
         await self._pieces.put(None)
 
@@ -366,11 +372,17 @@ class AudioTranscriber:
         loop = asyncio.get_running_loop()
         future = loop.run_in_executor(self._turn_executor, probe.answer, ask)
         self._asks.add(future)
-        future.add_done_callback(lambda done: self._answered(probe, ask, done))
+        epoch = self._voice_epoch
+        future.add_done_callback(lambda done: self._answered(epoch, done))
 
-    def _answered(
-        self, probe: TurnProbe, ask: TurnAsk, future: asyncio.Future[TurnEstimate]
-    ) -> None:
+    def _answered(self, epoch: int, future: asyncio.Future[TurnEstimate]) -> None:
+        """Report an answer, unless the voice came on since it was asked.
+
+        The listener counts pauses by `on_voice` (and clears its answers on
+        `on_voice(True)`); so an answer is about its pause exactly when no
+        `on_voice(True)` came in between. One executor thread keeps each
+        session's answers in order.
+        """
         self._asks.discard(future)
         if future.cancelled():
             return
@@ -378,8 +390,7 @@ class AudioTranscriber:
             log.error("%s: the end-of-turn model failed: %r", self._name, error)
             return
         self.stats.turn_asks += 1
-        # An answer about a pause the candidate has since spoken after is stale.
-        if self._on_turn_estimate is not None and probe.pause == ask.pause:
+        if self._on_turn_estimate is not None and epoch == self._voice_epoch:
             self._on_turn_estimate(future.result())
 
     # -- speculative transcription ---------------------------------------------------

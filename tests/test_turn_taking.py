@@ -252,10 +252,8 @@ async def test_speculation_is_dropped_when_the_candidate_goes_on(
     # The pause's draft was dropped, never reported; the whole answer was committed.
     assert all(t.start != committed[0].start or t.end == committed[0].end for t in provisional)
     assert "selfish" in " ".join(t.text for t in committed).lower()
-    # Asked from the first scheduled silence of a pause on, and at no other.
+    # Asked from the first scheduled silence of a pause on.
     assert estimates and round(estimates[0].silence_s, 1) == 0.2
-    ask_at = EndOfTurnSettings().ask_at_s
-    assert all(min(abs(e.silence_s - a) for a in ask_at) < 0.05 for e in estimates)
     # Cancelled work leaves no task behind.
     left = [t for t in asyncio.all_tasks() if "spec-audio" in t.get_name()]
     assert left == []
