@@ -80,7 +80,8 @@ async def storage_ctx(app: web.Application) -> AsyncIterator[None]:
         server_instance=instance.instance_id,
         server_run=instance.run_id,
         stale_after_s=config.stale_after_s,
-        on_interrupted=webhooks.emit_all_ended if webhooks.enabled else None,
+        on_interrupted=webhooks.hold_all_ended if webhooks.enabled else None,
+        on_interrupted_saved=webhooks.release_all_ended if webhooks.enabled else None,
     )
     await writer.start()
     try:
@@ -130,7 +131,8 @@ async def registry_ctx(app: web.Application) -> AsyncIterator[None]:
     node = app[NODE] = Node(
         config, app[INSTANCE], registry, media,
         NodeDirectory(app[STORE], dead_after_s=config.node_dead_s),
-        on_interrupted=webhooks.emit_all_ended if webhooks.enabled else None,
+        on_interrupted=webhooks.hold_all_ended if webhooks.enabled else None,
+        on_interrupted_saved=webhooks.release_all_ended if webhooks.enabled else None,
     )
     metrics.counter("interview_node_sweep_interrupted",
                     "Interviews of dead nodes this node marked interrupted",

@@ -45,6 +45,7 @@ class Node:
         self, config: Config, instance: Instance, registry: InterviewTable,
         media: MediaService, directory: NodeDirectory, *,
         on_interrupted: Callable[[list[SessionRow]], Awaitable[None]] | None = None,
+        on_interrupted_saved: Callable[[list[SessionRow]], None] | None = None,
     ) -> None:
         self.node_id = instance.instance_id
         self._run_id = instance.run_id
@@ -56,7 +57,8 @@ class Node:
         self._registry = registry
         self._media = media
         self.directory = directory
-        self._on_interrupted = on_interrupted
+        self._on_interrupted = on_interrupted  # inside the sweep's transaction
+        self._on_interrupted_saved = on_interrupted_saved  # after it committed
         # `POST /admin/drain` without a deadline: DRAIN_TIMEOUT_S, else half an hour.
         self.drain_default_s = config.drain_timeout_s or 1800.0
         self.url: str | None = config.node_url or (
@@ -187,7 +189,8 @@ class Node:
             try:
                 async with self._holding_lock:
                     await self.directory.beat(self.beat())
-                rows = await self.directory.sweep_dead(self.node_id, self._on_interrupted)
+                rows = await self.directory.sweep_dead(
+                    self.node_id, self._on_interrupted, self._on_interrupted_saved)
                 if rows:
                     self.interrupted_by_sweep += len(rows)
                     log.warning("marked %d interview(s) of dead node(s) interrupted: %s",

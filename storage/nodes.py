@@ -200,11 +200,13 @@ class NodeDirectory:
     async def sweep_dead(
         self, me: str,
         before_commit: Callable[[list[SessionRow]], Awaitable[None]] | None = None,
+        after_commit: Callable[[list[SessionRow]], None] | None = None,
     ) -> list[SessionRow]:
         """Mark the open interviews of nodes whose heartbeat stopped `interrupted`.
 
         `before_commit` gets those rows while the change can still be undone
         (a webhook event stored for each); when it raises, nothing changes.
+        `after_commit` gets them once the change is committed.
         """
         async with self._store.connection() as conn, conn.transaction():
             dead = [r["node_id"] for r in await conn.fetch(_DEAD, self.dead_after_s, me)]
@@ -214,6 +216,8 @@ class NodeDirectory:
             if rows and before_commit is not None:
                 await before_commit(rows)
             await conn.execute(_FORGET, dead)
+        if rows and after_commit is not None:
+            after_commit(rows)
         return rows
 
 

@@ -328,12 +328,15 @@ class SessionStore:
         stale_after_s: float,
         *,
         before_commit: Callable[[list[SessionRow]], Awaitable[None]] | None = None,
+        after_commit: Callable[[list[SessionRow]], None] | None = None,
     ) -> int:
         """Declare rows abandoned by dead processes `interrupted`; return how many.
 
         `before_commit` gets the rows so marked while the change can still be
         undone: when it raises, they stay `in_progress` for the next sweep, so
         what it records about them (a webhook event) is never lost.
+        `after_commit` gets them once the change is committed (the events go
+        out then, never ahead of the rows they tell of).
         """
         async with self._acquire() as conn:
             async with conn.transaction():
@@ -342,6 +345,8 @@ class SessionStore:
                 rows = [_row(record) for record in records]
                 if rows and before_commit is not None:
                     await before_commit(rows)
+        if rows and after_commit is not None:
+            after_commit(rows)
         return len(rows)
 
     async def server_secret(self, name: str) -> bytes:

@@ -27,6 +27,7 @@ import hashlib
 import hmac
 import json
 import logging
+import math
 import os
 import random
 import re
@@ -206,11 +207,15 @@ class WebhookSender:
             await http.close()
         await asyncio.to_thread(self._io.shutdown)
 
-    async def emit(self, type: str, data: Mapping[str, Any], *, event_id: str) -> None:
+    async def emit(
+        self, type: str, data: Mapping[str, Any], *, event_id: str, held: bool = False,
+    ) -> None:
         """Store the event durably (returns once it is on disk), then deliver it.
 
-        An `event_id` already stored, given up on, or delivered by this
-        process is not stored again. Raises OSError when the disk cannot
+        `held`: deliver it only once `release`d (an event about a change a
+        database transaction has not committed yet; on the next start, held
+        events are delivered like the others). An `event_id` already stored,
+        given up on, or delivered by this process is not stored again. Raises OSError when the disk cannot
         take it, ValueError for an id that cannot name a file, TypeError or
         ValueError for data JSON cannot hold.
         """
@@ -228,8 +233,18 @@ class WebhookSender:
             if not await self._run_io(self._files.put, event_id, body):
                 return
             self._pending[event_id] = _Pending(event_id, type, body, created.timestamp(),
-                                               due=time.monotonic())
-        log.info("webhook %s %s stored", type, event_id)
+                                               due=math.inf if held else time.monotonic())
+        log.info("webhook %s %s stored%s", type, event_id, " (held)" if held else "")
+        if not held:
+            self._wake.set()
+
+    def release(self, event_ids: list[str]) -> None:
+        """Deliver these held events now (their transaction committed)."""
+        now = time.monotonic()
+        for event_id in event_ids:
+            pending = self._pending.get(event_id)
+            if pending is not None and pending.due == math.inf:
+                pending.due = now
         self._wake.set()
 
     async def emit_ended(self, row: SessionRow) -> None:
@@ -237,9 +252,19 @@ class WebhookSender:
         event_id, data = interview_ended_event(row)
         await self.emit(INTERVIEW_ENDED, data, event_id=event_id)
 
-    async def emit_all_ended(self, rows: list[SessionRow]) -> None:
+    async def hold_all_ended(self, rows: list[SessionRow]) -> None:
+        """`interview.ended` for rows a transaction is marking: stored, held.
+
+        The transaction's `before_commit`: a receiver that reads the row on
+        the event must find it committed (`release_all_ended`, after it).
+        """
         for row in rows:
-            await self.emit_ended(row)
+            event_id, data = interview_ended_event(row)
+            await self.emit(INTERVIEW_ENDED, data, event_id=event_id, held=True)
+
+    def release_all_ended(self, rows: list[SessionRow]) -> None:
+        """The transaction that `hold_all_ended` was told of committed."""
+        self.release([interview_ended_event(row)[0] for row in rows])
 
     async def _run(self) -> None:
         while True:

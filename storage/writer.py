@@ -83,6 +83,7 @@ class SessionWriter:
         retry_max_s: float = 30.0,
         max_held: int = 1000,
         on_interrupted: Callable[[list[SessionRow]], Awaitable[None]] | None = None,
+        on_interrupted_saved: Callable[[list[SessionRow]], None] | None = None,
     ) -> None:
         self._store = store
         self._outbox = outbox
@@ -94,8 +95,10 @@ class SessionWriter:
         self._max_held = max_held
         # Told of the rows found `in_progress` in the outbox at start, and of
         # those the start-up sweep marks `interrupted` in the database, before
-        # that is committed (the webhook sender stores their events).
+        # that is committed (the webhook sender stores their events); then,
+        # once it is, `on_interrupted_saved` (the events may go out).
         self._on_interrupted = on_interrupted
+        self._on_interrupted_saved = on_interrupted_saved
         self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox-io")
         self._writing = KeyedLock()  # one session's writes, in order
         self._queued: set[uuid.UUID] = set()  # a snapshot in the outbox
@@ -129,6 +132,8 @@ class SessionWriter:
         if interrupted and self._on_interrupted is not None:
             try:
                 await self._on_interrupted(interrupted)
+                if self._on_interrupted_saved is not None:
+                    self._on_interrupted_saved(interrupted)  # no transaction to wait for
             except Exception:
                 log.exception("%d interrupted session(s) from the outbox not reported",
                               len(interrupted))
@@ -319,7 +324,7 @@ class SessionWriter:
         if self._sweep_needed:
             count = await self._store.mark_interrupted(
                 self._server_instance, self._server_run, self._stale_after_s,
-                before_commit=self._on_interrupted,
+                before_commit=self._on_interrupted, after_commit=self._on_interrupted_saved,
             )
             self._sweep_needed = False
             if count:

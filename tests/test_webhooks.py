@@ -365,6 +365,38 @@ async def test_the_sweep_is_undone_when_its_events_cannot_be_stored(database_url
         await store.close()
 
 
+async def test_the_sweeps_events_go_out_only_once_it_committed(tmp_path: Path, database_url: str):
+    """A receiver that reads the row when the event comes finds it `interrupted`."""
+    store = SessionStore(database_url)
+    await store.open()
+    conn = await asyncpg.connect(database_url)
+    sid = uuid.uuid4()
+    query = "SELECT status FROM interview_sessions WHERE session_id = $1"
+    seen_in_transaction: list[int] = []
+    try:
+        await conn.execute(
+            "INSERT INTO interview_sessions (session_id, status, session_information) VALUES "
+            "($1, 'in_progress', '{\"checkpoint_at\": \"2020-01-01T00:00:00+00:00\"}')", sid)
+        async with receiving() as receiver, sender(tmp_path / "hooks", receiver.url) as webhooks:
+
+            async def stored_then_wait(rows: list[SessionRow]) -> None:
+                await webhooks.hold_all_ended(rows)
+                await asyncio.sleep(0.5)  # the sender had time to deliver a wrong one
+                seen_in_transaction.append(receiver.attempts)
+
+            marked = await store.mark_interrupted(
+                "me", "run", 60, before_commit=stored_then_wait,
+                after_commit=webhooks.release_all_ended)
+            await receiver.wait_delivered(1)
+            status = await conn.fetchval(query, sid)
+    finally:
+        await conn.close()
+        await store.close()
+    assert marked == 1 and seen_in_transaction == [0] and status == "interrupted"
+    (event,) = receiver.delivered
+    assert event["type"] == "interview.ended" and event["data"]["status"] == "interrupted"
+
+
 async def test_outbox_rows_left_in_progress_are_reported_interrupted(
     tmp_path: Path, database_url: str
 ):
