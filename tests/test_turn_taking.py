@@ -259,6 +259,47 @@ async def test_speculation_is_dropped_when_the_candidate_goes_on(
     assert left == []
 
 
+class SlowTurnModel:
+    """Our own seam (engine.ports.TurnModel): the real Smart Turn, answering late."""
+
+    def __init__(self, delay_s: float) -> None:
+        self.inner = SmartTurnModel()
+        self.delay_s = delay_s
+
+    def probability(self, audio: Float32Array) -> float:
+        time.sleep(self.delay_s)
+        return self.inner.probability(audio)
+
+
+async def test_an_answer_about_a_pause_the_candidate_spoke_after_is_not_reported(
+    tmp_path: Path, loop_errors: list[dict[str, object]]
+) -> None:
+    """The model answers 1.2 s late: its answers about a 1 s thinking pause come
+    after the candidate went on, and must not count for the pause after."""
+    whisper = WhisperTranscriber(resolve_asr_model(None, MODEL_CACHE_DIR)[0])
+    loop = asyncio.get_running_loop()
+    voice: list[tuple[float, bool]] = []
+    received: list[tuple[float, TurnEstimate]] = []
+    with ThreadPoolExecutor(1) as asr, ThreadPoolExecutor(1) as vad, \
+            ThreadPoolExecutor(1, thread_name_prefix="turn") as turn:
+        audio = AudioTranscriber(
+            SpeechTrack(thinking_pause(tmp_path / "pause.wav", 1.0), lead_s=0.3),
+            vad=VoiceActivityDetector(SileroVadModel()), transcriber=whisper,
+            vad_executor=vad, asr_executor=asr, on_transcript=lambda _: None, name="late",
+            on_voice=lambda on: voice.append((loop.time(), on)),
+            turn_probe=TurnProbe(SlowTurnModel(1.2), EndOfTurnSettings()), turn_executor=turn,
+            on_turn_estimate=lambda e: received.append((loop.time(), e)),
+        )
+        await asyncio.sleep(14.0)  # the answer, its pause, the end; the late answers
+        await audio.close()
+    ons = [at for at, on in voice if on]
+    assert len(ons) >= 2, voice  # spoke, paused to think, went on
+    last_off = max(at for at, on in voice if not on)
+    # Every answer reported is about the last pause: none from before the voice came on again.
+    assert received and all(at > last_off for at, _ in received), (voice, received)
+    assert audio.stats.turn_asks > len(received)  # the thinking pause's were answered, dropped
+
+
 async def test_a_taken_answer_is_committed_without_waiting_for_the_end_silence(
     loop_errors: list[dict[str, object]]
 ) -> None:
