@@ -208,16 +208,17 @@ class NodeDirectory:
         (a webhook event stored for each); when it raises, nothing changes.
         `after_commit` gets them once the change is committed.
         """
-        async with self._store.connection() as conn, conn.transaction():
-            dead = [r["node_id"] for r in await conn.fetch(_DEAD, self.dead_after_s, me)]
-            if not dead:
-                return []
-            rows = [row_of(r) for r in await conn.fetch(_INTERRUPT, dead, self.dead_after_s)]
-            if rows and before_commit is not None:
-                await before_commit(rows)
-            await conn.execute(_FORGET, dead)
-        if rows and after_commit is not None:
-            after_commit(rows)
+        async with self._store.connection() as conn:
+            async with conn.transaction():
+                dead = [r["node_id"] for r in await conn.fetch(_DEAD, self.dead_after_s, me)]
+                if not dead:
+                    return []
+                rows = [row_of(r) for r in await conn.fetch(_INTERRUPT, dead, self.dead_after_s)]
+                if rows and before_commit is not None:
+                    await before_commit(rows)
+                await conn.execute(_FORGET, dead)
+            if rows and after_commit is not None:
+                after_commit(rows)  # committed (see SessionStore.mark_interrupted)
         return rows
 
 

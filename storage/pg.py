@@ -345,8 +345,10 @@ class SessionStore:
                 rows = [_row(record) for record in records]
                 if rows and before_commit is not None:
                     await before_commit(rows)
-        if rows and after_commit is not None:
-            after_commit(rows)
+            # Committed: told here, before the connection goes back to the pool
+            # (whose reset may fail without undoing anything).
+            if rows and after_commit is not None:
+                after_commit(rows)
         return len(rows)
 
     async def server_secret(self, name: str) -> bytes:

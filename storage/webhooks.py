@@ -27,7 +27,6 @@ import hashlib
 import hmac
 import json
 import logging
-import math
 import os
 import random
 import re
@@ -59,6 +58,8 @@ T = TypeVar("T")
 INTERVIEW_ENDED = "interview.ended"
 REVIEW_DECIDED = "review.decided"
 USER_AGENT = "interview-media-server-webhooks/1"
+# A held event (`emit(held=True)`) nobody released goes out after this anyway.
+HOLD_S = 30.0
 # An id names a file: nothing that could leave the directory or hide in it.
 _EVENT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
 _RECENTLY_DELIVERED = 10_000  # ids remembered to refuse a repeat within one process
@@ -142,6 +143,7 @@ class _Pending:
     created: float  # unix seconds, from the body's `created_at`
     due: float  # monotonic
     failures: int = 0
+    held: bool = False  # waits for `release` (or HOLD_S)
 
 
 class WebhookSender:
@@ -212,9 +214,11 @@ class WebhookSender:
     ) -> None:
         """Store the event durably (returns once it is on disk), then deliver it.
 
-        `held`: deliver it only once `release`d (an event about a change a
-        database transaction has not committed yet; on the next start, held
-        events are delivered like the others). An `event_id` already stored,
+        `held`: deliver it once `release`d (an event about a change a
+        database transaction has not committed yet), or after `HOLD_S` if
+        nobody does (a commit that failed after all, or whose outcome is
+        unknown): delivered at least once, never held for good. On the next
+        start, stored events are delivered at once, held or not. An `event_id` already stored,
         given up on, or delivered by this process is not stored again. Raises OSError when the disk cannot
         take it, ValueError for an id that cannot name a file, TypeError or
         ValueError for data JSON cannot hold.
@@ -233,7 +237,8 @@ class WebhookSender:
             if not await self._run_io(self._files.put, event_id, body):
                 return
             self._pending[event_id] = _Pending(event_id, type, body, created.timestamp(),
-                                               due=math.inf if held else time.monotonic())
+                                               due=time.monotonic() + (HOLD_S if held else 0.0),
+                                               held=held)
         log.info("webhook %s %s stored%s", type, event_id, " (held)" if held else "")
         if not held:
             self._wake.set()
@@ -243,8 +248,9 @@ class WebhookSender:
         now = time.monotonic()
         for event_id in event_ids:
             pending = self._pending.get(event_id)
-            if pending is not None and pending.due == math.inf:
-                pending.due = now
+            if pending is not None and pending.held:
+                pending.held = False
+                pending.due = min(pending.due, now)
         self._wake.set()
 
     async def emit_ended(self, row: SessionRow) -> None:

@@ -96,9 +96,12 @@ class SessionWriter:
         # Told of the rows found `in_progress` in the outbox at start, and of
         # those the start-up sweep marks `interrupted` in the database, before
         # that is committed (the webhook sender stores their events); then,
-        # once it is, `on_interrupted_saved` (the events may go out).
+        # once it is (for the outbox's: once each row is written),
+        # `on_interrupted_saved` (the events may go out).
         self._on_interrupted = on_interrupted
         self._on_interrupted_saved = on_interrupted_saved
+        # Interrupted rows from the outbox, reported but not in the database yet.
+        self._unsaved_interrupted: dict[uuid.UUID, SessionRow] = {}
         self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox-io")
         self._writing = KeyedLock()  # one session's writes, in order
         self._queued: set[uuid.UUID] = set()  # a snapshot in the outbox
@@ -130,10 +133,10 @@ class SessionWriter:
         if recovered:
             log.warning("outbox holds %d row(s) from a previous run", len(recovered))
         if interrupted and self._on_interrupted is not None:
+            # Told once each row is in the database (`_attempt`), not before.
+            self._unsaved_interrupted.update((row.session_id, row) for row in interrupted)
             try:
                 await self._on_interrupted(interrupted)
-                if self._on_interrupted_saved is not None:
-                    self._on_interrupted_saved(interrupted)  # no transaction to wait for
             except Exception:
                 log.exception("%d interrupted session(s) from the outbox not reported",
                               len(interrupted))
@@ -212,6 +215,9 @@ class SessionWriter:
             log.warning("session %s not written to the database: %s", row.session_id, exc)
             return await self._queue(row), True
         await self._forget(row.session_id)
+        reported = self._unsaved_interrupted.pop(row.session_id, None)
+        if reported is not None and self._on_interrupted_saved is not None:
+            self._on_interrupted_saved([reported])
         return SaveResult.SAVED, False
 
     async def _queue(self, row: SessionRow) -> SaveResult:

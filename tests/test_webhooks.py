@@ -405,19 +405,45 @@ async def test_outbox_rows_left_in_progress_are_reported_interrupted(
     row = SessionRow(uuid.uuid4(), "in_progress", session_information={"job_role": "QA"})
     outbox.put(row)
     reported: list[SessionRow] = []
+    saved: list[SessionRow] = []
+    written: list[uuid.UUID] = []
+
+    class Store(SessionStore):
+        async def upsert(self, row: SessionRow) -> Any:
+            result = await super().upsert(row)
+            written.append(row.session_id)
+            return result
 
     async def on_interrupted(rows: list[SessionRow]) -> None:
         reported.extend(rows)
+        assert not written  # told first, while the row is not in the database yet
 
-    store = SessionStore(database_url)
+    def on_interrupted_saved(rows: list[SessionRow]) -> None:
+        assert written == [row.session_id]  # ... and again once it is
+        saved.extend(rows)
+
+    store = Store(database_url)
     await store.open()
     writer = SessionWriter(store, outbox, server_instance="i", server_run="r2",
-                           stale_after_s=60, on_interrupted=on_interrupted)
+                           stale_after_s=60, on_interrupted=on_interrupted,
+                           on_interrupted_saved=on_interrupted_saved)
     await writer.start()
     await writer.wait_idle()
     await writer.close()
+    status = await store_status(database_url, row.session_id)
     await store.close()
     assert [(r.session_id, r.status) for r in reported] == [(row.session_id, "interrupted")]
+    # ... and once the row is in the database: its event may go out.
+    assert [r.session_id for r in saved] == [row.session_id] and status == "interrupted"
+
+
+async def store_status(database_url: str, session_id: uuid.UUID) -> str | None:
+    conn = await asyncpg.connect(database_url)
+    try:
+        return await conn.fetchval(
+            "SELECT status FROM interview_sessions WHERE session_id = $1", session_id)
+    finally:
+        await conn.close()
 
 
 # -- across a restart, receiver down -------------------------------------------------
