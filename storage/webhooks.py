@@ -218,8 +218,10 @@ class WebhookSender:
         database transaction has not committed yet), or after `HOLD_S` if
         nobody does (a commit that failed after all, or whose outcome is
         unknown): delivered at least once, never held for good. On the next
-        start, stored events are delivered at once, held or not. An `event_id` already stored,
-        given up on, or delivered by this process is not stored again. Raises OSError when the disk cannot
+        start, stored events are delivered at once, held or not.
+
+        An `event_id` already stored, given up on, or delivered by this
+        process is not stored again. Raises OSError when the disk cannot
         take it, ValueError for an id that cannot name a file, TypeError or
         ValueError for data JSON cannot hold.
         """
