@@ -115,7 +115,6 @@ class AudioStats:
     speculations: int = 0  # speculative transcriptions started
     speculations_used: int = 0  # ... that a committed piece took
     turn_asks: int = 0  # end-of-turn model calls
-    turn_asks_spared: int = 0  # ... left out: their answer could not change the decision
 
 
 class AudioTranscriber:
@@ -268,7 +267,6 @@ class AudioTranscriber:
                       and self._turn_probe is not None):
                     self._speculate(event)  # only turn-taking needs text this early
             if self._turn_probe is not None:
-                self.stats.turn_asks_spared = self._turn_probe.spared
                 # Ending in speech, the batch's asks are about a pause the
                 # listener has already seen end (or never saw): not asked.
                 for ask in asks if not voiced else ():
