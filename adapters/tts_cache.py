@@ -4,9 +4,11 @@ The interviewer repeats itself: acknowledgements ("Thank you."), nudges,
 the closing, the greeting's fixed part and the template's questions are
 the same text in every interview. `CachedSynthesizer` keeps the PCM of the
 last `max_entries` sentences per process, keyed by (voice, text), and
-counts `hits` and `misses`. Audio spoken by a fallback voice (espeak-ng
-standing in for a failed Piper worker) is not kept, so a hiccup does not
-make a phrase robotic for the rest of the process's life.
+counts `hits` and `misses`. `warm` fills it ahead of time: the media
+runtime warms it with the structured engine's fixed phrases when it
+starts. Audio spoken by a fallback voice (espeak-ng standing in for a
+failed Piper worker) is not kept, so a hiccup does not make a phrase
+robotic for the rest of the process's life.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ class CachedSynthesizer:
         self._lock = threading.Lock()
         self.hits = 0
         self.misses = 0
+        self.warmed = 0  # sentences synthesized ahead of time (`warm`)
 
     def synthesize(self, text: str) -> Int16Array:
         """The cached PCM of `text`, else the inner synthesizer's (then cached)."""
@@ -62,6 +65,26 @@ class CachedSynthesizer:
                 while len(self._entries) > self._max:
                     self._entries.popitem(last=False)
         return pcm
+
+    def warm(self, text: str) -> bool:
+        """Synthesize `text` ahead of time unless it is cached; True if it was.
+
+        Blocks like `synthesize`. Counted as `warmed`, not as a miss: no one
+        waited for it. Fallback audio is not kept, as for `synthesize`.
+        """
+        key = (self._voice, text.strip())
+        with self._lock:
+            if key in self._entries:
+                return False
+        pcm, voice = self._speak(text)
+        pcm.setflags(write=False)
+        with self._lock:
+            self.warmed += 1
+            if voice == self._voice and key not in self._entries:
+                self._entries[key] = pcm
+                while len(self._entries) > self._max:
+                    self._entries.popitem(last=False)
+        return True
 
     def _speak(self, text: str) -> tuple[Int16Array, str]:
         if isinstance(self.inner, _SaysWhichVoice):

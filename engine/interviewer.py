@@ -35,6 +35,7 @@ __all__ = [
     "StructuredInterviewer",
     "GeminiInterviewer",
     "default_plan",
+    "fixed_phrases",
 ]
 
 log = logging.getLogger(__name__)
@@ -132,8 +133,33 @@ _FOLLOW_UPS = (
     "Can you walk me through a specific example of that?",
     "What was the outcome, and what would you do differently next time?",
 )
+_NUDGES = ("Take your time. Whenever you're ready, go ahead.",
+           "Are you still there? Feel free to answer in your own words.")
+_MOVE_ON = "No problem, let's move on."
+_OF_COURSE = "Of course."
+_CLOSING = ("That's all the questions I have. Thank you very much for your time today. "
+            "The hiring team will review the interview and be in touch. Goodbye!")
+_WELCOME_BACK = "Welcome back."
+_RECONNECTED = "Welcome back, we lost the connection for a moment. Let's continue."
 _SHORT_WORDS = 12
 _CLOSING_RESERVE_S = 45.0
+
+
+def fixed_phrases() -> tuple[str, ...]:
+    """The sentences the structured engine says word for word in every interview.
+
+    As `say` cuts them, most needed first: the first sentence of a reply
+    after an answer (an acknowledgement, a follow-up, "Of course."), then
+    nudges, the closing and the welcome back. A voice can synthesize them
+    ahead of time, so that a reply's first sentence needs no synthesis.
+    The plan's own words (greeting, questions) are not among them.
+    """
+    texts = (*_ACKS, *_FOLLOW_UPS, _OF_COURSE, *_NUDGES, _MOVE_ON, _CLOSING, _WELCOME_BACK,
+             _RECONNECTED)
+    phrases: dict[str, None] = {}
+    for text in texts:
+        phrases.update(dict.fromkeys(split_sentences(text)))
+    return tuple(phrases)
 
 
 @dataclass
@@ -174,7 +200,7 @@ class StructuredInterviewer:
             return self._after_silence(nudges, time_left_s)
         if _REPEAT.search(answer) and len(answer.split()) <= 15:
             return Move(MoveKind.REPEAT, self._index,
-                        f"Of course. {self.plan.questions[self._index]}")
+                        f"{_OF_COURSE} {self.plan.questions[self._index]}")
         if time_left_s > _CLOSING_RESERVE_S and self._wants_follow_up(answer):
             self._followed_up.add(self._index)
             text = _FOLLOW_UPS[self._index % len(_FOLLOW_UPS)]
@@ -186,10 +212,8 @@ class StructuredInterviewer:
         if self._index < 0:
             return self.decide("", time_left_s=float("inf"), nudges=0)
         if index >= len(self.plan.questions):
-            return Move(MoveKind.CLOSE, index - 1, f"Welcome back. {self._closing()}")
-        return Move(MoveKind.REPEAT, index,
-                    f"Welcome back, we lost the connection for a moment. "
-                    f"Let's continue. {self.plan.questions[index]}")
+            return Move(MoveKind.CLOSE, index - 1, f"{_WELCOME_BACK} {self._closing()}")
+        return Move(MoveKind.REPEAT, index, f"{_RECONNECTED} {self.plan.questions[index]}")
 
     def _wants_follow_up(self, answer: str) -> bool:
         if self._index in self._followed_up:
@@ -198,12 +222,9 @@ class StructuredInterviewer:
         return words < _SHORT_WORDS or (words < 40 and bool(_VAGUE.search(answer)))
 
     def _after_silence(self, nudges: int, time_left_s: float) -> Move:
-        if nudges < 2:
-            return Move(MoveKind.NUDGE, self._index,
-                        "Take your time. Whenever you're ready, go ahead."
-                        if nudges == 0 else
-                        "Are you still there? Feel free to answer in your own words.")
-        return self._advance("No problem, let's move on.", time_left_s)
+        if nudges < len(_NUDGES):
+            return Move(MoveKind.NUDGE, self._index, _NUDGES[nudges])
+        return self._advance(_MOVE_ON, time_left_s)
 
     def _advance(self, lead: str, time_left_s: float) -> Move:
         if self._index + 1 >= len(self.plan.questions) or time_left_s <= _CLOSING_RESERVE_S:
@@ -218,8 +239,7 @@ class StructuredInterviewer:
         return ack
 
     def _closing(self) -> str:
-        return ("That's all the questions I have. Thank you very much for your time today. "
-                "The hiring team will review the interview and be in touch. Goodbye!")
+        return _CLOSING
 
     async def say(self, move: Move, history: Sequence[Turn]) -> AsyncIterator[str]:
         for sentence in split_sentences(move.text):

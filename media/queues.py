@@ -69,6 +69,7 @@ class MeteredExecutor(Executor):
         self._lock = threading.Lock()
         self._tokens = itertools.count()
         self._waiting: dict[int, float] = {}  # token -> submit time, oldest first
+        self._running = 0
         self.cpu_seconds = 0.0  # CPU time its threads spent in jobs
 
     def submit(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Future[T]:
@@ -77,7 +78,9 @@ class MeteredExecutor(Executor):
             self._waiting[token] = time.monotonic()
 
         def run() -> T:
-            self._started(token)
+            with self._lock:  # at once: never seen as neither waiting nor running
+                self._waiting.pop(token, None)
+                self._running += 1
             cpu = time.thread_time()
             try:
                 return fn(*args, **kwargs)
@@ -85,6 +88,7 @@ class MeteredExecutor(Executor):
                 spent = time.thread_time() - cpu
                 with self._lock:
                     self.cpu_seconds += spent
+                    self._running -= 1
 
         try:
             future = self._pool.submit(run)
@@ -97,6 +101,12 @@ class MeteredExecutor(Executor):
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         self._pool.shutdown(wait, cancel_futures=cancel_futures)
+
+    @property
+    def busy(self) -> bool:
+        """Whether a job waits or runs: work that can wait should not start now."""
+        with self._lock:
+            return bool(self._waiting or self._running)
 
     def load(self) -> QueueLoad:
         with self._lock:

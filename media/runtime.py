@@ -7,9 +7,10 @@ transcriber in at this seam instead of patching.
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,6 +21,7 @@ from adapters.detectors import load_detector
 from adapters.silero import SileroVadModel
 from adapters.smart_turn import SmartTurnModel
 from adapters.tts import TtsSettings, load_synthesizer
+from adapters.tts_cache import CachedSynthesizer
 from adapters.whisper import WhisperSettings, WhisperTranscriber, resolve_asr_model
 from engine.ports import Detector, Synthesizer, Transcriber, TurnModel, VadModel
 from engine.turns import EndOfTurnSettings
@@ -33,6 +35,9 @@ from media.video_track import ChangeGate
 __all__ = ["MediaModels", "MediaRuntime", "load_models"]
 
 log = logging.getLogger(__name__)
+
+
+_WARM_POLL_S = 0.05  # how often the voice's warm-up looks whether the voice is idle
 
 
 def _single(name: str) -> Callable[[], Executor]:
@@ -98,6 +103,8 @@ def _voice_counters(metrics: MediaMetrics, synthesizer: Synthesizer | None) -> N
     for name, owner, attribute, documentation in (
         ("interview_tts_cache_hits", synthesizer, "hits", "Sentences served from the TTS cache"),
         ("interview_tts_cache_misses", synthesizer, "misses", "Sentences synthesized (cache misses)"),
+        ("interview_tts_cache_warmed", synthesizer, "warmed",
+         "Sentences synthesized ahead of time into the TTS cache"),
         ("interview_tts_worker_restarts", pool, "restarts", "Piper worker programs restarted"),
         ("interview_tts_fallback_sentences", pool, "fallbacks",
          "Sentences espeak-ng said because a Piper worker failed twice"),
@@ -200,6 +207,32 @@ class MediaRuntime:
         if isinstance(voice, float):
             out["voice"] = voice
         return out
+
+    async def warm_voice(self, phrases: Iterable[str]) -> int:
+        """Synthesize `phrases` into the sentence cache, one at a time, while
+        the voice is idle; how many were synthesized.
+
+        Each phrase starts only when no sentence waits for or runs in the TTS
+        executor, so a live sentence waits at most for the one phrase in
+        progress (0.1-0.4 s). Without a sentence cache it does nothing.
+        """
+        synthesizer = self.models.synthesizer
+        if not isinstance(synthesizer, CachedSynthesizer):
+            return 0
+        executor = self.tts_executor
+        loop = asyncio.get_running_loop()
+        warmed = 0
+        for phrase in phrases:
+            while isinstance(executor, MeteredExecutor) and executor.busy:
+                await asyncio.sleep(_WARM_POLL_S)
+            try:
+                if await loop.run_in_executor(executor, synthesizer.warm, phrase):
+                    warmed += 1
+            except Exception as error:  # the voice fails: a live sentence will say so too
+                log.warning("voice warm-up stopped after %d phrase(s): %r", warmed, error)
+                break
+        log.info("voice warm-up: %d phrase(s) synthesized ahead of time", warmed)
+        return warmed
 
     def executors(self) -> dict[str, Executor]:
         return {"asr": self.asr_executor, "detect": self.detect_executor,

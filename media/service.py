@@ -21,6 +21,7 @@ from adapters.gemini import GeminiLlm
 from engine.admission import AdmissionSettings, LoadMeter, Refusal
 from engine.aio import cancel_and_wait
 from engine.interview import Interview, InterviewerSettings, new_conversation
+from engine.interviewer import fixed_phrases
 from engine.ports import InterviewerLlm, RecordingAdmission
 from engine.registry import InterviewTable
 from engine.session import InterviewSession
@@ -71,6 +72,7 @@ class MediaService:
         self._models = models
         self._runtime: MediaRuntime | None = None
         self._loading = asyncio.Lock()
+        self._warming: asyncio.Task[int] | None = None  # the voice's fixed phrases (offline)
         self._finishing: set[asyncio.Task[object]] = set()
         # Finishing a recording file after its interview was forgotten.
         self._finishing_recorders: set[SessionRecorder] = set()
@@ -159,6 +161,7 @@ class MediaService:
             self._forget(interview)
         if self._finishing:
             await asyncio.wait(self._finishing)
+        await cancel_and_wait(self._warming)
         if self._runtime is not None:
             self._runtime.shutdown()
         if isinstance(self._llm, GeminiLlm):
@@ -241,6 +244,11 @@ class MediaService:
                 self._runtime = MediaRuntime.from_config(self._config, models, self.metrics)
                 if self._hurry:
                     self._runtime.drain_s = SHUTDOWN_DRAIN_S
+                if self._config.interviewer and self._llm is None:
+                    # The offline engine's acknowledgements and the like open
+                    # most replies: synthesized now, they are not on the turn.
+                    self._warming = asyncio.create_task(
+                        self._runtime.warm_voice(fixed_phrases()), name="voice-warm-up")
             return self._runtime
 
     def _gone(self, interview: Interview, reason: str, rejoinable: bool) -> None:

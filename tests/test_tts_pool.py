@@ -240,6 +240,63 @@ def test_cache_counters_are_exported() -> None:
     assert "interview_tts_cache_misses_total 1.0" in text
 
 
+def test_warming_fills_the_cache_without_counting_a_miss() -> None:
+    inner = CountingVoice()
+    cache = CachedSynthesizer(inner)
+    assert cache.warm("Thank you.") and not cache.warm(" Thank you. ")
+    cache.synthesize("Thank you.")
+    assert (cache.warmed, cache.hits, cache.misses, inner.calls) == (1, 1, 0, 1)
+    inner.fall_back_on = "Goodbye!"
+    assert cache.warm("Goodbye!") and cache.warm("Goodbye!")  # fallback audio is not kept
+    assert cache.warmed == 3
+
+
+class GatedVoice(CountingVoice):
+    """Our own seam (engine.ports.Synthesizer): each live sentence waits for a gate."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = threading.Event()
+        self.said: list[str] = []
+
+    def speak(self, text: str) -> tuple[Int16Array, str]:
+        if text.startswith("live"):
+            assert self.gate.wait(10)
+        self.said.append(text)
+        return super().speak(text)
+
+
+async def test_the_warm_up_waits_while_the_voice_speaks() -> None:
+    from engine.interviewer import fixed_phrases
+
+    inner = GatedVoice()
+    cache = CachedSynthesizer(inner)
+    models = MediaModels(None, None, None, "none", cache)  # type: ignore[arg-type]
+    metrics = MediaMetrics()
+    runtime = MediaRuntime.from_config(Config(), models, metrics)
+    loop = asyncio.get_running_loop()
+    try:
+        # A live sentence runs and another waits: the warm-up starts nothing.
+        live = [loop.run_in_executor(runtime.tts_executor, cache.synthesize, f"live {i}.")
+                for i in range(2)]
+        warming = asyncio.create_task(runtime.warm_voice(fixed_phrases()))
+        await asyncio.sleep(0.3)
+        assert inner.said == [] and not warming.done()
+        inner.gate.set()
+        await asyncio.gather(*live)
+        assert await asyncio.wait_for(warming, 10) == len(fixed_phrases())
+        assert inner.said[:2] == ["live 0.", "live 1."]  # both before any phrase
+        assert sorted(inner.said[2:]) == sorted(fixed_phrases())
+        # A reply's first sentence is now served from memory.
+        cache.synthesize("Thank you.")
+        assert (cache.hits, cache.misses) == (1, 2)
+        assert await runtime.warm_voice(fixed_phrases()) == 0  # nothing left to do
+    finally:
+        runtime.shutdown()
+    assert f"interview_tts_cache_warmed_total {len(fixed_phrases())}.0" in (
+        generate_latest(metrics.registry).decode())
+
+
 def test_voice_settings_from_the_environment() -> None:
     assert (Config.from_env({}).tts_processes, Config.from_env({}).tts_cache_entries) == (1, 256)
     config = Config.from_env({"TTS_PROCESSES": "3", "TTS_CACHE_ENTRIES": "0"})

@@ -173,11 +173,19 @@ async def interview(make_client: AppFactory, db: asyncpg.Connection, answer: Pat
         await wait_for_state(candidate, "listening", 1)
         voice.say(answer)
         row = await stored_row(db, sid, timeout=120)
+        metrics = await (await client.get("/metrics")).text()
     finally:
         await candidate.close()
     info: dict = json.loads(row["session_information"])
     info["report"] = json.loads(row["Interview_report"])
+    info["metrics"] = metrics
     return info
+
+
+def counter(metrics: str, name: str) -> float:
+    (value,) = [float(line.split()[-1]) for line in metrics.splitlines()
+                if line.startswith(f"{name} ")]
+    return value
 
 
 async def test_a_finished_answer_is_ended_by_the_model(make_client: AppFactory,
@@ -200,6 +208,10 @@ async def test_a_finished_answer_is_ended_by_the_model(make_client: AppFactory,
     # answer's speech still counts for the question it answered.
     (question,) = info["report"]["questions"]
     assert question["answer_duration_s"] > 3 and 60 < question["words_per_minute"] < 300
+    # The reply opens with an acknowledgement synthesized while the candidate
+    # spoke (each sentence of this interview is said once: no other hit).
+    assert counter(info["metrics"], "interview_tts_cache_warmed_total") >= 5
+    assert counter(info["metrics"], "interview_tts_cache_hits_total") >= 1
 
 
 async def test_a_two_second_thinking_pause_is_not_taken_for_the_end(
