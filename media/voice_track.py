@@ -5,7 +5,8 @@ mono, paced in real time, silence when there is nothing to say.
 `InterviewerVoice` synthesizes sentence by sentence in its own executor
 (the next sentence is synthesized while the previous one plays) and can be
 interrupted at once for a barge-in: queued audio is dropped, so the track
-falls silent within one frame.
+falls silent within one frame. A reply's first sentence starts at its first
+sound: the synthesizer's leading silence would only delay it.
 """
 
 from __future__ import annotations
@@ -26,11 +27,15 @@ from engine.conversation import Spoken
 from engine.ports import Synthesizer
 from engine.resample import resample_to_48k
 
-__all__ = ["InterviewerTrack", "InterviewerVoice"]
+__all__ = ["InterviewerTrack", "InterviewerVoice", "trim_leading_silence"]
 
 RATE = 48000
 FRAME_SAMPLES = 960  # 20 ms
 _SILENCE = np.zeros(FRAME_SAMPLES, np.int16)
+# A reply's first sentence starts at its first sound, less this much: Piper
+# opens each sentence with 30-70 ms of near-silence, heard as latency.
+_LEAD_KEEP = RATE // 100  # 10 ms
+_LEAD_LEVEL = 0.01  # of the sentence's peak: below it is silence
 
 
 @dataclass
@@ -128,6 +133,13 @@ class _Queued:
     audio_s: float
 
 
+def trim_leading_silence(pcm: np.ndarray) -> np.ndarray:
+    """`pcm` from `_LEAD_KEEP` samples before its first sound (a view)."""
+    level = np.abs(pcm.astype(np.int32))
+    loud = np.flatnonzero(level >= max(1, _LEAD_LEVEL * int(level.max(initial=0))))
+    return pcm[max(0, int(loud[0]) - _LEAD_KEEP):] if len(loud) else pcm
+
+
 class InterviewerVoice:
     """`engine.conversation.Voice` over an `InterviewerTrack`."""
 
@@ -166,6 +178,8 @@ class InterviewerVoice:
                 self._on_synthesized(elapsed)
             if self._interrupted:
                 break
+            if not queued:
+                pcm = trim_leading_silence(pcm)
             item = _Queued(sentence, loop.create_future(), loop.create_future(), len(pcm) / RATE)
             if on_start is not None:
                 item.started.add_done_callback(_announce_start(on_start, sentence))

@@ -62,7 +62,9 @@ from adapters.smart_turn import SmartTurnModel
 from adapters.whisper import WhisperSettings, WhisperTranscriber, resolve_asr_model
 from config import Config
 from engine.turns import EndOfTurnSettings, TurnDecision, TurnEstimate, TurnProbe, judge
-from engine.vad import SpeechCut, SpeechEnded, SpeechPaused, SpeechStarted, VadState, VoiceActivityDetector
+from engine.vad import (
+    SpeechCut, SpeechEnded, SpeechPaused, SpeechStarted, VadSettings, VadState, VoiceActivityDetector,
+)
 
 SPEECH = Path(__file__).resolve().parent.parent / "tests" / "data" / "speech"
 CLIPS = ("0870", "0880", "0890", "0920")
@@ -147,8 +149,9 @@ class Armed:
 
 
 def run(answer: Answer, vad_model: SileroVadModel, probe_model: SmartTurnModel,
-        committed: WhisperTranscriber, draft: WhisperTranscriber, settings: EndOfTurnSettings) -> Events:
-    vad = VoiceActivityDetector(vad_model)
+        committed: WhisperTranscriber, draft: WhisperTranscriber, settings: EndOfTurnSettings,
+        vad_settings: VadSettings | None = None) -> Events:
+    vad = VoiceActivityDetector(vad_model, vad_settings)
     armed = Armed(probe_model)
     # Every scheduled ask, even after a doubtful one (the server spares
     # those): the "not shipped" variants below judge the later answers too.
@@ -283,16 +286,18 @@ _WORKER: dict[str, object] = {}
 
 
 def _load_worker(model: str, encoder: Literal["fit", "pad30"], threshold: float,
-                 ceiling: float) -> None:
+                 ceiling: float, post_roll_ms: int) -> None:
     committed = WhisperTranscriber(model, WhisperSettings(encoder=encoder))
     _WORKER.update(committed=committed, draft=committed.draft(), vad=SileroVadModel(),
                    turn=SmartTurnModel(),
-                   settings=EndOfTurnSettings(threshold=threshold, ceiling_s=ceiling))
+                   settings=EndOfTurnSettings(threshold=threshold, ceiling_s=ceiling),
+                   vad_settings=VadSettings(post_roll_ms=post_roll_ms))
 
 
 def _run_in_worker(answer: Answer) -> Events:
     w = _WORKER
-    return run(answer, w["vad"], w["turn"], w["committed"], w["draft"], w["settings"])  # type: ignore[arg-type]
+    return run(answer, w["vad"], w["turn"], w["committed"], w["draft"], w["settings"],  # type: ignore[arg-type]
+               w["vad_settings"])  # type: ignore[arg-type]
 
 
 def main() -> None:
@@ -311,6 +316,9 @@ def main() -> None:
                         help="keep every answer's model and transcript events here (pickle)")
     parser.add_argument("--events", type=Path,
                         help="judge the events saved by --save-events instead of replaying")
+    parser.add_argument("--post-roll-ms", type=int, default=VadSettings().post_roll_ms,
+                        help="the VAD's post-roll: silence before the draft starts (default: "
+                        "the server's); (b) then stops its VAD there too")
     args = parser.parse_args()
     settings = EndOfTurnSettings(threshold=args.threshold, ceiling_s=args.ceiling)
     encoder: Literal["fit", "pad30"] = "fit" if args.encoder == "fit" else "pad30"
@@ -344,7 +352,8 @@ def main() -> None:
     else:
         todo = answers(committed)
         pool = ProcessPoolExecutor(args.jobs, initializer=_load_worker,
-                                   initargs=(model_path, encoder, args.threshold, args.ceiling))
+                                   initargs=(model_path, encoder, args.threshold, args.ceiling,
+                                             args.post_roll_ms))
         replayed = list(zip(todo, pool.map(_run_in_worker, todo)))
         pool.shutdown()
         if args.save_events is not None:
@@ -374,9 +383,11 @@ def main() -> None:
                 cut_ins[name][answer.pause_s].append(ended)
         rows.append(row)
         print(json.dumps(row), flush=True)
+    drafts = [len(ev.drafts) for _, ev in replayed]
     print(f"\nmachine: {platform.processor() or platform.machine()}, {cpu_model()}; "
           f"ASR_ENCODER={args.encoder}, TURN_THRESHOLD={args.threshold:g}, "
-          f"TURN_CEILING_S={args.ceiling:g}")
+          f"TURN_CEILING_S={args.ceiling:g}, post-roll {args.post_roll_ms} ms; "
+          f"drafts per answer {sum(drafts) / max(1, len(drafts)):.2f}")
     n_fin = len(next(iter(finished.values())))
     n_cut = len(next(iter(cut_ins.values()))[PAUSES[0]])
     print(f"\n| rule | end after a finished answer p50 / p95 (s), n={n_fin} | "

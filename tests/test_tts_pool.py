@@ -29,7 +29,8 @@ from adapters.tts_pool import PiperPool, WorkerFailed
 from config import Config, ConfigError
 from media.metrics import MediaMetrics
 from media.runtime import MediaModels, MediaRuntime
-from media.voice_track import InterviewerTrack, InterviewerVoice
+from engine.resample import resample_to_48k
+from media.voice_track import InterviewerTrack, InterviewerVoice, trim_leading_silence
 
 Int16Array = npt.NDArray[np.int16]
 LONG = " ".join(
@@ -175,6 +176,19 @@ async def test_interviewer_voice_goes_on_after_a_crash() -> None:
         pool.close()
     assert spoken.text == " ".join(sentences) and not spoken.interrupted
     assert pool.fallbacks == 1 and track.voiced_frames_sent * 0.02 == pytest.approx(spoken.audio_s, abs=0.06)
+
+
+def test_a_reply_starts_at_its_first_sound(pool: PiperPool) -> None:
+    pcm = resample_to_48k(pool.synthesize("Thank you."), pool.sample_rate)
+    trimmed = trim_leading_silence(pcm)
+    cut = len(pcm) - len(trimmed)
+    assert cut > 0.02 * 48_000  # Piper's own lead: 30-70 ms here
+    assert np.array_equal(trimmed, pcm[cut:])
+    # What went was silence; 10 ms of it are left before the first sound.
+    assert np.abs(pcm[:cut].astype(np.int32)).max() < 0.01 * np.abs(pcm.astype(np.int32)).max()
+    assert np.abs(trimmed[:480].astype(np.int32)).max() < 0.01 * np.abs(pcm.astype(np.int32)).max()
+    silence = np.zeros(960, np.int16)
+    assert trim_leading_silence(silence) is silence and len(trim_leading_silence(silence[:0])) == 0
 
 
 # --- the cache ------------------------------------------------------------------
