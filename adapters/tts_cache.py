@@ -66,21 +66,27 @@ class CachedSynthesizer:
                     self._entries.popitem(last=False)
         return pcm
 
+    @property
+    def max_entries(self) -> int:
+        return self._max
+
     def warm(self, text: str) -> bool:
-        """Synthesize `text` ahead of time unless it is cached; True if it was.
+        """Have `text` in the cache, synthesizing it unless it is; whether it is now.
 
         Blocks like `synthesize`. Counted as `warmed`, not as a miss: no one
-        waited for it. Fallback audio is not kept, as for `synthesize`.
+        waited for it. Fallback audio is not kept (False), as for `synthesize`.
         """
         key = (self._voice, text.strip())
         with self._lock:
             if key in self._entries:
-                return False
+                return True
         pcm, voice = self._speak(text)
+        if voice != self._voice:
+            return False
         pcm.setflags(write=False)
         with self._lock:
-            self.warmed += 1
-            if voice == self._voice and key not in self._entries:
+            if key not in self._entries:
+                self.warmed += 1
                 self._entries[key] = pcm
                 while len(self._entries) > self._max:
                     self._entries.popitem(last=False)

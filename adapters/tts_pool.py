@@ -240,6 +240,8 @@ class PiperPool:
 
     def _restart(self, worker: _Worker) -> bool:
         worker.stop()
+        if self._closed:
+            return False  # closed meanwhile: no program nobody would stop
         try:
             worker.start()
         except (WorkerFailed, OSError, ValueError, KeyError):

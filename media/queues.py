@@ -15,7 +15,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 __all__ = ["MeteredExecutor", "QueueLoad", "StampedQueue"]
 
@@ -62,7 +62,8 @@ class StampedQueue(asyncio.Queue[T]):
 
 
 class MeteredExecutor(Executor):
-    """A thread pool that counts the jobs submitted but not started yet."""
+    """A thread pool that counts the jobs submitted but not started yet, and
+    runs work that can wait (`submit_when_idle`) only when it has nothing else."""
 
     def __init__(self, workers: int, name: str) -> None:
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix=name)
@@ -70,6 +71,8 @@ class MeteredExecutor(Executor):
         self._tokens = itertools.count()
         self._waiting: dict[int, float] = {}  # token -> submit time, oldest first
         self._running = 0
+        self._idle_jobs: deque[tuple[Future[Any], Callable[[], Any]]] = deque()
+        self._closed = False
         self.cpu_seconds = 0.0  # CPU time its threads spent in jobs
 
     def submit(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Future[T]:
@@ -89,17 +92,59 @@ class MeteredExecutor(Executor):
                 with self._lock:
                     self.cpu_seconds += spent
                     self._running -= 1
+                self._start_idle_job()
 
         try:
             future = self._pool.submit(run)
         except BaseException:  # shut down: the job will never run
-            self._started(token)
+            self._forget(token)
             raise
         # A job cancelled before it started never runs: stop counting it too.
-        future.add_done_callback(lambda _: self._started(token))
+        future.add_done_callback(lambda _: self._forget(token))
         return future
 
+    def submit_when_idle(
+        self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs
+    ) -> Future[T]:
+        """Run `fn(*args)` once no job waits or runs, one such job at a time.
+
+        For work that can wait (synthesizing phrases ahead of time): it never
+        shares the threads with other jobs when it starts, though a job
+        submitted while it runs waits for it. Cancelled by `shutdown` with
+        `cancel_futures`, like a waiting job.
+        """
+        future: Future[T] = Future()
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("cannot schedule new jobs after shutdown")
+            self._idle_jobs.append((future, lambda: fn(*args, **kwargs)))
+        self._start_idle_job()
+        return future
+
+    def _start_idle_job(self) -> None:
+        while True:
+            with self._lock:
+                if self._waiting or self._running or not self._idle_jobs:
+                    return
+                future, call = self._idle_jobs.popleft()
+            if not future.set_running_or_notify_cancel():
+                continue  # cancelled while it waited
+            try:
+                inner = self.submit(call)
+            except RuntimeError as error:  # shut down meanwhile
+                future.set_exception(error)
+                continue
+            _chain(inner, future)
+            return
+
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        with self._lock:
+            self._closed = True
+            idle = list(self._idle_jobs) if cancel_futures else []
+            if cancel_futures:
+                self._idle_jobs.clear()
+        for future, _ in idle:
+            future.cancel()
         self._pool.shutdown(wait, cancel_futures=cancel_futures)
 
     @property
@@ -115,6 +160,20 @@ class MeteredExecutor(Executor):
             oldest = next(iter(self._waiting.values()))
             return QueueLoad(len(self._waiting), time.monotonic() - oldest)
 
-    def _started(self, token: int) -> None:
+    def _forget(self, token: int) -> None:
+        """The job ended, or will never run: it no longer waits."""
         with self._lock:
             self._waiting.pop(token, None)
+        self._start_idle_job()
+
+
+def _chain(inner: Future[T], outer: Future[T]) -> None:
+    """`outer` (already running) ends as `inner` does."""
+    def done(_: Future[T]) -> None:
+        if inner.cancelled():
+            outer.set_exception(RuntimeError("cancelled by shutdown"))
+        elif (error := inner.exception()) is not None:
+            outer.set_exception(error)
+        else:
+            outer.set_result(inner.result())
+    inner.add_done_callback(done)

@@ -37,9 +37,6 @@ __all__ = ["MediaModels", "MediaRuntime", "load_models"]
 log = logging.getLogger(__name__)
 
 
-_WARM_POLL_S = 0.05  # how often the voice's warm-up looks whether the voice is idle
-
-
 def _single(name: str) -> Callable[[], Executor]:
     return lambda: MeteredExecutor(1, name)
 
@@ -209,28 +206,39 @@ class MediaRuntime:
         return out
 
     async def warm_voice(self, phrases: Iterable[str]) -> int:
-        """Synthesize `phrases` into the sentence cache, one at a time, while
-        the voice is idle; how many were synthesized.
+        """Synthesize `phrases` into the sentence cache ahead of time, one at a
+        time, each when the TTS executor has nothing else to do; how many were.
 
-        Each phrase starts only when no sentence waits for or runs in the TTS
-        executor, so a live sentence waits at most for the one phrase in
-        progress (0.1-0.4 s). Without a sentence cache it does nothing.
+        A live sentence waits at most for the one phrase in progress
+        (0.1-0.4 s). At most half the cache is filled, most needed phrases
+        first. It stops at the first phrase the cache did not keep (the
+        voice is failing over to espeak-ng: no use asking again). Without a
+        sentence cache it does nothing. Cancelled, it lets the phrase in
+        progress finish, so the voice is not closed under it.
         """
         synthesizer = self.models.synthesizer
         if not isinstance(synthesizer, CachedSynthesizer):
             return 0
         executor = self.tts_executor
-        loop = asyncio.get_running_loop()
-        warmed = 0
-        for phrase in phrases:
-            while isinstance(executor, MeteredExecutor) and executor.busy:
-                await asyncio.sleep(_WARM_POLL_S)
+        before = synthesizer.warmed
+        for phrase in list(phrases)[: synthesizer.max_entries // 2]:
+            if isinstance(executor, MeteredExecutor):
+                job = executor.submit_when_idle(synthesizer.warm, phrase)
+            else:
+                job = executor.submit(synthesizer.warm, phrase)
             try:
-                if await loop.run_in_executor(executor, synthesizer.warm, phrase):
-                    warmed += 1
-            except Exception as error:  # the voice fails: a live sentence will say so too
-                log.warning("voice warm-up stopped after %d phrase(s): %r", warmed, error)
+                kept = await asyncio.shield(asyncio.wrap_future(job))
+            except asyncio.CancelledError:
+                if not job.cancel():  # it runs: let it end before the voice closes
+                    await asyncio.wait([asyncio.wrap_future(job)])
+                raise
+            except Exception as error:
+                log.warning("voice warm-up stopped: %r", error)
                 break
+            if not kept:
+                log.warning("voice warm-up stopped: the voice fell back on %r", phrase)
+                break
+        warmed = synthesizer.warmed - before
         log.info("voice warm-up: %d phrase(s) synthesized ahead of time", warmed)
         return warmed
 

@@ -98,6 +98,8 @@ class MediaService:
         """Shutting down: calls drain briefly, so the rows, the reports and the
         recordings are all final inside a container's stop timeout (10 s)."""
         self._hurry = True
+        if self._warming is not None:
+            self._warming.cancel()  # phrases for interviews that will not come
         if self._runtime is not None:
             self._runtime.drain_s = SHUTDOWN_DRAIN_S
 
@@ -244,7 +246,7 @@ class MediaService:
                 self._runtime = MediaRuntime.from_config(self._config, models, self.metrics)
                 if self._hurry:
                     self._runtime.drain_s = SHUTDOWN_DRAIN_S
-                if self._config.interviewer and self._llm is None:
+                if self._config.interviewer and self._llm is None and not self._hurry:
                     # The offline engine's acknowledgements and the like open
                     # most replies: synthesized now, they are not on the turn.
                     self._warming = asyncio.create_task(

@@ -36,6 +36,7 @@ _SILENCE = np.zeros(FRAME_SAMPLES, np.int16)
 # opens each sentence with 30-70 ms of near-silence, heard as latency.
 _LEAD_KEEP = RATE // 100  # 10 ms
 _LEAD_LEVEL = 0.01  # of the sentence's peak: below it is silence
+_LEAD_MAX_CUT = RATE * 8 // 100  # 80 ms at most: a soft first sound is never lost
 
 
 @dataclass
@@ -134,10 +135,12 @@ class _Queued:
 
 
 def trim_leading_silence(pcm: np.ndarray) -> np.ndarray:
-    """`pcm` from `_LEAD_KEEP` samples before its first sound (a view)."""
+    """`pcm` from 10 ms before its first sound, cut by 80 ms at most (a view)."""
     level = np.abs(pcm.astype(np.int32))
     loud = np.flatnonzero(level >= max(1, _LEAD_LEVEL * int(level.max(initial=0))))
-    return pcm[max(0, int(loud[0]) - _LEAD_KEEP):] if len(loud) else pcm
+    if not len(loud):
+        return pcm
+    return pcm[min(max(0, int(loud[0]) - _LEAD_KEEP), _LEAD_MAX_CUT):]
 
 
 class InterviewerVoice:
@@ -171,15 +174,14 @@ class InterviewerVoice:
             if self._interrupted:
                 break
             t0 = loop.time()
-            pcm = await loop.run_in_executor(self._executor, self._synthesize, sentence)
+            pcm = await loop.run_in_executor(self._executor, self._synthesize, sentence,
+                                             not queued)
             elapsed = loop.time() - t0
             self.tts_seconds += elapsed
             if self._on_synthesized is not None:
                 self._on_synthesized(elapsed)
             if self._interrupted:
                 break
-            if not queued:
-                pcm = trim_leading_silence(pcm)
             item = _Queued(sentence, loop.create_future(), loop.create_future(), len(pcm) / RATE)
             if on_start is not None:
                 item.started.add_done_callback(_announce_start(on_start, sentence))
@@ -189,9 +191,9 @@ class InterviewerVoice:
             await item.done
         return self._outcome(queued)
 
-    def _synthesize(self, text: str) -> np.ndarray:
-        pcm = self._synthesizer.synthesize(text)
-        return resample_to_48k(pcm, self._synthesizer.sample_rate)
+    def _synthesize(self, text: str, first: bool) -> np.ndarray:
+        pcm = resample_to_48k(self._synthesizer.synthesize(text), self._synthesizer.sample_rate)
+        return trim_leading_silence(pcm) if first else pcm
 
     def _outcome(self, queued: list[_Queued]) -> Spoken:
         played = [q for q in queued if q.done.result()]

@@ -15,7 +15,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -27,9 +27,9 @@ from adapters.tts import EspeakSynthesizer
 from adapters.tts_cache import CachedSynthesizer
 from adapters.tts_pool import PiperPool, WorkerFailed
 from config import Config, ConfigError
+from engine.resample import resample_to_48k
 from media.metrics import MediaMetrics
 from media.runtime import MediaModels, MediaRuntime
-from engine.resample import resample_to_48k
 from media.voice_track import InterviewerTrack, InterviewerVoice, trim_leading_silence
 
 Int16Array = npt.NDArray[np.int16]
@@ -182,13 +182,49 @@ def test_a_reply_starts_at_its_first_sound(pool: PiperPool) -> None:
     pcm = resample_to_48k(pool.synthesize("Thank you."), pool.sample_rate)
     trimmed = trim_leading_silence(pcm)
     cut = len(pcm) - len(trimmed)
-    assert cut > 0.02 * 48_000  # Piper's own lead: 30-70 ms here
+    assert 0.02 * 48_000 < cut <= 0.08 * 48_000  # Piper's own lead: 30-70 ms here
     assert np.array_equal(trimmed, pcm[cut:])
     # What went was silence; 10 ms of it are left before the first sound.
-    assert np.abs(pcm[:cut].astype(np.int32)).max() < 0.01 * np.abs(pcm.astype(np.int32)).max()
-    assert np.abs(trimmed[:480].astype(np.int32)).max() < 0.01 * np.abs(pcm.astype(np.int32)).max()
+    peak = np.abs(pcm.astype(np.int32)).max()
+    assert np.abs(pcm[:cut].astype(np.int32)).max() < 0.01 * peak
+    assert np.abs(trimmed[:480].astype(np.int32)).max() < 0.01 * peak
     silence = np.zeros(960, np.int16)
     assert trim_leading_silence(silence) is silence and len(trim_leading_silence(silence[:0])) == 0
+    late = np.concatenate([np.zeros(48_000, np.int16), pcm])  # never more than 80 ms
+    assert len(late) - len(trim_leading_silence(late)) == 0.08 * 48_000
+
+
+class QuietStart:
+    """Our own seam (engine.ports.Synthesizer): 50 ms of silence, then 100 ms of tone."""
+
+    sample_rate = 48_000
+
+    def synthesize(self, text: str) -> Int16Array:
+        tone = (8000 * np.sin(np.arange(4800) / 8)).astype(np.int16)
+        return np.concatenate([np.zeros(2400, np.int16), tone])
+
+
+async def test_only_a_replys_first_sentence_is_trimmed() -> None:
+    track = InterviewerTrack()
+    with ThreadPoolExecutor(1) as executor:
+        voice = InterviewerVoice(track, QuietStart(), executor)
+
+        async def said() -> AsyncIterator[str]:
+            for sentence in ("One.", "Two."):
+                yield sentence
+
+        async def listen() -> None:
+            while True:
+                await track.recv()
+
+        listener = asyncio.create_task(listen(), name="listener")
+        try:
+            spoken = await asyncio.wait_for(voice.say(said()), 10)
+        finally:
+            listener.cancel()
+            await asyncio.gather(listener, return_exceptions=True)
+    # 150 ms each, less 40 ms (50 ms of lead to 10 ms) off the first only.
+    assert spoken.audio_s == pytest.approx(0.11 + 0.15, abs=1e-4)
 
 
 # --- the cache ------------------------------------------------------------------
@@ -257,58 +293,106 @@ def test_cache_counters_are_exported() -> None:
 def test_warming_fills_the_cache_without_counting_a_miss() -> None:
     inner = CountingVoice()
     cache = CachedSynthesizer(inner)
-    assert cache.warm("Thank you.") and not cache.warm(" Thank you. ")
+    assert cache.warm("Thank you.") and cache.warm(" Thank you. ")
     cache.synthesize("Thank you.")
     assert (cache.warmed, cache.hits, cache.misses, inner.calls) == (1, 1, 0, 1)
     inner.fall_back_on = "Goodbye!"
-    assert cache.warm("Goodbye!") and cache.warm("Goodbye!")  # fallback audio is not kept
-    assert cache.warmed == 3
+    assert not cache.warm("Goodbye!")  # fallback audio is not kept, nor counted
+    assert cache.warmed == 1
 
 
 class GatedVoice(CountingVoice):
-    """Our own seam (engine.ports.Synthesizer): each live sentence waits for a gate."""
+    """Our own seam (engine.ports.Synthesizer): each sentence waits to be let go."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.gate = threading.Event()
-        self.said: list[str] = []
+        self.entered: list[str] = []
+        self.go = threading.Semaphore(0)
 
     def speak(self, text: str) -> tuple[Int16Array, str]:
-        if text.startswith("live"):
-            assert self.gate.wait(10)
-        self.said.append(text)
+        self.entered.append(text)
+        assert self.go.acquire(timeout=10)
         return super().speak(text)
+
+
+async def until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.01)
 
 
 async def test_the_warm_up_waits_while_the_voice_speaks() -> None:
     from engine.interviewer import fixed_phrases
 
+    phrases = fixed_phrases()
     inner = GatedVoice()
     cache = CachedSynthesizer(inner)
-    models = MediaModels(None, None, None, "none", cache)  # type: ignore[arg-type]
     metrics = MediaMetrics()
-    runtime = MediaRuntime.from_config(Config(), models, metrics)
+    # Two Piper workers: a phrase could run beside a live sentence, and must not.
+    models = MediaModels(None, None, None, "none", cache)  # type: ignore[arg-type]
+    runtime = MediaRuntime.from_config(Config(tts_processes=2), models, metrics)
     loop = asyncio.get_running_loop()
     try:
-        # A live sentence runs and another waits: the warm-up starts nothing.
-        live = [loop.run_in_executor(runtime.tts_executor, cache.synthesize, f"live {i}.")
-                for i in range(2)]
-        warming = asyncio.create_task(runtime.warm_voice(fixed_phrases()))
+        live = [loop.run_in_executor(runtime.tts_executor, cache.synthesize, "live 0.")]
+        warming = asyncio.create_task(runtime.warm_voice(phrases))
         await asyncio.sleep(0.3)
-        assert inner.said == [] and not warming.done()
-        inner.gate.set()
+        assert inner.entered == ["live 0."]  # a thread is free, yet no phrase started
+        inner.go.release()
+        await until(lambda: len(inner.entered) == 2)  # the first phrase, once idle
+        live.append(loop.run_in_executor(runtime.tts_executor, cache.synthesize, "live 1."))
+        await until(lambda: len(inner.entered) == 3)  # a live sentence never waits for a turn
+        inner.go.release()  # the phrase ends; "live 1." still runs: no phrase starts
+        await asyncio.sleep(0.3)
+        assert inner.entered == ["live 0.", phrases[0], "live 1."]
+        for _ in range(len(phrases)):
+            inner.go.release()
+        assert await asyncio.wait_for(warming, 10) == len(phrases)
         await asyncio.gather(*live)
-        assert await asyncio.wait_for(warming, 10) == len(fixed_phrases())
-        assert inner.said[:2] == ["live 0.", "live 1."]  # both before any phrase
-        assert sorted(inner.said[2:]) == sorted(fixed_phrases())
+        assert inner.entered[3:] == list(phrases[1:])
         # A reply's first sentence is now served from memory.
         cache.synthesize("Thank you.")
         assert (cache.hits, cache.misses) == (1, 2)
-        assert await runtime.warm_voice(fixed_phrases()) == 0  # nothing left to do
+        assert await runtime.warm_voice(phrases) == 0  # nothing left to do
     finally:
         runtime.shutdown()
-    assert f"interview_tts_cache_warmed_total {len(fixed_phrases())}.0" in (
+    assert f"interview_tts_cache_warmed_total {len(phrases)}.0" in (
         generate_latest(metrics.registry).decode())
+
+
+async def test_the_warm_up_stops_when_the_voice_falls_back_and_fills_half_the_cache() -> None:
+    from engine.interviewer import fixed_phrases
+
+    phrases = fixed_phrases()
+    inner = CountingVoice()
+    inner.fall_back_on = phrases[2]
+    models = MediaModels(None, None, None, "none", CachedSynthesizer(inner))  # type: ignore[arg-type]
+    runtime = MediaRuntime.from_config(Config(), models, MediaMetrics())
+    try:
+        assert await runtime.warm_voice(phrases) == 2 and inner.calls == 3
+        small = CachedSynthesizer(CountingVoice(), max_entries=8)
+        runtime.models = MediaModels(None, None, None, "none", small)  # type: ignore[arg-type]
+        assert await runtime.warm_voice(phrases) == 4  # the 4 most needed
+    finally:
+        runtime.shutdown()
+
+
+async def test_a_cancelled_warm_up_lets_its_phrase_finish() -> None:
+    inner = GatedVoice()
+    models = MediaModels(None, None, None, "none", CachedSynthesizer(inner))  # type: ignore[arg-type]
+    runtime = MediaRuntime.from_config(Config(), models, MediaMetrics())
+    try:
+        warming = asyncio.create_task(runtime.warm_voice(["One.", "Two."]))
+        await until(lambda: inner.entered == ["One."])
+        warming.cancel()
+        await asyncio.sleep(0.2)
+        assert not warming.done()  # the voice may not close under "One."
+        inner.go.release()
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(warming, 5)
+        assert inner.entered == ["One."]  # "Two." never started
+    finally:
+        runtime.shutdown()
 
 
 def test_voice_settings_from_the_environment() -> None:
