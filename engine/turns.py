@@ -95,6 +95,7 @@ class TurnEstimate:
     silence_s: float  # since the last voiced frame, in stream seconds
     probability: float  # P(the answer is complete)
     model_s: float = 0.0  # what the model call cost
+    pause: int = 0  # which pause of the stream it is about (`TurnAsk.pause`)
 
 
 @dataclass(frozen=True, eq=False)
@@ -257,7 +258,16 @@ class TurnProbe:
         if self._stop_when_doubtful and probability < self._settings.threshold:
             # max: a late answer about an earlier pause must not undo a newer hold.
             self._held_pause = max(self._held_pause, ask.pause)
-        return TurnEstimate(ask.silence_s, probability, time.perf_counter() - started)
+        return TurnEstimate(ask.silence_s, probability, time.perf_counter() - started, ask.pause)
+
+    @property
+    def pause(self) -> int:
+        """The pause the stream is in, or the next one while speech goes on.
+
+        An ask or answer about a lower one is about a pause the speaker has
+        spoken after: its answer says nothing about the pause now.
+        """
+        return self._pause  # moved on when speech resumed
 
     def hold(self) -> None:
         """The listener took the turn: ask nothing more until speech resumes.

@@ -267,10 +267,13 @@ class AudioTranscriber:
                       and self._turn_probe is not None):
                     self._speculate(event)  # only turn-taking needs text this early
             if self._turn_probe is not None:
-                # Ending in speech, the batch's asks are about a pause the
-                # listener has already seen end (or never saw): not asked.
+                # Only the pause the stream is in now: an earlier one in this
+                # batch (the candidate went on within it, unseen by `on_voice`)
+                # or a batch ending in speech has nothing to ask about.
+                pause = self._turn_probe.pause
                 for ask in asks if not voiced else ():
-                    self._ask(self._turn_probe, ask)
+                    if ask.pause == pause:
+                        self._ask(self._turn_probe, ask)
         await self._pieces.put(None)
 
     def _detect_speech(
@@ -374,12 +377,14 @@ class AudioTranscriber:
         future.add_done_callback(lambda done: self._answered(epoch, done))
 
     def _answered(self, epoch: int, future: asyncio.Future[TurnEstimate]) -> None:
-        """Report an answer, unless the voice came on since it was asked.
+        """Report an answer, unless the candidate spoke since it was asked.
 
         The listener counts pauses by `on_voice` (and clears its answers on
-        `on_voice(True)`); so an answer is about its pause exactly when no
-        `on_voice(True)` came in between. One executor thread keeps each
-        session's answers in order.
+        `on_voice(True)`), so an answer after an `on_voice(True)` is about an
+        earlier pause. The probe also counts the pause and speech that fall
+        inside one VAD batch, which `on_voice` never shows: an answer about a
+        pause the probe has left is not reported either. One executor thread
+        keeps each session's answers in order.
         """
         self._asks.discard(future)
         if future.cancelled():
@@ -388,8 +393,10 @@ class AudioTranscriber:
             log.error("%s: the end-of-turn model failed: %r", self._name, error)
             return
         self.stats.turn_asks += 1
-        if self._on_turn_estimate is not None and epoch == self._voice_epoch:
-            self._on_turn_estimate(future.result())
+        estimate = future.result()
+        current = self._turn_probe is None or estimate.pause == self._turn_probe.pause
+        if self._on_turn_estimate is not None and epoch == self._voice_epoch and current:
+            self._on_turn_estimate(estimate)
 
     # -- speculative transcription ---------------------------------------------------
 

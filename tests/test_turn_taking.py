@@ -128,6 +128,18 @@ def test_the_probe_asks_at_each_scheduled_silence_once() -> None:
     assert all(n <= 8 * 16000 for n in model.asked)
 
 
+def test_each_answer_says_which_pause_it_is_about() -> None:
+    probe = TurnProbe(CountingModel(0.9), EndOfTurnSettings(ask_at_s=(0.2,), ceiling_s=1.0))
+    voiced = _speak(probe, 0.0, 1.0)
+    first = probe.pause
+    asks = [a for _ in range(15) for a in probe.feed(_CHUNK, last_voiced_at=voiced, speaking=False)]
+    assert [a.pause for a in asks] == [first] and probe.answer(asks[0]).pause == first
+    voiced = _speak(probe, voiced + 0.3, 0.5)  # the candidate went on: a new pause to come
+    assert probe.pause == first + 1
+    asks = [a for _ in range(15) for a in probe.feed(_CHUNK, last_voiced_at=voiced, speaking=False)]
+    assert [a.pause for a in asks] == [first + 1]
+
+
 def test_the_probe_asks_no_more_once_its_answer_cannot_change_the_decision() -> None:
     settings = EndOfTurnSettings(threshold=0.8, ask_at_s=(0.2, 0.4, 0.7, 1.0), ceiling_s=2.0)
     model = CountingModel(0.3)
