@@ -253,21 +253,10 @@ class Conversation:
         self._changed.set()
 
     def turn_estimate(self, estimate: TurnEstimate) -> None:
-        """The end-of-turn model's answer at one point of the current pause.
-
-        Answers are judged per pause (`TurnEstimate.pause`): one about a
-        newer pause replaces those of an older one, which the candidate
-        spoke after (as `voice` would have shown, had it seen that speech);
-        one about an older pause is ignored.
-        """
-        if self._candidate_speaking:
-            return
-        if self._estimates and estimate.pause != self._estimates[-1].pause:
-            if estimate.pause < self._estimates[-1].pause:
-                return
-            self._estimates = []
-        self._estimates.append(estimate)
-        self._changed.set()
+        """The end-of-turn model's answer at one point of the current pause."""
+        if not self._candidate_speaking:
+            self._estimates.append(estimate)
+            self._changed.set()
 
     def transcript(
         self, text: str, *, utterance_done: bool, latency_s: float, speech_s: float,

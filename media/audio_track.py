@@ -249,10 +249,20 @@ class AudioTranscriber:
             ended = batch[-1] is None
             frames = [item[0] for item in batch if item is not None]
             end_paused_at, self._end_paused_at = self._end_paused_at, None
-            events, frame_ends, voiced, asks = await loop.run_in_executor(
+            events, frame_ends, voiced, spoke, asks = await loop.run_in_executor(
                 self._vad_executor, self._detect_speech, frames, ended, end_paused_at
             )
             self._arrivals.extend(zip(frame_ends, (item[1] for item in batch if item)))
+            if spoke and not voiced and not self._voiced:
+                # The candidate went on and paused again inside this batch:
+                # the listener hears that speech too, so that nothing of the
+                # pause before it (its draft, the model's answers) is taken
+                # as being about the pause now.
+                self._voice_epoch += 1
+                self._drop_speculation()
+                if self._on_voice is not None:
+                    self._on_voice(True)
+                    self._on_voice(False)
             if voiced != self._voiced:
                 self._voiced = voiced
                 if voiced:
@@ -278,18 +288,20 @@ class AudioTranscriber:
 
     def _detect_speech(
         self, frames: list[av.AudioFrame], flush: bool, end_paused_at: float | None = None
-    ) -> tuple[list[VadEvent], list[float], bool, list[TurnAsk]]:
+    ) -> tuple[list[VadEvent], list[float], bool, bool, list[TurnAsk]]:
         """Worker thread: resample to 16 kHz mono, run the VAD (and the turn probe).
 
         Returns the events, the stream time after each frame, whether the
-        voice is on now, and the questions for the end-of-turn model that
-        fell due (asked in the turn executor: `_ask`).
+        voice is on now, whether it was on at any point of the batch, and
+        the questions for the end-of-turn model that fell due (asked in the
+        turn executor: `_ask`).
         `end_paused_at`: first end the utterance paused there (`end_utterance`).
         """
         events: list[VadEvent] = []
         frame_ends: list[float] = []
         asks: list[TurnAsk] = []
         vad = self._vad
+        spoke = False
         if end_paused_at is not None:
             taken = vad.end_paused(end_paused_at)
             if taken and self._turn_probe is not None:
@@ -300,6 +312,7 @@ class AudioTranscriber:
                 pcm = to_float32(cast(npt.NDArray[np.int16], out.to_ndarray().reshape(-1)))
                 new = vad.feed(pcm)
                 events += new
+                spoke = spoke or vad.state is VadState.SPEAKING
                 if self._turn_probe is not None:
                     started = next((e.at for e in new if isinstance(e, SpeechStarted)), None)
                     asks += self._turn_probe.feed(
@@ -309,7 +322,7 @@ class AudioTranscriber:
             frame_ends.append(vad.stream_time)
         if flush:
             events += vad.flush()
-        return events, frame_ends, vad.state is VadState.SPEAKING, asks
+        return events, frame_ends, vad.state is VadState.SPEAKING, spoke, asks
 
     def _queue_piece(
         self, piece: SpeechSegment, voiced_arrival: float,

@@ -193,29 +193,6 @@ async def test_a_turn_ended_on_the_draft_asks_for_its_utterance_to_be_committed(
     await h.conversation.close()
 
 
-async def test_answers_about_a_pause_the_candidate_spoke_after_do_not_count():
-    """Pause, speech and pause again inside one VAD batch: `voice` never shows
-    the speech, but each model answer says which pause it is about."""
-    settings = replace(FAST, end_of_turn=EndOfTurnSettings(ceiling_s=30.0))
-    h = Harness(PLAN, settings)
-    c = h.conversation
-    c.start()
-    await h.state("listening")
-    c.voice(True)
-    c.voice(False)
-    c.transcript("I built the billing pipeline for our payments team last year.",
-                 utterance_done=True, latency_s=0.0, speech_s=4.0, span=(1.0, 5.0),
-                 provisional=True)
-    c.turn_estimate(TurnEstimate(0.2, 0.3, pause=4))  # mid-sentence: not complete
-    c.turn_estimate(TurnEstimate(0.2, 0.99, pause=5))  # the newer pause: complete
-    c.turn_estimate(TurnEstimate(0.4, 0.2, pause=4))  # late, about the older pause
-    await h.state("thinking", timeout=5)  # the model's rule, not the 30 s ceiling
-    await h.state("listening")
-    decision = h.conversation.turns[-1].decision
-    assert decision is not None and (decision.rule, decision.probability) == ("model", 0.99)
-    await h.conversation.close()
-
-
 async def test_barge_in_stops_the_interviewer_but_a_backchannel_does_not():
     long_greeting = " ".join(["This is a long sentence that keeps going."] * 20)
     plan = InterviewPlan("QA", ("First question?", "Second?"), greeting=long_greeting)

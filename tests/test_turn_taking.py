@@ -10,6 +10,7 @@ scripts/bench_turn_taking.py).
 from __future__ import annotations
 
 import asyncio
+import fractions
 import json
 import threading
 import time
@@ -18,7 +19,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import asyncpg
+import av
 import numpy as np
+import pytest
+from aiortc.mediastreams import MediaStreamTrack
 
 from adapters.silero import SileroVadModel
 from adapters.smart_turn import SmartTurnModel
@@ -27,6 +31,7 @@ from engine.arrays import Float32Array
 from engine.ports import TranscriptResult
 from engine.turns import EndOfTurnSettings, TurnEstimate, TurnProbe, judge, text_cues
 from engine.vad import VadSettings, VoiceActivityDetector
+from media import audio_track
 from media.audio_track import AudioTranscriber, Transcript
 from testing import Candidate, ScriptedSpeech, SpeechTrack
 from tests.conftest import MODEL_CACHE_DIR, SPEECH, AppFactory
@@ -235,6 +240,73 @@ async def test_a_two_second_thinking_pause_is_not_taken_for_the_end(
     assert len(users) == 1, users
     assert "rather" in users[0].lower() and "selfish" in users[0].lower()
     assert len(info["turn_decisions"]) == 1
+
+
+class BurstTrack(MediaStreamTrack):
+    """All of a clip's 20 ms frames at once, then nothing: the VAD gets them in one batch."""
+
+    kind = "audio"
+
+    def __init__(self, pcm: np.ndarray) -> None:
+        super().__init__()
+        self._frames = [pcm[i:i + 320] for i in range(0, len(pcm) - 319, 320)]
+        self._sent = 0
+
+    async def recv(self) -> av.AudioFrame:
+        if self._sent == len(self._frames):
+            await asyncio.Event().wait()  # silent for good, and not ended
+        frame = av.AudioFrame.from_ndarray(self._frames[self._sent].reshape(1, -1), format="s16",
+                                           layout="mono")
+        frame.sample_rate, frame.pts = 16000, self._sent * 320
+        frame.time_base = fractions.Fraction(1, 16000)
+        self._sent += 1
+        return frame
+
+
+class Said:
+    """Our own seam (engine.ports.Transcriber): the same words for any audio, at once."""
+
+    def transcribe(self, audio: Float32Array) -> TranscriptResult:
+        return TranscriptResult("Unless to be rather cold.", len(audio) / 16000, 0.0)
+
+
+async def test_speech_between_two_pauses_inside_one_vad_batch_is_seen(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Pause, a word, pause, all in one VAD batch (a loaded VAD thread): the
+    listener still hears the word, and no answer about the first pause (the
+    model said "not complete" there, mid-sentence) counts for the second."""
+    with wave.open(str(CLIP)) as w:
+        pcm = np.frombuffer(w.readframes(w.getnframes()), np.int16)
+    cut, room = int(CUT_S * 16000), np.resize(pcm[: int(0.12 * 16000)], int(0.7 * 16000))
+    word = pcm[cut:cut + int(0.5 * 16000)]  # "cold"
+    tail = np.resize(room, int(2.5 * 16000))
+    monkeypatch.setattr(audio_track, "_BATCH_FRAMES", 1000)
+    voice: list[bool] = []
+    estimates: list[TurnEstimate] = []
+    model = CountingModel(0.3)
+    probe = TurnProbe(model, EndOfTurnSettings(), stop_when_doubtful=False)
+    with ThreadPoolExecutor(1) as asr, ThreadPoolExecutor(1) as vad, ThreadPoolExecutor(1) as turn:
+        audio = AudioTranscriber(
+            BurstTrack(np.concatenate([room, pcm[:cut], room, word, tail])),
+            vad=VoiceActivityDetector(SileroVadModel()), transcriber=Said(), vad_executor=vad,
+            asr_executor=asr, on_transcript=lambda _: None, name="burst", on_voice=voice.append,
+            turn_probe=probe, on_turn_estimate=estimates.append, turn_executor=turn,
+            max_frames=1000,
+        )
+        try:
+            deadline = time.monotonic() + 20
+            while audio.stats.frames_in < 270 or len(model.asked) < 6 or len(estimates) < 6:
+                assert time.monotonic() < deadline, (audio.stats, model.asked, estimates)
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(0.3)
+        finally:
+            await audio.close()
+    assert voice == [True, False]  # the word, though the batch began and ended out of speech
+    # Asked about the second pause only (0.2 ... 2.0 s of silence), and told of it only.
+    assert {e.pause for e in estimates} == {probe.pause}
+    assert [round(e.silence_s, 1) for e in estimates][:6] == [0.2, 0.4, 0.7, 1.0, 1.5, 2.0]
+    assert len(model.asked) == len(estimates)
 
 
 # -- speculative transcription ------------------------------------------------------------------
