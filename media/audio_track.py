@@ -100,9 +100,22 @@ _Piece = tuple[SpeechSegment, float, "asyncio.Task[TranscriptResult] | None"]
 class _Speculation:
     start: float
     end: float
+    last_voiced_at: float  # stream seconds: the pause it is about
     voiced_arrival: float
     heard_at: float
     task: asyncio.Task[TranscriptResult]
+
+
+@dataclass(frozen=True)
+class _Found:
+    """What one VAD batch found (`AudioTranscriber._detect_speech`)."""
+
+    events: list[VadEvent]
+    frame_ends: list[float]  # the stream time after each frame
+    voiced: bool  # the voice is on at the batch's end
+    spoke: bool  # ... or was at some point of it
+    last_voiced_at: float | None  # the VAD's, at the batch's end
+    asks: list[TurnAsk]
 
 
 @dataclass
@@ -249,17 +262,17 @@ class AudioTranscriber:
             ended = batch[-1] is None
             frames = [item[0] for item in batch if item is not None]
             end_paused_at, self._end_paused_at = self._end_paused_at, None
-            events, frame_ends, voiced, spoke, asks = await loop.run_in_executor(
+            found = await loop.run_in_executor(
                 self._vad_executor, self._detect_speech, frames, ended, end_paused_at
             )
-            self._arrivals.extend(zip(frame_ends, (item[1] for item in batch if item)))
-            if spoke and not voiced and not self._voiced:
+            voiced = found.voiced
+            self._arrivals.extend(zip(found.frame_ends, (item[1] for item in batch if item)))
+            if found.spoke and not voiced and not self._voiced:
                 # The candidate went on and paused again inside this batch:
                 # the listener hears that speech too, so that nothing of the
-                # pause before it (its draft, the model's answers) is taken
-                # as being about the pause now.
+                # pause before it (the model's answers, below its draft) is
+                # taken as being about the pause now.
                 self._voice_epoch += 1
-                self._drop_speculation()
                 if self._on_voice is not None:
                     self._on_voice(True)
                     self._on_voice(False)
@@ -270,12 +283,19 @@ class AudioTranscriber:
                     self._drop_speculation()  # the candidate went on
                 if self._on_voice is not None:
                     self._on_voice(voiced)
-            for event in events:
+            for event in found.events:
                 if isinstance(event, SpeechSegment):
                     self._queue_piece(event, self._arrival_of(event), self._take_speculation(event))
                 elif (isinstance(event, SpeechPaused) and not ended and not voiced
-                      and self._turn_probe is not None):
-                    self._speculate(event)  # only turn-taking needs text this early
+                      and self._turn_probe is not None
+                      and event.last_voiced_at == found.last_voiced_at):
+                    # Only turn-taking needs text this early, and only of the
+                    # pause the stream is in (not of one spoken after since).
+                    self._speculate(event)
+            speculation = self._speculation
+            if speculation is not None and speculation.last_voiced_at != found.last_voiced_at:
+                self._drop_speculation()  # about a pause the candidate spoke after
+            asks = found.asks
             if self._turn_probe is not None:
                 # Only the pause the stream is in now: an earlier one in this
                 # batch (the candidate went on within it, unseen by `on_voice`)
@@ -288,13 +308,11 @@ class AudioTranscriber:
 
     def _detect_speech(
         self, frames: list[av.AudioFrame], flush: bool, end_paused_at: float | None = None
-    ) -> tuple[list[VadEvent], list[float], bool, bool, list[TurnAsk]]:
+    ) -> _Found:
         """Worker thread: resample to 16 kHz mono, run the VAD (and the turn probe).
 
-        Returns the events, the stream time after each frame, whether the
-        voice is on now, whether it was on at any point of the batch, and
-        the questions for the end-of-turn model that fell due (asked in the
-        turn executor: `_ask`).
+        The questions for the end-of-turn model that fell due are asked in
+        the turn executor (`_ask`).
         `end_paused_at`: first end the utterance paused there (`end_utterance`).
         """
         events: list[VadEvent] = []
@@ -322,7 +340,8 @@ class AudioTranscriber:
             frame_ends.append(vad.stream_time)
         if flush:
             events += vad.flush()
-        return events, frame_ends, vad.state is VadState.SPEAKING, spoke, asks
+        return _Found(events, frame_ends, vad.state is VadState.SPEAKING, spoke,
+                      vad.last_voiced_at, asks)
 
     def _queue_piece(
         self, piece: SpeechSegment, voiced_arrival: float,
@@ -421,7 +440,8 @@ class AudioTranscriber:
         task.add_done_callback(self._speculating.discard)
         arrival = self._arrival_near(pause.last_voiced_at)
         heard_at = arrival - (pause.last_voiced_at - pause.start)
-        speculation = _Speculation(pause.start, pause.end, arrival, heard_at, task)
+        speculation = _Speculation(pause.start, pause.end, pause.last_voiced_at, arrival,
+                                   heard_at, task)
         self._speculation = speculation
         self.stats.speculations += 1
         task.add_done_callback(lambda _: self._report_speculation(speculation))

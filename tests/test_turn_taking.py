@@ -309,6 +309,37 @@ async def test_speech_between_two_pauses_inside_one_vad_batch_is_seen(
     assert len(model.asked) == len(estimates)
 
 
+async def test_no_draft_is_made_of_a_pause_the_candidate_spoke_after(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A pause (0.4 s), a word and 0.1 s of silence in one batch: the pause is
+    over, and the one now has not lasted long enough for a draft."""
+    with wave.open(str(CLIP)) as w:
+        pcm = np.frombuffer(w.readframes(w.getnframes()), np.int16)
+    cut, room = int(CUT_S * 16000), np.resize(pcm[: int(0.12 * 16000)], int(0.4 * 16000))
+    monkeypatch.setattr(audio_track, "_BATCH_FRAMES", 1000)
+    got: list[Transcript] = []
+    voice: list[bool] = []
+    with ThreadPoolExecutor(1) as asr, ThreadPoolExecutor(1) as vad, ThreadPoolExecutor(1) as turn:
+        audio = AudioTranscriber(
+            BurstTrack(np.concatenate([room, pcm[:cut], room, pcm[cut:cut + 8000], room[:1600]])),
+            vad=VoiceActivityDetector(SileroVadModel()), transcriber=Said(), vad_executor=vad,
+            asr_executor=asr, on_transcript=got.append, name="burst", on_voice=voice.append,
+            turn_probe=TurnProbe(CountingModel(0.3), EndOfTurnSettings()), turn_executor=turn,
+            max_frames=1000,
+        )
+        try:
+            deadline = time.monotonic() + 20
+            while not voice:
+                assert time.monotonic() < deadline, audio.stats
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(0.3)
+        finally:
+            await audio.close()
+    assert voice == [True, False]
+    assert audio.stats.speculations == 0 and not [t for t in got if t.provisional]
+
+
 # -- speculative transcription ------------------------------------------------------------------
 
 
