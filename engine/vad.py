@@ -272,6 +272,11 @@ class VoiceActivityDetector:
         return self._last_voiced_end
 
     @property
+    def paused(self) -> bool:
+        """The speaker is in the pause its last `SpeechPaused` reported (no voice since)."""
+        return self._state is VadState.STOPPING and self._paused_sent
+
+    @property
     def windows_seen(self) -> int:
         """Number of 32 ms windows run through the model."""
         return self._windows_seen

@@ -28,6 +28,11 @@ With a `TurnProbe`, the VAD worker also finds when the end-of-turn model is
 due to be asked in each pause; the model answers in the turn executor, and
 each answer still about the pause the listener is in is reported
 (`on_turn_estimate`).
+
+The VAD sees frames in batches (up to 0.5 s; more when its thread is
+behind), so a pause, speech and a pause can fall inside one batch. The
+listener is still told of that speech (`on_voice(True)`, then `False`), and
+only the pause the stream ends the batch in is drafted and asked about.
 """
 
 from __future__ import annotations
@@ -100,7 +105,6 @@ _Piece = tuple[SpeechSegment, float, "asyncio.Task[TranscriptResult] | None"]
 class _Speculation:
     start: float
     end: float
-    last_voiced_at: float  # stream seconds: the pause it is about
     voiced_arrival: float
     heard_at: float
     task: asyncio.Task[TranscriptResult]
@@ -114,7 +118,7 @@ class _Found:
     frame_ends: list[float]  # the stream time after each frame
     voiced: bool  # the voice is on at the batch's end
     spoke: bool  # ... or was at some point of it
-    last_voiced_at: float | None  # the VAD's, at the batch's end
+    paused: bool  # at the batch's end, in the pause its last `SpeechPaused` reported
     asks: list[TurnAsk]
 
 
@@ -280,28 +284,31 @@ class AudioTranscriber:
                 self._voiced = voiced
                 if voiced:
                     self._voice_epoch += 1  # what the listener sees as a new utterance
-                    self._drop_speculation()  # the candidate went on
                 if self._on_voice is not None:
                     self._on_voice(voiced)
+            # Only turn-taking needs text this early (a draft), and only of a
+            # pause that is still on, or whose piece this batch commits.
+            drafting = not ended and not voiced and self._turn_probe is not None
+            paused: SpeechPaused | None = None
             for event in found.events:
-                if isinstance(event, SpeechSegment):
+                if isinstance(event, SpeechPaused):
+                    paused = event
+                elif isinstance(event, SpeechSegment):
+                    if (drafting and paused is not None
+                            and (paused.start, paused.end) == (event.start, event.end)):
+                        self._speculate(paused)  # its piece takes it at once
+                    paused = None
                     self._queue_piece(event, self._arrival_of(event), self._take_speculation(event))
-                elif (isinstance(event, SpeechPaused) and not ended and not voiced
-                      and self._turn_probe is not None
-                      and event.last_voiced_at == found.last_voiced_at):
-                    # Only turn-taking needs text this early, and only of the
-                    # pause the stream is in (not of one spoken after since).
-                    self._speculate(event)
-            speculation = self._speculation
-            if speculation is not None and speculation.last_voiced_at != found.last_voiced_at:
-                self._drop_speculation()  # about a pause the candidate spoke after
-            asks = found.asks
+            if drafting and paused is not None and found.paused:
+                self._speculate(paused)
+            elif not found.paused:
+                self._drop_speculation()  # the candidate went on, or the piece is committed
             if self._turn_probe is not None:
                 # Only the pause the stream is in now: an earlier one in this
                 # batch (the candidate went on within it, unseen by `on_voice`)
                 # or a batch ending in speech has nothing to ask about.
                 pause = self._turn_probe.pause
-                for ask in asks if not voiced else ():
+                for ask in found.asks if not voiced else ():
                     if ask.pause == pause:
                         self._ask(self._turn_probe, ask)
         await self._pieces.put(None)
@@ -340,8 +347,7 @@ class AudioTranscriber:
             frame_ends.append(vad.stream_time)
         if flush:
             events += vad.flush()
-        return _Found(events, frame_ends, vad.state is VadState.SPEAKING, spoke,
-                      vad.last_voiced_at, asks)
+        return _Found(events, frame_ends, vad.state is VadState.SPEAKING, spoke, vad.paused, asks)
 
     def _queue_piece(
         self, piece: SpeechSegment, voiced_arrival: float,
@@ -440,8 +446,7 @@ class AudioTranscriber:
         task.add_done_callback(self._speculating.discard)
         arrival = self._arrival_near(pause.last_voiced_at)
         heard_at = arrival - (pause.last_voiced_at - pause.start)
-        speculation = _Speculation(pause.start, pause.end, pause.last_voiced_at, arrival,
-                                   heard_at, task)
+        speculation = _Speculation(pause.start, pause.end, arrival, heard_at, task)
         self._speculation = speculation
         self.stats.speculations += 1
         task.add_done_callback(lambda _: self._report_speculation(speculation))

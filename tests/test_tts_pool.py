@@ -27,6 +27,7 @@ from adapters.tts import EspeakSynthesizer
 from adapters.tts_cache import CachedSynthesizer
 from adapters.tts_pool import PiperPool, WorkerFailed
 from config import Config, ConfigError
+from engine.conversation import Spoken
 from engine.resample import resample_to_48k
 from media.metrics import MediaMetrics
 from media.runtime import MediaModels, MediaRuntime
@@ -150,14 +151,10 @@ def test_two_workers_serve_two_sentences_at_once() -> None:
     pool.close()  # idempotent
 
 
-@needs_espeak
-async def test_interviewer_voice_goes_on_after_a_crash() -> None:
-    pool = PiperPool(1, fallback=EspeakSynthesizer(), worker_args=("--crash-on", "zebra"))
-    track = InterviewerTrack()
-    executor = ThreadPoolExecutor(1)
-    voice = InterviewerVoice(track, CachedSynthesizer(pool), executor)
-    sentences = ["Thanks for joining.", "A zebra crossed.", "Tell me about your role."]
-
+async def play(
+    voice: InterviewerVoice, track: InterviewerTrack, sentences: list[str], *, timeout: float
+) -> Spoken:
+    """Have `voice` say `sentences` while a listener drains `track`."""
     async def said() -> AsyncIterator[str]:
         for sentence in sentences:
             yield sentence
@@ -168,10 +165,22 @@ async def test_interviewer_voice_goes_on_after_a_crash() -> None:
 
     listener = asyncio.create_task(listen(), name="listener")
     try:
-        spoken = await asyncio.wait_for(voice.say(said()), 60)
+        return await asyncio.wait_for(voice.say(said()), timeout)
     finally:
         listener.cancel()
         await asyncio.gather(listener, return_exceptions=True)
+
+
+@needs_espeak
+async def test_interviewer_voice_goes_on_after_a_crash() -> None:
+    pool = PiperPool(1, fallback=EspeakSynthesizer(), worker_args=("--crash-on", "zebra"))
+    track = InterviewerTrack()
+    executor = ThreadPoolExecutor(1)
+    voice = InterviewerVoice(track, CachedSynthesizer(pool), executor)
+    sentences = ["Thanks for joining.", "A zebra crossed.", "Tell me about your role."]
+    try:
+        spoken = await play(voice, track, sentences, timeout=60)
+    finally:
         executor.shutdown()
         pool.close()
     assert spoken.text == " ".join(sentences) and not spoken.interrupted
@@ -208,21 +217,7 @@ async def test_only_a_replys_first_sentence_is_trimmed() -> None:
     track = InterviewerTrack()
     with ThreadPoolExecutor(1) as executor:
         voice = InterviewerVoice(track, QuietStart(), executor)
-
-        async def said() -> AsyncIterator[str]:
-            for sentence in ("One.", "Two."):
-                yield sentence
-
-        async def listen() -> None:
-            while True:
-                await track.recv()
-
-        listener = asyncio.create_task(listen(), name="listener")
-        try:
-            spoken = await asyncio.wait_for(voice.say(said()), 10)
-        finally:
-            listener.cancel()
-            await asyncio.gather(listener, return_exceptions=True)
+        spoken = await play(voice, track, ["One.", "Two."], timeout=10)
     # 150 ms each, less 40 ms (50 ms of lead to 10 ms) off the first only.
     assert spoken.audio_s == pytest.approx(0.11 + 0.15, abs=1e-4)
 

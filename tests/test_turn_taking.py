@@ -309,35 +309,45 @@ async def test_speech_between_two_pauses_inside_one_vad_batch_is_seen(
     assert len(model.asked) == len(estimates)
 
 
-async def test_no_draft_is_made_of_a_pause_the_candidate_spoke_after(
-    monkeypatch: pytest.MonkeyPatch,
+@pytest.mark.parametrize(("pause_s", "after_s", "drafts", "taken"), [
+    (0.3, 0.1, 0, 0),  # the pause is over; the one now is too short for a draft
+    (0.3, 0.35, 1, 0),  # ... and the one now is long enough: a draft of it
+    (0.8, 0.1, 1, 1),  # the pause ended the utterance in the batch: its piece takes its draft
+])
+async def test_a_draft_is_made_only_of_the_pause_the_candidate_is_in(
+    monkeypatch: pytest.MonkeyPatch, pause_s: float, after_s: float, drafts: int, taken: int,
 ) -> None:
-    """A pause (0.4 s), a word and 0.1 s of silence in one batch: the pause is
-    over, and the one now has not lasted long enough for a draft."""
+    """A pause, a word ("cold", 0.5 s) and a silence, all in one VAD batch."""
     with wave.open(str(CLIP)) as w:
         pcm = np.frombuffer(w.readframes(w.getnframes()), np.int16)
-    cut, room = int(CUT_S * 16000), np.resize(pcm[: int(0.12 * 16000)], int(0.4 * 16000))
+    cut, room = int(CUT_S * 16000), np.resize(pcm[: int(0.12 * 16000)], 16000)
+    # The post-roll is 0.2 s after the last voiced window: `after_s` 0.1 stays under it
+    # (and is past the word's voiced end: the batch ends out of speech).
+    audio_in = np.concatenate([room[:6400], pcm[:cut], room[:int(pause_s * 16000)],
+                               pcm[cut:cut + 8000], room[:int(after_s * 16000)]])
     monkeypatch.setattr(audio_track, "_BATCH_FRAMES", 1000)
     got: list[Transcript] = []
-    voice: list[bool] = []
     with ThreadPoolExecutor(1) as asr, ThreadPoolExecutor(1) as vad, ThreadPoolExecutor(1) as turn:
         audio = AudioTranscriber(
-            BurstTrack(np.concatenate([room, pcm[:cut], room, pcm[cut:cut + 8000], room[:1600]])),
-            vad=VoiceActivityDetector(SileroVadModel()), transcriber=Said(), vad_executor=vad,
-            asr_executor=asr, on_transcript=got.append, name="burst", on_voice=voice.append,
+            BurstTrack(audio_in), vad=VoiceActivityDetector(SileroVadModel()), transcriber=Said(),
+            vad_executor=vad, asr_executor=asr, on_transcript=got.append, name="burst",
             turn_probe=TurnProbe(CountingModel(0.3), EndOfTurnSettings()), turn_executor=turn,
             max_frames=1000,
         )
         try:
             deadline = time.monotonic() + 20
-            while not voice:
+            while audio.stats.frames_in < len(audio_in) // 320 or audio.queue_loads()[
+                    "audio_frames"].depth:
                 assert time.monotonic() < deadline, audio.stats
                 await asyncio.sleep(0.05)
-            await asyncio.sleep(0.3)
+            await asyncio.sleep(0.5)  # the batch's work, and its draft's report
+            # Before close(): its flush would commit the last pause and take its draft.
+            seen = (audio.stats.speculations, audio.stats.speculations_used)
+            provisional = [t for t in got if t.provisional]
         finally:
             await audio.close()
-    assert voice == [True, False]
-    assert audio.stats.speculations == 0 and not [t for t in got if t.provisional]
+    assert seen == (drafts, taken)
+    assert len(provisional) == drafts - taken
 
 
 # -- speculative transcription ------------------------------------------------------------------
