@@ -274,8 +274,8 @@ class AudioTranscriber:
             if found.spoke and not voiced and not self._voiced:
                 # The candidate went on and paused again inside this batch:
                 # the listener hears that speech too, so that nothing of the
-                # pause before it (the model's answers, below its draft) is
-                # taken as being about the pause now.
+                # pause before it (the model's answers about it; its draft is
+                # dropped below) is taken as being about the pause now.
                 self._voice_epoch += 1
                 if self._on_voice is not None:
                     self._on_voice(True)
