@@ -106,12 +106,14 @@ class MeteredExecutor(Executor):
     def submit_when_idle(
         self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs
     ) -> Future[T]:
-        """Run `fn(*args)` once no job waits or runs, one such job at a time.
+        """Run `fn(*args)` once no job waits or runs.
 
         For work that can wait (synthesizing phrases ahead of time): it never
         shares the threads with other jobs when it starts, though a job
-        submitted while it runs waits for it. Cancelled by `shutdown` with
-        `cancel_futures`, like a waiting job.
+        submitted while it runs waits for it. Submit the next such job when
+        this one is done (as `MediaRuntime.warm_voice` does): two queued
+        together could both start at the same idle moment. Cancelled by
+        `shutdown` with `cancel_futures`, like a waiting job.
         """
         future: Future[T] = Future()
         with self._lock:
