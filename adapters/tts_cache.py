@@ -61,9 +61,7 @@ class CachedSynthesizer:
         pcm.setflags(write=False)  # shared by every call that hits it
         if voice == self._voice:
             with self._lock:
-                self._entries[key] = pcm
-                while len(self._entries) > self._max:
-                    self._entries.popitem(last=False)
+                self._keep(key, pcm)
         return pcm
 
     @property
@@ -87,10 +85,15 @@ class CachedSynthesizer:
         with self._lock:
             if key not in self._entries:
                 self.warmed += 1
-                self._entries[key] = pcm
-                while len(self._entries) > self._max:
-                    self._entries.popitem(last=False)
+                self._keep(key, pcm)
         return True
+
+    def _keep(self, key: tuple[str, str], pcm: Int16Array) -> None:
+        """Cache `pcm` as the newest entry, forgetting the least recently used
+        past `max_entries` (called with the lock held)."""
+        self._entries[key] = pcm
+        while len(self._entries) > self._max:
+            self._entries.popitem(last=False)
 
     def _speak(self, text: str) -> tuple[Int16Array, str]:
         if isinstance(self.inner, _SaysWhichVoice):

@@ -149,12 +149,6 @@ class MeteredExecutor(Executor):
             future.cancel()
         self._pool.shutdown(wait, cancel_futures=cancel_futures)
 
-    @property
-    def busy(self) -> bool:
-        """Whether a job waits or runs: work that can wait should not start now."""
-        with self._lock:
-            return bool(self._waiting or self._running)
-
     def load(self) -> QueueLoad:
         with self._lock:
             if not self._waiting:
